@@ -1,0 +1,109 @@
+"""The FHIR REST endpoints. Each one negotiates, calls one interaction off the event loop, and answers."""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from fhir_node.api.negotiate import HTTP_PARAMETERS, negotiate, read_body
+from fhir_node.api.responses import fhir_response, not_modified, version_headers, written_response
+from fhir_node.conformance.capability import capability_statement
+from fhir_node.interactions import history, read, write
+from fhir_node.interactions.incoming import parse_body
+from fhir_node.node import Node
+
+import orjson
+
+
+def node_of(request: Request) -> Node:
+    return request.app.state.node
+
+
+def base_of(request: Request) -> str:
+    """The FHIR base URL for links: the configured public one, else the one the client used."""
+    configured = node_of(request).settings.base_url
+    if configured:
+        return configured.rstrip("/")
+    return f"{request.url.scheme}://{request.url.netloc}{request.scope.get('root_path', '')}/fhir"
+
+
+def _query(request: Request) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in request.query_params.multi_items() if k not in HTTP_PARAMETERS]
+
+
+async def metadata(request: Request) -> Response:
+    neg = negotiate(request)
+    body = capability_statement(node_of(request).settings, base_of(request))
+    return fhir_response(neg, orjson.dumps(body))
+
+
+async def read_instance(request: Request) -> Response:
+    neg = negotiate(request)
+    p = request.path_params
+    v = await run_in_threadpool(read.read, node_of(request), p["type"], p["id"])
+    headers = version_headers(v, base_of(request))
+    if not_modified(request, v):
+        return Response(None, 304, headers)
+    return fhir_response(neg, v.content or b"", 200, headers)
+
+
+async def vread_instance(request: Request) -> Response:
+    neg = negotiate(request)
+    p = request.path_params
+    v = await run_in_threadpool(read.vread, node_of(request), p["type"], p["id"], p["vid"])
+    return fhir_response(neg, v.content or b"", 200, version_headers(v, base_of(request)))
+
+
+async def create(request: Request) -> Response:
+    neg = negotiate(request)
+    node = node_of(request)
+    body = parse_body(await read_body(request, node.settings.max_body_bytes))
+    res_type = request.path_params["type"]
+    done = await run_in_threadpool(write.create, node, res_type, body, request.headers.get("if-none-exist"))
+    message = "Created" if done.status == 201 else "An existing resource matched If-None-Exist; nothing created"
+    return written_response(neg, done.version, done.status, base_of(request), message)
+
+
+async def update(request: Request) -> Response:
+    neg = negotiate(request)
+    node = node_of(request)
+    body = parse_body(await read_body(request, node.settings.max_body_bytes))
+    p = request.path_params
+    done = await run_in_threadpool(write.update, node, p["type"], p["id"], body, request.headers.get("if-match"))
+    message = "Created" if done.status == 201 else "Updated"
+    return written_response(neg, done.version, done.status, base_of(request), message)
+
+
+async def delete(request: Request) -> Response:
+    negotiate(request)
+    p = request.path_params
+    v = await run_in_threadpool(write.delete, node_of(request), p["type"], p["id"], request.headers.get("if-match"))
+    return Response(None, 204, {"ETag": v.etag} if v else None)
+
+
+async def instance(request: Request) -> Response:
+    """GET, PUT and DELETE on [type]/[id]."""
+    handler = {"GET": read_instance, "HEAD": read_instance, "PUT": update, "DELETE": delete}[request.method]
+    return await handler(request)
+
+
+async def history_endpoint(request: Request) -> Response:
+    neg = negotiate(request)
+    p = request.path_params
+    body = await run_in_threadpool(
+        history.history, node_of(request), base_of(request), _query(request), p.get("type"), p.get("id")
+    )
+    return fhir_response(neg, body)
+
+
+ROUTES = [
+    Route("/fhir/metadata", metadata, methods=["GET"]),
+    Route("/fhir/_history", history_endpoint, methods=["GET"]),
+    Route("/fhir/{type}/_history", history_endpoint, methods=["GET"]),
+    Route("/fhir/{type}/{id}/_history/{vid}", vread_instance, methods=["GET"]),
+    Route("/fhir/{type}/{id}/_history", history_endpoint, methods=["GET"]),
+    Route("/fhir/{type}/{id}", instance, methods=["GET", "PUT", "DELETE"]),
+    Route("/fhir/{type}", create, methods=["POST"]),
+]

@@ -1,0 +1,47 @@
+"""create_app(settings): the ASGI application, wired from one Node."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import orjson
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from fhir_node.api.errors import HANDLERS
+from fhir_node.api.middleware import RequestContext
+from fhir_node.api.routes import ROUTES
+from fhir_node.node import Node
+from fhir_node.settings import Settings
+
+
+async def health(request: Request) -> Response:
+    """For load balancers: 200 when the database answers, 503 otherwise."""
+    node: Node = request.app.state.node
+    up = node.db.ping()
+    body = orjson.dumps({"status": "ok" if up else "unavailable", "database": "up" if up else "down"})
+    return Response(body, 200 if up else 503, media_type="application/json")
+
+
+def create_app(settings: Settings | None = None, node: Node | None = None) -> Starlette:
+    """The node's ASGI app; builds (and migrates) the Node unless one is given."""
+    settings = settings or (node.settings if node else Settings())
+    node = node or Node.from_settings(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        node.db.dispose()
+
+    app = Starlette(
+        routes=[Route("/health", health, methods=["GET"]), *ROUTES],
+        middleware=[Middleware(RequestContext, loopback_only=settings.auth == "none")],
+        exception_handlers=HANDLERS,  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )
+    app.state.node = node
+    return app

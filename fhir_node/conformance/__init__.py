@@ -1,0 +1,1 @@
+"""What the node declares about itself: the CapabilityStatement (and, later, the published profiles)."""

@@ -1,0 +1,1 @@
+"""One module per FHIR interaction. No HTTP objects here: plain values in, Versions or bytes out."""

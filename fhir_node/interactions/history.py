@@ -1,0 +1,61 @@
+"""history at instance, type and system level: newest first, `_since`, `_count`, stable next links."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from fhir_node.bundles import bundle, history_entry
+from fhir_node.datetimes import parse_instant
+from fhir_node.interactions.incoming import check_id
+from fhir_node.node import Node
+from fhir_node.outcome import fail
+from fhir_node.registry import kind, require
+from fhir_node.store import repository
+
+#: `_cursor` is ours: the seq below which the next page starts, carried in the next link (no server state).
+PARAMETERS = ("_since", "_count", "_cursor")
+
+
+def history(
+    node: Node, base: str, params: list[tuple[str, str]], res_type: str | None = None, res_id: str | None = None
+) -> bytes:
+    """A `history` Bundle of one page; `params` are the query parameters left after _format/_pretty."""
+    if res_type is not None:
+        require(kind(res_type), "history-instance" if res_id else "history-type", "type")
+    if res_id is not None:
+        check_id(res_id)
+    values = _single_values(params)
+    since = parse_instant(values["_since"], "_since") if "_since" in values else None
+    count = min(_positive(values.get("_count"), "_count") or node.settings.default_count, node.settings.max_count)
+    cursor = _positive(values.get("_cursor"), "_cursor")
+    with node.db.read() as conn:
+        if res_type is not None and res_id is not None and repository.current(conn, res_type, res_id) is None:
+            raise fail(404, "not-found", f"{res_type}/{res_id} is not known")
+        versions = repository.history(conn, res_type, res_id, since=since, before_seq=cursor, limit=count + 1)
+    path = "/".join(p for p in (base, res_type, res_id, "_history") if p)
+    kept = {k: v for k, v in values.items() if k != "_cursor"}
+    kept["_count"] = str(count)
+    links = {"self": f"{path}?{urlencode(values | {'_count': str(count)})}"}
+    if len(versions) > count:
+        versions = versions[:count]
+        links["next"] = f"{path}?{urlencode(kept | {'_cursor': str(versions[-1].seq)})}"
+    return bundle("history", [history_entry(base, v) for v in versions], links)
+
+
+def _single_values(params: list[tuple[str, str]]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for name, value in params:
+        if name not in PARAMETERS:
+            raise fail(400, "not-supported", f"Unknown history parameter '{name}'", name)
+        if name in values:
+            raise fail(400, "invalid", f"History parameter '{name}' may appear only once", name)
+        values[name] = value
+    return values
+
+
+def _positive(value: str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise fail(400, "value", f"{name} must be a positive integer, got '{value}'", name)
+    return int(value)

@@ -1,0 +1,39 @@
+"""read and vread: the stored bytes of a version, or 404 / 410."""
+
+from __future__ import annotations
+
+from fhir_node.node import Node
+from fhir_node.outcome import fail
+from fhir_node.registry import kind, require
+from fhir_node.store import repository
+from fhir_node.store.repository import Version
+
+
+def read(node: Node, res_type: str, res_id: str) -> Version:
+    """The current version; 410 Gone (with the deleted version's ETag) once deleted."""
+    require(kind(res_type), "read")
+    with node.db.read() as conn:
+        found = repository.current(conn, res_type, res_id)
+    return _present(found, res_type, res_id)
+
+
+def vread(node: Node, res_type: str, res_id: str, version_id: str) -> Version:
+    """A given version; a version that records a deletion answers 410."""
+    require(kind(res_type), "vread")
+    if not version_id.isdigit():
+        raise fail(404, "not-found", f"{res_type}/{res_id} has no version '{version_id}'")
+    with node.db.read() as conn:
+        found = repository.version(conn, res_type, res_id, int(version_id))
+    if found is None:
+        raise fail(404, "not-found", f"{res_type}/{res_id} has no version {version_id}")
+    return _present(found, res_type, res_id)
+
+
+def _present(found: Version | None, res_type: str, res_id: str) -> Version:
+    if found is None:
+        raise fail(404, "not-found", f"{res_type}/{res_id} is not known")
+    if found.deleted:
+        err = fail(410, "deleted", f"{res_type}/{res_id} was deleted (version {found.version_id})")
+        err.headers["ETag"] = found.etag
+        raise err
+    return found

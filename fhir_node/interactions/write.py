@@ -1,0 +1,104 @@
+"""create, update and delete: one database transaction each, versions kept, locking by ETag."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
+
+from fhir_node.interactions.incoming import check_id, check_resource
+from fhir_node.node import Node
+from fhir_node.outcome import FHIRError, error, fail
+from fhir_node.registry import kind, require
+from fhir_node.search.criteria import matching_ids
+from fhir_node.store import repository
+from fhir_node.store.repository import ConcurrentWrite, Version
+
+_ETAG = re.compile(r'\s*(?:W/)?"?(\d+)"?\s*')
+
+
+@dataclass(frozen=True)
+class Written:
+    """The outcome of a write: the version now current, and the HTTP status it earned."""
+
+    version: Version
+    status: int
+
+
+def parse_if_match(header: str | None) -> int | None:
+    """The version number in an If-Match header (`W/"3"`, `"3"`), or None when absent."""
+    if header is None:
+        return None
+    m = _ETAG.fullmatch(header)
+    if not m:
+        raise fail(400, "invalid", f"If-Match must be an ETag such as W/\"3\", got '{header}'")
+    return int(m.group(1))
+
+
+def create(node: Node, res_type: str, body: Any, if_none_exist: str | None = None) -> Written:
+    """POST: a new resource with a server id; with If-None-Exist, 200 and the match if exactly one exists."""
+    require(kind(res_type), "create")
+    resource = check_resource(body, res_type)
+    with _transaction(node) as conn:
+        if if_none_exist is not None:
+            node.db.lock(conn, f"create:{res_type}")
+            ids = matching_ids(conn, res_type, if_none_exist)
+            if len(ids) > 1:
+                raise fail(412, "multiple-matches", f"If-None-Exist '{if_none_exist}' matches {len(ids)} resources")
+            if ids:
+                found = repository.current(conn, res_type, ids[0])
+                assert found is not None
+                return Written(found, 200)
+        return Written(repository.write(conn, res_type, repository.new_id(), resource, None, "POST"), 201)
+
+
+def update(node: Node, res_type: str, res_id: str, body: Any, if_match: str | None = None) -> Written:
+    """PUT: the next version; a new id (or a deleted one) is created with the client's id (201)."""
+    require(kind(res_type), "update")
+    check_id(res_id)
+    expected = parse_if_match(if_match)
+    resource = check_resource(body, res_type, url_id=res_id)
+    with _transaction(node) as conn:
+        previous = repository.current(conn, res_type, res_id, for_update=True)
+        _check_version(previous, expected, res_type, res_id)
+        written = repository.write(conn, res_type, res_id, resource, previous, "PUT")
+    return Written(written, 201 if previous is None or previous.deleted else 200)
+
+
+def delete(node: Node, res_type: str, res_id: str, if_match: str | None = None) -> Version | None:
+    """DELETE: a deletion version; deleting what is already deleted changes nothing (None)."""
+    require(kind(res_type), "delete")
+    check_id(res_id)
+    expected = parse_if_match(if_match)
+    with _transaction(node) as conn:
+        previous = repository.current(conn, res_type, res_id, for_update=True)
+        if previous is None:
+            raise fail(404, "not-found", f"{res_type}/{res_id} is not known")
+        _check_version(previous, expected, res_type, res_id)
+        if previous.deleted:
+            return None
+        return repository.write(conn, res_type, res_id, None, previous, "DELETE")
+
+
+def _check_version(previous: Version | None, expected: int | None, res_type: str, res_id: str) -> None:
+    if expected is None:
+        return
+    have = previous.version_id if previous else None
+    if have != expected:
+        now = f"version {have}" if have else "no version"
+        raise fail(412, "conflict", f"If-Match expects version {expected} of {res_type}/{res_id}, which has {now}")
+
+
+@contextlib.contextmanager
+def _transaction(node: Node) -> Iterator[Connection]:
+    """A write transaction; a write that lost a race with another answers 409, nothing is written."""
+    try:
+        with node.db.write() as conn:
+            yield conn
+    except (ConcurrentWrite, IntegrityError):
+        raise FHIRError(409, [error("conflict", "A concurrent write changed this resource; retry")]) from None

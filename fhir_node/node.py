@@ -1,0 +1,23 @@
+"""The running node's shared parts, built once per process from Settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fhir_node.settings import Settings
+from fhir_node.store.database import Database
+
+
+@dataclass
+class Node:
+    """What every interaction needs: the settings and the database (registries join later)."""
+
+    settings: Settings
+    db: Database
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Node:
+        node = cls(settings, Database(settings.database_url))
+        if settings.auto_migrate:
+            node.db.migrate()
+        return node

@@ -1,0 +1,1 @@
+"""Persistence: resources, every version, and (later) search index rows, on SQLite or PostgreSQL."""

@@ -1,0 +1,153 @@
+"""Reads and writes of resource versions. Every function takes the caller's connection, so one
+interaction (or one whole transaction bundle) is one database transaction."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, and_, insert, select, update
+
+from fhir_node.store.schema import resource_versions, resources
+
+
+@dataclass(frozen=True)
+class Version:
+    """One stored version: what a read, vread or history entry needs, content as served (None if deleted)."""
+
+    res_type: str
+    res_id: str
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+    content: bytes | None
+    method: str = "GET"
+    seq: int = 0
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.version_id}"'
+
+
+def new_id() -> str:
+    """Server-assigned ids: random, so they reveal nothing about order or volume."""
+    return str(uuid.uuid4())
+
+
+def instant(ts: datetime) -> str:
+    """FHIR instant in UTC with microseconds, the form stored in meta.lastUpdated."""
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z"
+
+
+def now() -> datetime:
+    """Naive UTC: both databases store it without a zone, and it compares correctly everywhere."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def serialise(resource: dict[str, Any], res_id: str, version_id: int, ts: datetime) -> bytes:
+    """The bytes served from now on: resourceType, id and meta first, server-owned meta fields set."""
+    meta = {k: v for k, v in resource.get("meta", {}).items() if k not in ("versionId", "lastUpdated")}
+    body: dict[str, Any] = {
+        "resourceType": resource["resourceType"],
+        "id": res_id,
+        "meta": {"versionId": str(version_id), "lastUpdated": instant(ts), **meta},
+    }
+    body.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
+    return orjson.dumps(body)
+
+
+def current(conn: Connection, res_type: str, res_id: str, *, for_update: bool = False) -> Version | None:
+    """The newest version (possibly a deletion), or None if the id was never used."""
+    q = select(resources).where(and_(resources.c.res_type == res_type, resources.c.res_id == res_id))
+    if for_update and conn.dialect.name == "postgresql":
+        q = q.with_for_update()
+    row = conn.execute(q).first()
+    if row is None:
+        return None
+    return Version(row.res_type, row.res_id, row.version_id, row.last_updated, row.deleted, row.content)
+
+
+def version(conn: Connection, res_type: str, res_id: str, version_id: int) -> Version | None:
+    """A specific version, or None."""
+    rv = resource_versions.c
+    row = conn.execute(
+        select(resource_versions).where(
+            and_(rv.res_type == res_type, rv.res_id == res_id, rv.version_id == version_id)
+        )
+    ).first()
+    return _from_row(row) if row is not None else None
+
+
+def write(
+    conn: Connection,
+    res_type: str,
+    res_id: str,
+    resource: dict[str, Any] | None,
+    previous: Version | None,
+    method: str,
+) -> Version:
+    """Store the next version after `previous` (None: first version); resource None means a deletion.
+    `method` (POST, PUT, DELETE) is how it was written, as history shows it."""
+    ts = now()
+    version_id = previous.version_id + 1 if previous else 1
+    content = serialise(resource, res_id, version_id, ts) if resource is not None else None
+    values = {"version_id": version_id, "last_updated": ts, "deleted": resource is None, "content": content}
+    if previous is None:
+        conn.execute(insert(resources).values(res_type=res_type, res_id=res_id, **values))
+    else:
+        c = resources.c
+        done = conn.execute(
+            update(resources)
+            .where(and_(c.res_type == res_type, c.res_id == res_id, c.version_id == previous.version_id))
+            .values(**values)
+        )
+        if done.rowcount != 1:
+            raise ConcurrentWrite(res_type, res_id)
+    seq = conn.execute(
+        insert(resource_versions).values(res_type=res_type, res_id=res_id, method=method, **values)
+    ).inserted_primary_key[0]
+    return Version(res_type, res_id, version_id, ts, resource is None, content, method, seq)
+
+
+def history(
+    conn: Connection,
+    res_type: str | None,
+    res_id: str | None,
+    *,
+    since: datetime | None,
+    before_seq: int | None,
+    limit: int,
+) -> list[Version]:
+    """Versions newest first; `before_seq` continues a page, so writes between pages shift nothing."""
+    rv = resource_versions.c
+    q = select(resource_versions)
+    if res_type is not None:
+        q = q.where(rv.res_type == res_type)
+    if res_id is not None:
+        q = q.where(rv.res_id == res_id)
+    if since is not None:
+        q = q.where(rv.last_updated >= since)
+    if before_seq is not None:
+        q = q.where(rv.seq < before_seq)
+    rows = conn.execute(q.order_by(rv.seq.desc()).limit(limit)).all()
+    return [_from_row(r) for r in rows]
+
+
+def _from_row(row: Any) -> Version:
+    return Version(
+        row.res_type,
+        row.res_id,
+        row.version_id,
+        row.last_updated,
+        row.content is None,
+        row.content,
+        row.method,
+        row.seq,
+    )
+
+
+class ConcurrentWrite(Exception):
+    """Another transaction wrote the same resource between our read and our write."""
