@@ -11,6 +11,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Numeric,
     String,
     Table,
     UniqueConstraint,
@@ -48,3 +49,80 @@ resource_versions = Table(
     Index("ix_resource_versions_last_updated", "last_updated"),
     comment="Every version ever written (content NULL for a delete); seq orders history and pages it.",
 )
+
+
+def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...], comment: str) -> Table:
+    """A search index table: one row per (resource, parameter, value) of the current version only."""
+    return Table(
+        name,
+        metadata,
+        Column("res_type", String(64), nullable=False),
+        Column("res_id", String(64), nullable=False),
+        Column("param", String(64), nullable=False),
+        *columns,
+        Index(f"ix_{name}_resource", "res_type", "res_id"),
+        *(Index(f"ix_{name}_{'_'.join(cols)}", "res_type", "param", *cols) for cols in indexes),
+        comment=comment,
+    )
+
+
+idx_token = _index_table(
+    "idx_token",
+    Column("system", String(255), nullable=True),
+    Column("code", String(255), nullable=True),
+    Column("text", String(255), nullable=True),
+    Column("type_system", String(255), nullable=True),
+    Column("type_code", String(255), nullable=True),
+    indexes=(("code", "system"), ("text",)),
+    comment="token: system|code (identifiers, codes, booleans); text = normalised display, type = Identifier.type",
+)
+idx_string = _index_table(
+    "idx_string",
+    Column("value", String(255), nullable=False),
+    Column("exact", String(255), nullable=False),
+    indexes=(("value",),),
+    comment="string: value is case- and accent-folded for the default and :contains, exact for :exact",
+)
+idx_date = _index_table(
+    "idx_date",
+    Column("low", DateTime(timezone=False), nullable=False),
+    Column("high", DateTime(timezone=False), nullable=False),
+    indexes=(("low", "high"),),
+    comment="date: the closed range [low, high] a value covers, naive UTC; open ends hold MIN/MAX sentinels",
+)
+idx_reference = _index_table(
+    "idx_reference",
+    Column("target_type", String(64), nullable=True),
+    Column("target_id", String(64), nullable=True),
+    Column("url", String(1024), nullable=True),
+    Column("id_system", String(255), nullable=True),
+    Column("id_value", String(255), nullable=True),
+    indexes=(("target_type", "target_id"), ("url",), ("id_value",)),
+    comment="reference: local targets as type/id; other URLs and canonicals in url; Reference.identifier",
+)
+idx_uri = _index_table(
+    "idx_uri",
+    Column("uri", String(1024), nullable=False),
+    indexes=(("uri",),),
+    comment="uri: the value as written",
+)
+idx_number = _index_table(
+    "idx_number",
+    Column("value", Numeric(precision=38, scale=18), nullable=False),
+    Column("low", Numeric(precision=38, scale=18), nullable=False),
+    Column("high", Numeric(precision=38, scale=18), nullable=False),
+    Column("system", String(255), nullable=True),
+    Column("code", String(255), nullable=True),
+    indexes=(("value",),),
+    comment="number and quantity: value, its precision range [low, high], and for quantities system|code",
+)
+
+INDEX_TABLES = {
+    "token": idx_token,
+    "string": idx_string,
+    "date": idx_date,
+    "reference": idx_reference,
+    "uri": idx_uri,
+    "number": idx_number,
+    "quantity": idx_number,
+}
