@@ -23,7 +23,10 @@ async def fhir_error(_request: Request, exc: Exception) -> Response:
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    text = {404: f"No FHIR endpoint at {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+    text = {
+        404: f"No FHIR endpoint at {request.url.path}",
+        405: f"{request.method} is not allowed on {request.url.path}",
+    }
     issue = error(_HTTP_CODES.get(exc.status_code, "processing"), text.get(exc.status_code, str(exc.detail)))
     return outcome_response([issue], exc.status_code, dict(exc.headers or {}))
 

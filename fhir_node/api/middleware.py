@@ -68,9 +68,7 @@ class RequestContext:
 
 
 async def _refuse(send: Send) -> None:
-    body = orjson.dumps(
-        operation_outcome([error("forbidden", "FHIR_NODE_AUTH=none serves loopback clients only")])
-    )
+    body = orjson.dumps(operation_outcome([error("forbidden", "FHIR_NODE_AUTH=none serves loopback clients only")]))
     headers = [(b"content-type", b"application/fhir+json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 403, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -71,10 +71,10 @@ def prefer(request: Request, key: str) -> str | None:
     return None
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body as JSON bytes: 415 for another media type, 413 past `limit` bytes."""
+async def read_body(request: Request, limit: int, form: bool = False) -> bytes:
+    """The request body: 415 unless JSON (or, with `form`, already checked by the caller), 413 past `limit`."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype not in JSON_FORMATS:
+    if not form and ctype not in JSON_FORMATS:
         raise fail(
             415,
             "not-supported",

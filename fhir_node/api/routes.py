@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fhir_node.api.negotiate import HTTP_PARAMETERS, negotiate, read_body
+from fhir_node.api.negotiate import HTTP_PARAMETERS, negotiate, prefer, read_body
 from fhir_node.api.responses import fhir_response, not_modified, version_headers, written_response
 from fhir_node.conformance.capability import capability_statement
-from fhir_node.interactions import history, read, write
+from fhir_node.interactions import history, read, search, write
 from fhir_node.interactions.incoming import parse_body
 from fhir_node.node import Node
-
-import orjson
+from fhir_node.outcome import fail
 
 
 def node_of(request: Request) -> Node:
@@ -83,6 +85,48 @@ async def delete(request: Request) -> Response:
     return Response(None, 204, {"ETag": v.etag} if v else None)
 
 
+async def search_endpoint(request: Request) -> Response:
+    """GET [type]?..., POST [type]/_search (form body joins the URL's parameters), GET [base]?_type=..."""
+    neg = negotiate(request)
+    params = _query(request)
+    if request.method == "POST":
+        ctype = request.headers.get("content-type", "").split(";")[0].strip()
+        if ctype != "application/x-www-form-urlencoded":
+            raise fail(415, "not-supported", "POST _search takes an application/x-www-form-urlencoded body")
+        raw = await read_body(request, node_of(request).settings.max_body_bytes, form=True)
+        params += [(k, v) for k, v in parse_qsl(raw.decode(), keep_blank_values=True) if k not in HTTP_PARAMETERS]
+    lenient = prefer(request, "handling") == "lenient"
+    body = await run_in_threadpool(
+        search.search, node_of(request), base_of(request), request.path_params.get("type"), params, lenient
+    )
+    return fhir_response(neg, body)
+
+
+async def conditional(request: Request) -> Response:
+    """PUT and DELETE on [type]?criteria; without criteria both are refused."""
+    neg = negotiate(request)
+    node = node_of(request)
+    res_type = request.path_params["type"]
+    query = urlencode(_query(request))
+    if not query:
+        raise fail(400, "invalid", f"{request.method} on {res_type} needs search criteria (or an id in the URL)")
+    if_match = request.headers.get("if-match")
+    if request.method == "DELETE":
+        v = await run_in_threadpool(write.conditional_delete, node, res_type, query, if_match)
+        return Response(None, 204, {"ETag": v.etag} if v else None)
+    body = parse_body(await read_body(request, node.settings.max_body_bytes))
+    done = await run_in_threadpool(write.conditional_update, node, res_type, query, body, if_match)
+    return written_response(
+        neg, done.version, done.status, base_of(request), "Created" if done.status == 201 else "Updated"
+    )
+
+
+async def type_level(request: Request) -> Response:
+    """[type]: GET searches, POST creates, PUT and DELETE are conditional."""
+    handler = {"GET": search_endpoint, "HEAD": search_endpoint, "POST": create}.get(request.method, conditional)
+    return await handler(request)
+
+
 async def instance(request: Request) -> Response:
     """GET, PUT and DELETE on [type]/[id]."""
     handler = {"GET": read_instance, "HEAD": read_instance, "PUT": update, "DELETE": delete}[request.method]
@@ -105,5 +149,7 @@ ROUTES = [
     Route("/fhir/{type}/{id}/_history/{vid}", vread_instance, methods=["GET"]),
     Route("/fhir/{type}/{id}/_history", history_endpoint, methods=["GET"]),
     Route("/fhir/{type}/{id}", instance, methods=["GET", "PUT", "DELETE"]),
-    Route("/fhir/{type}", create, methods=["POST"]),
+    Route("/fhir/{type}/_search", search_endpoint, methods=["POST"]),
+    Route("/fhir/{type}", type_level, methods=["GET", "POST", "PUT", "DELETE"]),
+    Route("/fhir", search_endpoint, methods=["GET"]),
 ]

@@ -1,4 +1,5 @@
-"""create, update and delete: one database transaction each, versions kept, locking by ETag."""
+"""create, update and delete (plain and conditional): one database transaction each, every version kept,
+optimistic locking by ETag. The `*_in` functions work inside a caller's transaction (bundles reuse them)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from fhir_node.interactions.incoming import check_id, check_resource
+from fhir_node.interactions.search import matching
 from fhir_node.node import Node
 from fhir_node.outcome import FHIRError, error, fail
 from fhir_node.registry import kind, require
-from fhir_node.search.criteria import matching_ids
 from fhir_node.store import repository
 from fhir_node.store.repository import ConcurrentWrite, Version
 
@@ -42,19 +43,21 @@ def parse_if_match(header: str | None) -> int | None:
 
 def create(node: Node, res_type: str, body: Any, if_none_exist: str | None = None) -> Written:
     """POST: a new resource with a server id; with If-None-Exist, 200 and the match if exactly one exists."""
-    require(kind(res_type), "create")
+    require(kind(res_type), "create", "type")
     resource = check_resource(body, res_type)
     with _transaction(node) as conn:
         if if_none_exist is not None:
-            node.db.lock(conn, f"create:{res_type}")
-            ids = matching_ids(conn, res_type, if_none_exist)
-            if len(ids) > 1:
-                raise fail(412, "multiple-matches", f"If-None-Exist '{if_none_exist}' matches {len(ids)} resources")
+            node.db.lock(conn, f"write:{res_type}")
+            ids = _unique_match(conn, res_type, if_none_exist)
             if ids:
                 found = repository.current(conn, res_type, ids[0])
-                assert found is not None
-                return Written(found, 200)
-        return Written(repository.write(conn, res_type, repository.new_id(), resource, None, "POST"), 201)
+                if found is not None:
+                    return Written(found, 200)
+        return create_in(conn, res_type, resource)
+
+
+def create_in(conn: Connection, res_type: str, resource: dict[str, Any]) -> Written:
+    return Written(repository.write(conn, res_type, repository.new_id(), resource, None, "POST"), 201)
 
 
 def update(node: Node, res_type: str, res_id: str, body: Any, if_match: str | None = None) -> Written:
@@ -64,10 +67,33 @@ def update(node: Node, res_type: str, res_id: str, body: Any, if_match: str | No
     expected = parse_if_match(if_match)
     resource = check_resource(body, res_type, url_id=res_id)
     with _transaction(node) as conn:
-        previous = repository.current(conn, res_type, res_id, for_update=True)
-        _check_version(previous, expected, res_type, res_id)
-        written = repository.write(conn, res_type, res_id, resource, previous, "PUT")
+        return update_in(conn, res_type, res_id, resource, expected)
+
+
+def update_in(conn: Connection, res_type: str, res_id: str, resource: dict[str, Any], expected: int | None) -> Written:
+    previous = repository.current(conn, res_type, res_id, for_update=True)
+    _check_version(previous, expected, res_type, res_id)
+    written = repository.write(conn, res_type, res_id, resource, previous, "PUT")
     return Written(written, 201 if previous is None or previous.deleted else 200)
+
+
+def conditional_update(node: Node, res_type: str, query: str, body: Any, if_match: str | None = None) -> Written:
+    """PUT [type]?criteria: update the one match; none: create (with the body's id, if any); several: 412."""
+    require(kind(res_type), "update", "type")
+    expected = parse_if_match(if_match)
+    if not isinstance(body, dict):
+        check_resource(body, res_type)  # raises the same 400 a plain update would
+    given = body.get("id")
+    with _transaction(node) as conn:
+        node.db.lock(conn, f"write:{res_type}")
+        ids = _unique_match(conn, res_type, query)
+        if ids and given not in (None, ids[0]):
+            raise fail(400, "invalid", f"Body id '{given}' is not the matching {res_type}/{ids[0]}", f"{res_type}.id")
+        target = ids[0] if ids else given
+        if target is None:
+            return create_in(conn, res_type, check_resource(body, res_type))
+        resource = check_resource({**body, "id": target}, res_type, url_id=check_id(str(target)))
+        return update_in(conn, res_type, str(target), resource, expected)
 
 
 def delete(node: Node, res_type: str, res_id: str, if_match: str | None = None) -> Version | None:
@@ -76,13 +102,34 @@ def delete(node: Node, res_type: str, res_id: str, if_match: str | None = None) 
     check_id(res_id)
     expected = parse_if_match(if_match)
     with _transaction(node) as conn:
-        previous = repository.current(conn, res_type, res_id, for_update=True)
-        if previous is None:
-            raise fail(404, "not-found", f"{res_type}/{res_id} is not known")
-        _check_version(previous, expected, res_type, res_id)
-        if previous.deleted:
-            return None
-        return repository.write(conn, res_type, res_id, None, previous, "DELETE")
+        return delete_in(conn, res_type, res_id, expected)
+
+
+def delete_in(conn: Connection, res_type: str, res_id: str, expected: int | None) -> Version | None:
+    previous = repository.current(conn, res_type, res_id, for_update=True)
+    if previous is None:
+        raise fail(404, "not-found", f"{res_type}/{res_id} is not known")
+    _check_version(previous, expected, res_type, res_id)
+    if previous.deleted:
+        return None
+    return repository.write(conn, res_type, res_id, None, previous, "DELETE")
+
+
+def conditional_delete(node: Node, res_type: str, query: str, if_match: str | None = None) -> Version | None:
+    """DELETE [type]?criteria: refused without criteria; deletes the one match (none: nothing); 412 if several."""
+    require(kind(res_type), "delete", "type")
+    expected = parse_if_match(if_match)
+    with _transaction(node) as conn:
+        node.db.lock(conn, f"write:{res_type}")
+        ids = _unique_match(conn, res_type, query)
+        return delete_in(conn, res_type, ids[0], expected) if ids else None
+
+
+def _unique_match(conn: Connection, res_type: str, query: str) -> list[str]:
+    ids = matching(conn, res_type, query)
+    if len(ids) > 1:
+        raise fail(412, "multiple-matches", f"The criteria '{query}' match more than one {res_type}")
+    return ids
 
 
 def _check_version(previous: Version | None, expected: int | None, res_type: str, res_id: str) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, and_, insert, select, update
 
+from fhir_node.search.index import write_index
 from fhir_node.store.schema import resource_versions, resources
 
 
@@ -47,8 +48,8 @@ def now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def serialise(resource: dict[str, Any], res_id: str, version_id: int, ts: datetime) -> bytes:
-    """The bytes served from now on: resourceType, id and meta first, server-owned meta fields set."""
+def stored_form(resource: dict[str, Any], res_id: str, version_id: int, ts: datetime) -> dict[str, Any]:
+    """The resource as served from now on: resourceType, id and meta first, server-owned meta fields set."""
     meta = {k: v for k, v in resource.get("meta", {}).items() if k not in ("versionId", "lastUpdated")}
     body: dict[str, Any] = {
         "resourceType": resource["resourceType"],
@@ -56,7 +57,7 @@ def serialise(resource: dict[str, Any], res_id: str, version_id: int, ts: dateti
         "meta": {"versionId": str(version_id), "lastUpdated": instant(ts), **meta},
     }
     body.update((k, v) for k, v in resource.items() if k not in ("resourceType", "id", "meta"))
-    return orjson.dumps(body)
+    return body
 
 
 def current(conn: Connection, res_type: str, res_id: str, *, for_update: bool = False) -> Version | None:
@@ -74,9 +75,7 @@ def version(conn: Connection, res_type: str, res_id: str, version_id: int) -> Ve
     """A specific version, or None."""
     rv = resource_versions.c
     row = conn.execute(
-        select(resource_versions).where(
-            and_(rv.res_type == res_type, rv.res_id == res_id, rv.version_id == version_id)
-        )
+        select(resource_versions).where(and_(rv.res_type == res_type, rv.res_id == res_id, rv.version_id == version_id))
     ).first()
     return _from_row(row) if row is not None else None
 
@@ -93,19 +92,21 @@ def write(
     `method` (POST, PUT, DELETE) is how it was written, as history shows it."""
     ts = now()
     version_id = previous.version_id + 1 if previous else 1
-    content = serialise(resource, res_id, version_id, ts) if resource is not None else None
-    values = {"version_id": version_id, "last_updated": ts, "deleted": resource is None, "content": content}
+    stored = stored_form(resource, res_id, version_id, ts) if resource is not None else None
+    content = orjson.dumps(stored) if stored is not None else None
+    values = {"version_id": version_id, "last_updated": ts, "content": content}
     if previous is None:
-        conn.execute(insert(resources).values(res_type=res_type, res_id=res_id, **values))
+        conn.execute(insert(resources).values(res_type=res_type, res_id=res_id, deleted=False, **values))
     else:
         c = resources.c
         done = conn.execute(
             update(resources)
             .where(and_(c.res_type == res_type, c.res_id == res_id, c.version_id == previous.version_id))
-            .values(**values)
+            .values(deleted=resource is None, **values)
         )
         if done.rowcount != 1:
             raise ConcurrentWrite(res_type, res_id)
+    write_index(conn, res_type, res_id, stored, replace=previous is not None)
     seq = conn.execute(
         insert(resource_versions).values(res_type=res_type, res_id=res_id, method=method, **values)
     ).inserted_primary_key[0]

@@ -1,0 +1,399 @@
+"""search at type and system level: criteria to SQL, `_sort`, keyset paging with stable next/previous
+links, `_total`, `_include`/`_revinclude`, `_summary`, `_elements`; conditional operations reuse it."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+from sqlalchemy import ColumnElement, Connection, and_, false, func, or_, select, true
+
+from fhir_node.bundles import bundle
+from fhir_node.node import Node
+from fhir_node.outcome import FHIRError, fail, operation_outcome
+from fhir_node.registry import KINDS, kind
+from fhir_node.search import elements as shaping
+from fhir_node.search.parse import Parsed, SearchError, parse
+from fhir_node.search.registry import registry
+from fhir_node.search.sql import matching_ids
+from fhir_node.store.schema import INDEX_TABLES, idx_reference, resources
+
+#: Sort key columns per parameter type: ascending sorts on the lowest value, descending on the highest.
+_SORT_COLUMNS = {
+    "date": ("low", "high"),
+    "string": ("value", "value"),
+    "token": ("code", "code"),
+    "number": ("value", "value"),
+    "quantity": ("value", "value"),
+    "uri": ("uri", "uri"),
+    "reference": ("target_id", "target_id"),
+}
+_TOTAL_BOUND = 10_000
+_ITERATE_LIMIT = 4
+
+
+@dataclass
+class Page:
+    """The query shape every page of one search shares."""
+
+    types: tuple[str, ...]
+    where: ColumnElement[bool]
+    sort: list[tuple[str, bool, str]] = field(default_factory=list)  # (code, descending, param type)
+
+
+def search(node: Node, base: str, res_type: str | None, params: list[tuple[str, str]], lenient: bool = False) -> bytes:
+    """A `searchset` Bundle for one page of results."""
+    reg = registry()
+    types = _types(res_type, params)
+    parsed_by_type = {t: _parse(reg, t, params, lenient) for t in types}
+    parsed = parsed_by_type[types[0]]
+    result = parsed.result
+    count = _count(result, node)
+    where = or_(*(_type_condition(t, p, base) for t, p in parsed_by_type.items()))
+    page = Page(types, where, _sort(result, types))
+    summary = _single(result, "_summary")
+    if summary not in (None, "true", "false", "text", "data", "count"):
+        raise fail(400, "value", f"_summary must be true, false, text, data or count, not '{summary}'", "_summary")
+    total_mode = _single(result, "_total") or "none"
+    if total_mode not in ("none", "estimate", "accurate"):
+        raise fail(400, "value", f"_total must be none, estimate or accurate, not '{total_mode}'", "_total")
+    contained = _single(result, "_contained")
+    if contained not in (None, "false") or "_containedType" in result:
+        raise fail(400, "not-supported", "Searching contained resources is not supported", "_contained")
+    elements = [e.strip() for v in result.get("_elements", []) for e in v.split(",") if e.strip()]
+    cursor = _decode_cursor(_single(result, "_cursor"), page)
+
+    with node.db.read() as conn:
+        if summary == "count" or count == 0:
+            total = conn.execute(select(func.count()).select_from(resources).where(page.where)).scalar_one()
+            return bundle("searchset", [], {"self": _link(base, res_type, params, None)}, total=total)
+        rows, has_next, has_prev = _fetch(conn, page, cursor, count)
+        total = _total(conn, page, total_mode, cursor, rows, has_next)
+        included = _includes(conn, reg, rows, result, base)
+
+    links = {"self": _link(base, res_type, params, _single(result, "_cursor"))}
+    if has_next:
+        links["next"] = _link(base, res_type, params, _encode_cursor("n", rows[-1], page))
+    if has_prev:
+        links["previous"] = _link(base, res_type, params, _encode_cursor("p", rows[0], page))
+    entries = [_entry(base, r.res_type, r.res_id, r.content, "match", summary, elements) for r in rows]
+    entries += [_entry(base, t, i, c, "include", summary, elements) for t, i, c in included]
+    if parsed.ignored:
+        oo = orjson.dumps(operation_outcome(parsed.ignored))
+        entries.append(b'{"resource":' + oo + b',"search":{"mode":"outcome"}}')
+    extra = {"total": total} if total is not None else {}
+    return bundle("searchset", entries, links, **extra)
+
+
+def matching(conn: Connection, res_type: str, query: str, limit: int = 2) -> list[str]:
+    """Ids matching a conditional operation's criteria (If-None-Exist, conditional update/delete)."""
+    params = parse_qsl(query.lstrip("?"), keep_blank_values=True)
+    if not params:
+        raise fail(400, "invalid", "Conditional operations need search criteria")
+    parsed = _parse(registry(), res_type, params, lenient=False)
+    if parsed.result:
+        raise fail(400, "invalid", f"Only filters may be used as conditions, not {', '.join(parsed.result)}")
+    q = select(resources.c.res_id).where(_type_condition(res_type, parsed, "")).limit(limit)
+    return list(conn.execute(q).scalars())
+
+
+def _types(res_type: str | None, params: list[tuple[str, str]]) -> tuple[str, ...]:
+    if res_type is not None:
+        kind(res_type)
+        if any(k == "_type" for k, _ in params):
+            raise fail(400, "invalid", "_type is only allowed in a system-level search", "_type")
+        return (res_type,)
+    named = [t.strip() for k, v in params if k == "_type" for t in v.split(",") if t.strip()]
+    for t in named:
+        kind(t)
+    return tuple(dict.fromkeys(named)) or tuple(KINDS)
+
+
+def _parse(reg: Any, res_type: str, params: list[tuple[str, str]], lenient: bool) -> Parsed:
+    try:
+        return parse(reg, res_type, params, lenient)
+    except SearchError as exc:
+        raise FHIRError(400, [exc.issue]) from None
+
+
+def _type_condition(res_type: str, parsed: Parsed, base: str) -> ColumnElement[bool]:
+    conds: list[ColumnElement[bool]] = [resources.c.res_type == res_type, resources.c.deleted == false()]
+    try:
+        for c in parsed.criteria:
+            if c.param is not None and c.param.code == "_id" and c.modifier is None and c.missing is None:
+                conds.append(resources.c.res_id.in_(c.values))
+            else:
+                conds.append(resources.c.res_id.in_(matching_ids(c, base)))
+    except SearchError as exc:
+        raise FHIRError(400, [exc.issue]) from None
+    return and_(*conds)
+
+
+def _single(result: dict[str, list[str]], name: str) -> str | None:
+    values = result.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise fail(400, "invalid", f"{name} may appear only once", name)
+    return values[0]
+
+
+def _count(result: dict[str, list[str]], node: Node) -> int:
+    raw = _single(result, "_count")
+    if raw is None:
+        return node.settings.default_count
+    if not raw.isdigit():
+        raise fail(400, "value", f"_count must be a non-negative integer, not '{raw}'", "_count")
+    return min(int(raw), node.settings.max_count)
+
+
+def _sort(result: dict[str, list[str]], types: tuple[str, ...]) -> list[tuple[str, bool, str]]:
+    keys = []
+    for spec in (s.strip() for v in result.get("_sort", []) for s in v.split(",")):
+        if not spec:
+            continue
+        desc = spec.startswith("-")
+        code = spec.lstrip("-")
+        if code in ("_id", "_lastUpdated"):
+            keys.append((code, desc, "special"))
+            continue
+        found = {registry().get(t, code) for t in types}
+        param_types = {p.type for p in found if p is not None}
+        if None in found or len(param_types) != 1 or next(iter(param_types)) not in _SORT_COLUMNS:
+            raise fail(400, "not-supported", f"Cannot sort by '{code}'", "_sort")
+        keys.append((code, desc, param_types.pop()))
+    return keys
+
+
+def _sort_columns(page: Page) -> list[tuple[ColumnElement[Any], bool]]:
+    """(expression, descending) for each sort key, then the (type, id) tie-breaker."""
+    cols: list[tuple[ColumnElement[Any], bool]] = []
+    for code, desc, ptype in page.sort:
+        if code == "_id":
+            cols.append((resources.c.res_id, desc))
+            continue
+        if code == "_lastUpdated":
+            cols.append((resources.c.last_updated, desc))
+            continue
+        table = INDEX_TABLES[ptype]
+        column = table.c[_SORT_COLUMNS[ptype][1 if desc else 0]]
+        agg = func.max(column) if desc else func.min(column)
+        sub = (
+            select(agg)
+            .where(
+                table.c.res_type == resources.c.res_type, table.c.res_id == resources.c.res_id, table.c.param == code
+            )
+            .scalar_subquery()
+        )
+        cols.append((sub, desc))
+    cols += [(resources.c.res_type, False), (resources.c.res_id, False)]
+    return cols
+
+
+def _fetch(
+    conn: Connection, page: Page, cursor: tuple[str, list[Any]] | None, count: int
+) -> tuple[list[Any], bool, bool]:
+    """One page by keyset: rows after (or, for `previous`, before) the cursor's sort values."""
+    cols = _sort_columns(page)
+    labelled = [c.label(f"k{i}") for i, (c, _) in enumerate(cols)]
+    inner = (
+        select(resources.c.res_type, resources.c.res_id, resources.c.content, *labelled).where(page.where).subquery()
+    )
+    keys = [(inner.c[f"k{i}"], desc) for i, (_, desc) in enumerate(cols)]
+    backwards = cursor is not None and cursor[0] == "p"
+    q = select(inner.c.res_type, inner.c.res_id, inner.c.content, *(k for k, _ in keys))
+    if cursor is not None:
+        q = q.where(_after(keys, cursor[1], backwards))
+    order = []
+    for k, desc in keys:
+        flip = desc != backwards
+        nulls_last = k.is_(None).asc() if not backwards else k.is_(None).desc()
+        order += [nulls_last, k.desc() if flip else k.asc()]
+    rows = list(conn.execute(q.order_by(*order).limit(count + 1)))
+    more = len(rows) > count
+    rows = rows[:count]
+    if backwards:
+        rows.reverse()
+        return rows, True, more
+    return rows, more, cursor is not None
+
+
+def _after(keys: list[tuple[Any, bool]], values: list[Any], backwards: bool) -> ColumnElement[bool]:
+    """Rows strictly after `values` in the sort order (before, when paging backwards); NULLs sort last."""
+    ors = []
+    for i, (k, desc) in enumerate(keys):
+        eq = [keys[j][0].is_(None) if values[j] is None else keys[j][0] == values[j] for j in range(i)]
+        v = values[i]
+        later_is_greater = desc == backwards
+        if v is None:
+            step = false() if not backwards else k.is_not(None)
+        else:
+            beyond = k > v if later_is_greater else k < v
+            step = or_(beyond, k.is_(None)) if not backwards else beyond
+        ors.append(and_(*eq, step))
+    return or_(*ors)
+
+
+def _encode_cursor(direction: str, row: Any, page: Page) -> str:
+    values = [row[3 + i] for i in range(len(page.sort) + 2)]
+    raw = orjson.dumps([direction, [_jsonable(v) for v in values]])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return v.isoformat()
+    if isinstance(v, Decimal):
+        return str(v)
+    return v
+
+
+def _decode_cursor(raw: str | None, page: Page) -> tuple[str, list[Any]] | None:
+    if raw is None:
+        return None
+    try:
+        direction, values = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        kinds = [
+            ("special" if code == "_id" else "date" if code == "_lastUpdated" else ptype)
+            for code, _, ptype in page.sort
+        ] + ["token", "token"]
+        if direction not in ("n", "p") or len(values) != len(kinds):
+            raise ValueError
+        return direction, [_typed(v, k) for v, k in zip(values, kinds, strict=True)]
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise fail(400, "value", "_cursor is not one this node issued for this search", "_cursor") from None
+
+
+def _typed(v: Any, ptype: str) -> Any:
+    if v is None:
+        return None
+    if ptype == "date":
+        return datetime.fromisoformat(v)
+    if ptype in ("number", "quantity"):
+        return Decimal(v)
+    return v
+
+
+def _total(conn: Connection, page: Page, mode: str, cursor: Any, rows: list[Any], has_next: bool) -> int | None:
+    """Exact when the whole result is this first page (free) or when asked; bounded for `estimate`."""
+    if cursor is None and not has_next:
+        return len(rows)
+    if mode == "accurate":
+        return conn.execute(select(func.count()).select_from(resources).where(page.where)).scalar_one()
+    if mode == "estimate":
+        bounded = select(resources.c.res_id).where(page.where).limit(_TOTAL_BOUND + 1).subquery()
+        n = conn.execute(select(func.count()).select_from(bounded)).scalar_one()
+        return n if n <= _TOTAL_BOUND else None
+    return None
+
+
+def _includes(
+    conn: Connection, reg: Any, rows: list[Any], result: dict[str, list[str]], base: str
+) -> list[tuple[str, str, bytes]]:
+    """_include and _revinclude (with :iterate): referenced and referring resources, each once."""
+    seen = {(r.res_type, r.res_id) for r in rows}
+    frontier = set(seen)
+    out: list[tuple[str, str, bytes]] = []
+    specs = [
+        (name, v)
+        for name in (
+            "_include",
+            "_revinclude",
+            "_include:iterate",
+            "_revinclude:iterate",
+            "_include:recurse",
+            "_revinclude:recurse",
+        )
+        for v in result.get(name, [])
+    ]
+    for round_ in range(_ITERATE_LIMIT):
+        found: set[tuple[str, str]] = set()
+        for name, spec in specs:
+            if round_ > 0 and ":" not in name:
+                continue
+            found |= _include_targets(conn, reg, name.split(":")[0], spec, frontier)
+        new = found - seen
+        if not new:
+            break
+        seen |= new
+        frontier = new
+        for t in sorted({t for t, _ in new}):
+            ids = [i for tt, i in new if tt == t]
+            q = select(resources.c.res_type, resources.c.res_id, resources.c.content).where(
+                resources.c.res_type == t, resources.c.res_id.in_(ids), resources.c.deleted == false()
+            )
+            out += [(r.res_type, r.res_id, r.content) for r in conn.execute(q)]
+    return out
+
+
+def _include_targets(
+    conn: Connection, reg: Any, kind_: str, spec: str, frontier: set[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    parts = spec.split(":")
+    if spec == "*":
+        source, code, target = None, None, None
+    elif len(parts) in (2, 3):
+        source, code = parts[0], parts[1]
+        target = parts[2] if len(parts) == 3 else None
+        if source not in KINDS:
+            raise fail(400, "not-supported", f"{kind_}: '{source}' is not a type this node serves", kind_)
+        param = reg.get(source, code) if code != "*" else None
+        if code != "*" and (param is None or param.type != "reference"):
+            raise fail(400, "not-supported", f"{kind_}: '{code}' is not a reference parameter of {source}", kind_)
+        if code == "*":
+            code = None
+    else:
+        raise fail(400, "invalid", f"{kind_} must be Type:parameter[:targetType] or *, not '{spec}'", kind_)
+    ref = idx_reference
+    by_type: dict[str, list[str]] = {}
+    for t, i in frontier:
+        by_type.setdefault(t, []).append(i)
+    found: set[tuple[str, str]] = set()
+    for t, ids in by_type.items():
+        if kind_ == "_include":
+            if source is not None and source != t:
+                continue
+            q = select(ref.c.target_type, ref.c.target_id).where(
+                ref.c.res_type == t,
+                ref.c.res_id.in_(ids),
+                ref.c.target_id.is_not(None),
+                ref.c.param == code if code else true(),
+                ref.c.target_type == target if target else true(),
+            )
+        else:
+            q = select(ref.c.res_type, ref.c.res_id).where(
+                ref.c.target_type == t,
+                ref.c.target_id.in_(ids),
+                ref.c.res_type == source if source else true(),
+                ref.c.param == code if code else true(),
+            )
+        found |= {(a, b) for a, b in conn.execute(q) if a in KINDS}
+    return found
+
+
+def _entry(
+    base: str, res_type: str, res_id: str, content: bytes, mode: str, summary: str | None, elements: list[str]
+) -> bytes:
+    body = shaping.shape(content, summary, elements)
+    return (
+        b'{"fullUrl":'
+        + orjson.dumps(f"{base}/{res_type}/{res_id}")
+        + b',"resource":'
+        + body
+        + b',"search":{"mode":"'
+        + mode.encode()
+        + b'"}}'
+    )
+
+
+def _link(base: str, res_type: str | None, params: list[tuple[str, str]], cursor: str | None) -> str:
+    kept = [(k, v) for k, v in params if k != "_cursor"]
+    if cursor is not None:
+        kept.append(("_cursor", cursor))
+    path = f"{base}/{res_type}" if res_type else base
+    return f"{path}?{urlencode(kept)}" if kept else path

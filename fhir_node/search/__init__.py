@@ -1,0 +1,1 @@
+"""FHIR search: definitions (SearchParameter resources) drive index extraction, query parsing and SQL."""

@@ -1,0 +1,54 @@
+"""Index rows for the current version of a resource, written in the writer's transaction."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert
+
+from fhir_node.search.fhirpath import Evaluator, compile_expression
+from fhir_node.search.registry import SearchParam, registry
+from fhir_node.search.values import EXTRACTORS
+from fhir_node.store.schema import INDEX_TABLES
+
+_TABLES = {id(t): t for t in INDEX_TABLES.values()}
+
+
+@cache
+def _plan(res_type: str) -> tuple[tuple[SearchParam, Evaluator], ...]:
+    """The indexable parameters of a type with their compiled expressions (compiled once per process)."""
+    return tuple(
+        (p, compile_expression(p.expression)) for p in registry().of(res_type).values() if p.type in EXTRACTORS
+    )
+
+
+def rows(res_type: str, resource: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Rows per parameter type for one resource (duplicates removed), without the resource key columns."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for param, evaluate in _plan(res_type):
+        extract = EXTRACTORS[param.type]
+        seen: set[tuple[Any, ...]] = set()
+        for value in evaluate(resource):
+            for row in extract(value):
+                key = tuple(sorted(row.items()))
+                if key not in seen:
+                    seen.add(key)
+                    out.setdefault(param.type, []).append({"param": param.code, **row})
+    return out
+
+
+def write_index(conn: Connection, res_type: str, res_id: str, resource: dict[str, Any] | None, replace: bool) -> None:
+    """Index `resource` (None: a deletion leaves no rows); `replace` drops the previous version's rows."""
+    if replace:
+        for table in _TABLES.values():
+            conn.execute(delete(table).where(table.c.res_type == res_type, table.c.res_id == res_id))
+    if resource is None:
+        return
+    for param_type, found in rows(res_type, resource).items():
+        table = INDEX_TABLES[param_type]
+        columns = [c.name for c in table.columns]
+        conn.execute(
+            insert(table),
+            [{c: r.get(c) for c in columns} | {"res_type": res_type, "res_id": res_id} for r in found],
+        )

@@ -1,0 +1,184 @@
+"""Criteria to SQL over the index tables: each criterion is a set of matching ids of its type (a
+subquery), so AND, OR, chains and reverse chains compose without ever reading resource JSON."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import ColumnElement, Select, and_, false, literal, not_, or_, select
+
+from fhir_node.datetimes import date_range
+from fhir_node.outcome import error
+from fhir_node.search.parse import Criterion, SearchError, split_prefix, unescape
+from fhir_node.search.values import fold, number_range
+from fhir_node.store.repository import now
+from fhir_node.store.schema import INDEX_TABLES, idx_reference, resources
+
+_UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
+
+
+def matching_ids(c: Criterion, base: str) -> Select[tuple[str]]:
+    """The ids of live resources of `c.res_type` that satisfy `c`."""
+    if c.has is not None:
+        ref_type, ref_code = c.has
+        ref = idx_reference
+        return select(ref.c.target_id).where(
+            ref.c.res_type == ref_type,
+            ref.c.param == ref_code,
+            ref.c.target_type == c.res_type,
+            ref.c.res_id.in_(matching_ids(c.chain[0], base)),
+        )
+    assert c.param is not None
+    table = INDEX_TABLES.get(c.param.type)
+    if table is None:
+        raise SearchError(error("not-supported", f"Parameters of type {c.param.type} are not supported", c.name))
+    if c.chain:
+        ref = idx_reference
+        return select(ref.c.res_id).where(
+            ref.c.res_type == c.res_type,
+            ref.c.param == c.param.code,
+            or_(*(and_(ref.c.target_type == i.res_type, ref.c.target_id.in_(matching_ids(i, base))) for i in c.chain)),
+        )
+    if c.param.code == "_id" and c.missing is None and c.modifier is None:
+        return _live(c.res_type).where(resources.c.res_id.in_(c.values))
+    indexed = select(table.c.res_id).where(table.c.res_type == c.res_type, table.c.param == c.param.code)
+    if c.missing is not None:
+        return _live(c.res_type).where(resources.c.res_id.not_in(indexed)) if c.missing else indexed
+    if c.modifier == "not":
+        positive = indexed.where(or_(*(_token(table, v, None, c) for v in c.values)))
+        return _live(c.res_type).where(resources.c.res_id.not_in(positive))
+    build = _BUILDERS[c.param.type]
+    return indexed.where(or_(*(build(table, v, c.modifier, c, base) for v in c.values)))  # type: ignore[operator]
+
+
+def _live(res_type: str) -> Select[tuple[str]]:
+    return select(resources.c.res_id).where(resources.c.res_type == res_type, resources.c.deleted == false())
+
+
+def _token(t, value: str, modifier: str | None, c: Criterion, _base: str = "") -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
+    if modifier == "text":
+        return t.c.text.startswith(fold(unescape(value)), autoescape=True)
+    parts = [unescape(p) for p in _UNESCAPED_PIPE.split(value)]
+    if modifier == "of-type":
+        if len(parts) != 3:
+            raise SearchError(error("value", f"{c.name} needs type-system|type-code|value, got '{value}'", c.name))
+        return and_(t.c.type_system == parts[0], t.c.type_code == parts[1], t.c.code == parts[2])
+    if len(parts) == 1:
+        return t.c.code == parts[0]
+    if len(parts) != 2:
+        raise SearchError(error("value", f"{c.name}: a token is [system|]code, got '{value}'", c.name))
+    system, code = parts
+    if not system:
+        return and_(t.c.system.is_(None), t.c.code == code)
+    if not code:
+        return t.c.system == system
+    return and_(t.c.system == system, t.c.code == code)
+
+
+def _string(t, value: str, modifier: str | None, _c: Criterion, _base: str = "") -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
+    text = unescape(value)
+    if modifier == "exact":
+        return t.c.exact == text
+    if modifier == "contains":
+        return t.c.value.contains(fold(text), autoescape=True)
+    return t.c.value.startswith(fold(text), autoescape=True)
+
+
+def _uri(t, value: str, modifier: str | None, _c: Criterion, _base: str = "") -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
+    uri = unescape(value)
+    if modifier == "below":
+        return t.c.uri.startswith(uri, autoescape=True)
+    if modifier == "above":
+        return literal(uri).startswith(t.c.uri)
+    return t.c.uri == uri
+
+
+def _date(t, value: str, _modifier: str | None, c: Criterion, _base: str = "") -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
+    prefix, text = split_prefix(value)
+    found = date_range(text)
+    if found is None:
+        raise SearchError(error("value", f"{c.name}: '{text}' is not a date, dateTime or instant", c.name))
+    vlo, vhi = found
+    return _ranged(prefix, t.c.low, t.c.high, vlo, vhi, _date_margin(vlo))
+
+
+def _date_margin(value: datetime) -> timedelta:
+    """`ap` on dates: 10% of the distance to now, at least a day (R4 leaves the amount to the server)."""
+    return max(abs(now() - value) / 10, timedelta(days=1))
+
+
+def _ranged(prefix: str, lo, hi, vlo, vhi, margin) -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
+    """R4 prefix semantics between a target range [lo, hi] and a search range [vlo, vhi]."""
+    contained = and_(lo >= vlo, hi <= vhi)
+    return {
+        "eq": lambda: contained,
+        "ne": lambda: not_(contained),
+        "gt": lambda: hi > vhi,
+        "lt": lambda: lo < vlo,
+        "ge": lambda: or_(hi > vhi, contained),
+        "le": lambda: or_(lo < vlo, contained),
+        "sa": lambda: lo > vhi,
+        "eb": lambda: hi < vlo,
+        "ap": lambda: and_(lo <= vhi + margin, hi >= vlo - margin),
+    }[prefix]()
+
+
+def _number(t, value: str, _modifier: str | None, c: Criterion, _base: str = "") -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
+    prefix, text = split_prefix(value)
+    parts = [unescape(p) for p in _UNESCAPED_PIPE.split(text)]
+    found = number_range(parts[0])
+    if found is None:
+        raise SearchError(error("value", f"{c.name}: '{parts[0]}' is not a number", c.name))
+    exact, vlo, vhi = found
+    margin = abs(exact) / 10 or Decimal("0.1")
+    if prefix == "eq":
+        matched = and_(t.c.value >= vlo, t.c.value < vhi)
+    elif prefix == "ne":
+        matched = or_(t.c.value < vlo, t.c.value >= vhi)
+    else:
+        matched = _ranged(prefix, t.c.value, t.c.value, exact, exact, margin)
+    if c.param is not None and c.param.type == "quantity" and len(parts) == 3:
+        system, code = parts[1], parts[2]
+        if system:
+            matched = and_(matched, t.c.system == system)
+        if code:
+            matched = and_(matched, t.c.code == code)
+    elif len(parts) != 1:
+        raise SearchError(error("value", f"{c.name}: expected number[|system|code], got '{value}'", c.name))
+    return matched
+
+
+def _reference(t, value: str, modifier: str | None, c: Criterion, base: str) -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
+    assert c.param is not None
+    text = unescape(value) if modifier == "identifier" else value
+    if modifier == "identifier":
+        parts = _UNESCAPED_PIPE.split(value)
+        if len(parts) == 1:
+            return t.c.id_value == unescape(parts[0])
+        system, ident = (unescape(p) for p in parts[:2])
+        return and_(t.c.id_system == system, t.c.id_value == ident) if system else t.c.id_value == ident
+    if text.startswith(base + "/"):
+        text = text[len(base) + 1 :]
+    local = re.fullmatch(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?", text)
+    targets = c.target_types or tuple(c.param.targets)
+    if local:
+        if targets and local.group(1) not in targets:
+            raise SearchError(error("value", f"{c.name}: {local.group(1)} is not a target of '{c.param.code}'", c.name))
+        return and_(t.c.target_type == local.group(1), t.c.target_id == local.group(2))
+    if re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", text):
+        typed = t.c.target_type.in_(targets) if targets else literal(True)
+        return and_(typed, t.c.target_id == text)
+    return t.c.url == text.split("|")[0]
+
+
+_BUILDERS = {
+    "token": _token,
+    "string": _string,
+    "uri": _uri,
+    "date": _date,
+    "number": _number,
+    "quantity": _number,
+    "reference": _reference,
+}
