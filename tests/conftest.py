@@ -7,6 +7,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from live_node import BASE_HOST, serve_node
 from postgres_server import (
     REQUIRE_ENV,
     PostgresServer,
@@ -14,6 +15,10 @@ from postgres_server import (
     postgres_required,
     start_postgres,
 )
+from starlette.testclient import TestClient
+
+from fhir_node.app import create_app
+from fhir_node.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +47,24 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     server: PostgresServer = request.getfixturevalue("postgres_server")
     with server.fresh_database() as url:
         yield url
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    """Node settings on this test's fresh database."""
+    return Settings(database_url=database_url)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    """The real ASGI app, called in-process from a loopback address (as FHIR_NODE_AUTH=none requires)."""
+    app = create_app(settings)
+    with TestClient(app, base_url=BASE_HOST, client=("127.0.0.1", 50000)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def live_server(settings: Settings, tmp_path: Path) -> Iterator[str]:
+    """A real `fhir-node serve` process (uvicorn) on 127.0.0.1; yields its FHIR base URL."""
+    with serve_node(settings.database_url, tmp_path) as base:
+        yield base

@@ -7,6 +7,8 @@ from typing import Any
 from fhir_node import FHIR_VERSION, __version__
 from fhir_node.api.negotiate import SUPPORTED_FORMATS
 from fhir_node.registry import KINDS, ResourceKind
+from fhir_node.search.registry import SearchParam, registry
+from fhir_node.search.values import EXTRACTORS
 from fhir_node.settings import Settings
 
 _RELEASED = "2026-11-24"  # the date of this software version, the same on every worker
@@ -30,7 +32,8 @@ def capability_statement(settings: Settings, base: str) -> dict[str, Any]:
                 "documentation": f"Authentication: {settings.auth}"
                 + (" (node operator, loopback only)" if settings.auth == "none" else ""),
                 "resource": [_resource(k) for k in KINDS.values()],
-                "interaction": [{"code": "history-system"}],
+                "interaction": [{"code": "history-system"}, {"code": "search-system"}],
+                "searchParam": [_param(p) for p in _common()],
             }
         ],
     }
@@ -46,7 +49,33 @@ def _resource(res_kind: ResourceKind) -> dict[str, Any]:
         "updateCreate": res_kind.allows("update"),
         "conditionalCreate": res_kind.allows("create"),
         "conditionalRead": "full-support",
-        "conditionalUpdate": False,
-        "conditionalDelete": "not-supported",
+        "conditionalUpdate": res_kind.allows("update"),
+        "conditionalDelete": "single" if res_kind.allows("delete") else "not-supported",
+        "searchInclude": sorted(
+            f"{res_kind.name}:{p.code}" for p in searchable(res_kind.name) if p.type == "reference"
+        ),
+        "searchRevInclude": sorted(
+            f"{other}:{p.code}"
+            for other in KINDS
+            for p in searchable(other)
+            if p.type == "reference" and (not p.targets or res_kind.name in p.targets)
+        ),
+        "searchParam": [_param(p) for p in searchable(res_kind.name)],
     }
     return entry
+
+
+def searchable(res_type: str) -> list[SearchParam]:
+    """The parameters a search on `res_type` honours: every registered one whose values are indexed."""
+    return sorted((p for p in registry().of(res_type).values() if p.type in EXTRACTORS), key=lambda p: p.code)
+
+
+def _common() -> list[SearchParam]:
+    """Parameters every served type shares, usable in a system-level search."""
+    per_type = [{p.code: p for p in searchable(t)} for t in KINDS]
+    shared = set.intersection(*(set(d) for d in per_type))
+    return [per_type[0][code] for code in sorted(shared) if all(d[code].url == per_type[0][code].url for d in per_type)]
+
+
+def _param(p: SearchParam) -> dict[str, Any]:
+    return {"name": p.code, "definition": p.url, "type": p.type, "documentation": p.documentation or p.code}

@@ -1,0 +1,53 @@
+"""Start the node the way an operator does (`fhir-node serve`), for tests that need a real HTTP server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+BASE_HOST = "http://127.0.0.1:8080"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_node(database_url: str, log_dir: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run `python -m fhir_node serve --host 127.0.0.1 --port N` until the block ends; yield the FHIR base."""
+    port = free_port()
+    env = {**os.environ, "FHIR_NODE_DATABASE_URL": database_url, **(extra_env or {})}
+    log = (log_dir / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fhir_node", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}/fhir"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"fhir-node serve exited: {(log_dir / 'server.log').read_text()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/metadata", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("fhir-node serve did not answer /fhir/metadata within 30 s")
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
