@@ -23,18 +23,33 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_node(database_url: str, log_dir: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
-    """Run `python -m fhir_node serve --host 127.0.0.1 --port N` until the block ends; yield the FHIR base."""
+def serve_node(
+    database_url: str, log_dir: Path, extra_env: dict[str, str] | None = None, workers: int = 1
+) -> Iterator[str]:
+    """Run `python -m fhir_node serve --host 127.0.0.1 --port N` until the block ends; yield the FHIR base.
+    The server's pid goes to `log_dir/server.pid` (benchmarks read its memory)."""
     port = free_port()
     env = {**os.environ, "FHIR_NODE_DATABASE_URL": database_url, **(extra_env or {})}
     log = (log_dir / "server.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fhir_node", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "fhir_node",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}/fhir"
+    (log_dir / "server.pid").write_text(str(proc.pid))
     try:
         deadline = time.monotonic() + 30
         while True:

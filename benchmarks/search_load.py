@@ -1,0 +1,270 @@
+"""Search benchmark (issue 4): load EpisodeOfCare (with their patients and organisations) into a real
+`fhir-node serve`, then run searches from concurrent clients and report throughput, latency and RSS.
+
+    python benchmarks/search_load.py --database sqlite --episodes 2000
+    python benchmarks/search_load.py --database postgresql --episodes 2000
+    python benchmarks/search_load.py --database sqlite --episodes 100000 --audit-events 1000000 --load direct
+
+`--load http` posts every resource through the API (what the resources/s figure measures);
+`--load direct` writes through the node's own store code in-process (same rows, no HTTP), to reach
+large volumes in reasonable time. Searches always go over HTTP, 4 clients, rotating the three queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from live_node import serve_node  # noqa: E402
+from postgres_server import start_postgres  # noqa: E402
+
+SSIN = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/ssin"
+NIHDI = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/nihdi"
+H = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+
+
+def ssin(rng: random.Random) -> str:
+    """A valid SSIN (check digits per the mod-97 rule, births 1930-1999)."""
+    body = f"{rng.randint(30, 99):02d}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}{rng.randint(1, 997):03d}"
+    return body + f"{97 - int(body) % 97:02d}"
+
+
+def patient(rng: random.Random) -> dict[str, Any]:
+    return {"resourceType": "Patient", "identifier": [{"system": SSIN, "value": ssin(rng)}]}
+
+
+def organization(i: int) -> dict[str, Any]:
+    return {
+        "resourceType": "Organization",
+        "identifier": [{"system": NIHDI, "value": f"{i:08d}"}],
+        "name": f"PSI {i}",
+        "active": True,
+    }
+
+
+def episode(rng: random.Random, i: int, patient_id: str, org_id: str) -> dict[str, Any]:
+    start = f"{rng.randint(2019, 2025)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+    period: dict[str, str] = {"start": start}
+    if rng.random() < 0.3:
+        period["end"] = f"{int(start[:4]) + 1}{start[4:]}"
+    return {
+        "resourceType": "EpisodeOfCare",
+        "identifier": [{"system": "urn:fhir-node:bench:inclusion", "value": str(i)}],
+        "status": "finished" if "end" in period else rng.choice(["active", "active", "active", "onhold"]),
+        "type": [
+            {
+                "coding": [
+                    {"system": "urn:fhir-node:bench:inclusion-status", "code": rng.choice(["principal", "information"])}
+                ]
+            }
+        ],
+        "patient": {"reference": f"Patient/{patient_id}"},
+        "managingOrganization": {"reference": f"Organization/{org_id}"},
+        "period": period,
+    }
+
+
+def audit_event(rng: random.Random, patient_id: str) -> dict[str, Any]:
+    return {
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+        "action": "R",
+        "recorded": f"2025-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T10:00:00Z",
+        "outcome": "0",
+        "agent": [{"requestor": True, "who": {"identifier": {"system": SSIN, "value": ssin(rng)}}}],
+        "source": {"observer": {"display": "fhir-node"}},
+        "entity": [{"what": {"reference": f"Patient/{patient_id}"}}],
+    }
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection (http.client: the cheapest client, so the server is measured)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.c = http.client.HTTPConnection(host, port)
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        self.c.request(method, path, body=body, headers=H)
+        r = self.c.getresponse()
+        return r.status, r.read()
+
+
+def load_http(host: str, port: int, resources: list[dict[str, Any]], clients: int) -> list[str]:
+    """POST every resource, `clients` connections in parallel; returns the assigned ids in order."""
+    ids: list[str] = [""] * len(resources)
+
+    def worker(k: int) -> None:
+        conn = Conn(host, port)
+        for i in range(k, len(resources), clients):
+            res = resources[i]
+            status, body = conn.request("POST", f"/fhir/{res['resourceType']}", orjson.dumps(res))
+            if status != 201:
+                raise RuntimeError(f"create failed {status}: {body[:300]!r}")
+            ids[i] = orjson.loads(body)["id"]
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return ids
+
+
+def load_direct(database_url: str, resources: list[dict[str, Any]], batch: int = 1000) -> list[str]:
+    """Write through the node's store (validation, index rows, versions) without HTTP, in batches."""
+    from fhir_node.interactions.incoming import check_resource
+    from fhir_node.interactions.write import create_in
+    from fhir_node.store.database import Database
+
+    db = Database(database_url)
+    ids = []
+    for start in range(0, len(resources), batch):
+        with db.write() as conn:
+            for res in resources[start : start + batch]:
+                ids.append(
+                    create_in(conn, res["resourceType"], check_resource(res, res["resourceType"])).version.res_id
+                )
+    db.dispose()
+    return ids
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size of the server process and its children (uvicorn workers), in KiB."""
+    total = 0
+    for p in [pid, *_children(pid)]:
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            for child in (task / "children").read_text().split():
+                out += [int(child), *_children(int(child))]
+    return out
+
+
+def run_searches(host: str, port: int, queries: list[str], total: int, clients: int) -> tuple[float, list[float]]:
+    """`total` searches over `clients` connections; returns wall seconds and per-request latencies (ms)."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def worker(k: int) -> None:
+        conn = Conn(host, port)
+        mine = []
+        for i in range(k, total, clients):
+            t0 = time.perf_counter()
+            status, body = conn.request("GET", queries[i % len(queries)])
+            mine.append((time.perf_counter() - t0) * 1000)
+            if status != 200:
+                raise RuntimeError(f"search failed {status}: {body[:300]!r}")
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0, latencies
+
+
+@contextlib.contextmanager
+def database(kind: str, tmp: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp / 'bench.db'}"
+        return
+    with start_postgres() as server, server.fresh_database() as url:
+        yield url
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
+    ap.add_argument("--episodes", type=int, default=2000)
+    ap.add_argument("--audit-events", type=int, default=0)
+    ap.add_argument("--searches", type=int, default=500)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--load", choices=["http", "direct"], default="http")
+    ap.add_argument("--workers", type=int, default=1)
+    args = ap.parse_args()
+
+    rng = random.Random(42)
+    n_patients = max(1, args.episodes // 2)
+    n_orgs = max(1, min(50, args.episodes // 40))
+    with tempfile.TemporaryDirectory() as tmpdir, database(args.database, Path(tmpdir)) as url:
+        tmp = Path(tmpdir)
+        if args.load == "direct":
+            from fhir_node.store.database import Database
+
+            Database(url).migrate()
+        with serve_node(url, tmp, {"FHIR_NODE_LOG_LEVEL": "WARNING"}, workers=args.workers) as base:
+            host, port = "127.0.0.1", int(base.split(":")[2].split("/")[0])
+            pid = server_pid(tmp)
+            t0 = time.perf_counter()
+            load = (
+                (lambda rs: load_http(host, port, rs, args.clients))
+                if args.load == "http"
+                else (lambda rs: load_direct(url, rs))
+            )
+            patient_ids = load([patient(rng) for _ in range(n_patients)])
+            org_ids = load([organization(i) for i in range(n_orgs)])
+            episodes = [episode(rng, i, rng.choice(patient_ids), rng.choice(org_ids)) for i in range(args.episodes)]
+            load(episodes)
+            if args.audit_events:
+                load([audit_event(rng, rng.choice(patient_ids)) for _ in range(args.audit_events)])
+            loaded = n_patients + n_orgs + args.episodes + args.audit_events
+            load_s = time.perf_counter() - t0
+            queries = []
+            for i in range(args.searches):
+                queries += [
+                    "/fhir/EpisodeOfCare?status=active&date=ge2024-01-01&_count=50",
+                    f"/fhir/EpisodeOfCare?patient=Patient/{patient_ids[i % len(patient_ids)]}",
+                    f"/fhir/EpisodeOfCare?organization=Organization/{org_ids[i % len(org_ids)]}&_count=50",
+                ]
+            run_searches(host, port, queries, min(100, args.searches), args.clients)  # warm-up
+            wall, lat = run_searches(host, port, queries, args.searches, args.clients)
+            lat.sort()
+            report = {
+                "database": args.database,
+                "load": args.load,
+                "workers": args.workers,
+                "episodes": args.episodes,
+                "audit_events": args.audit_events,
+                "resources_loaded": loaded,
+                "resources_per_s": round(loaded / load_s, 1),
+                "searches": args.searches,
+                "searches_per_s": round(args.searches / wall, 1),
+                "p50_ms": round(statistics.median(lat), 2),
+                "p95_ms": round(lat[int(len(lat) * 0.95) - 1], 2),
+                "server_rss_mib": round(rss_kb(pid) / 1024, 1),
+            }
+            print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+
+
+def server_pid(tmp: Path) -> int:
+    return int((tmp / "server.pid").read_text())
+
+
+if __name__ == "__main__":
+    main()
