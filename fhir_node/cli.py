@@ -1,4 +1,4 @@
-"""The `fhir-node` command: serve, migrate. Flags override the FHIR_NODE_* environment."""
+"""The `fhir-node` command: serve, migrate, reindex. Flags override the FHIR_NODE_* environment."""
 
 from __future__ import annotations
 
@@ -63,6 +63,18 @@ def migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def reindex(args: argparse.Namespace) -> int:
+    from fhir_node.search.reindex import reindex as rebuild
+    from fhir_node.store.database import Database
+
+    settings = _settings(args)
+    db = Database(settings.database_url)
+    db.migrate()
+    count = rebuild(db, progress=lambda n: print(f"fhir-node: {n} resources reindexed", file=sys.stderr))
+    print(f"fhir-node: reindexed {count} resources")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fhir-node", description="FHIR R4 node of a BIHR data holder")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("migrate", help="create or upgrade the database schema")
     _add_setting_flags(p)
     p.set_defaults(run=migrate)
+    p = sub.add_parser("reindex", help="rebuild the search index rows after search parameters changed")
+    _add_setting_flags(p)
+    p.set_defaults(run=reindex)
     args = parser.parse_args(argv)
     return args.run(args)
 
