@@ -7,6 +7,7 @@ Writes, deterministically (sorted keys, sorted lists, byte-identical reruns):
   fhir_node/data/r4/fhir.schema.json         the R4 JSON schema (draft-06), whole, minified
   fhir_node/data/r4/search-parameters.json   official SearchParameters on our types and Resource
   fhir_node/data/r4/structure-rules.json     what the JSON schema leaves out, from the StructureDefinitions
+  fhir_node/data/r4/summary-elements.json    top-level isSummary elements per resource type (_summary=true)
   tests/fixtures/r4-examples/*.json          every official example of our six types, byte for byte
 """
 
@@ -180,6 +181,23 @@ def structure_rules(schema: dict[str, Any], resources: dict[str, dict[str, Any]]
     }
 
 
+def summary_elements(resources: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """Top-level elements flagged isSummary, per resource type: what `_summary=true` keeps."""
+    out: dict[str, list[str]] = {}
+    for r in resources.values():
+        if (
+            r["resourceType"] == "StructureDefinition"
+            and r["kind"] == "resource"
+            and r["url"] == CORE_PREFIX + r["type"]
+        ):
+            out[r["type"]] = sorted(
+                e["path"].split(".", 1)[1]
+                for e in r["snapshot"]["element"]
+                if e["path"].count(".") == 1 and e.get("isSummary")
+            )
+    return dict(sorted(out.items()))
+
+
 def write_json(path: Path, data: Any, *, indent: int | None) -> None:
     """Stable JSON: sorted keys, UTF-8, newline at the end, so reruns give identical bytes."""
     separators = (",", ":") if indent is None else (",", ": ")
@@ -207,6 +225,7 @@ def main() -> None:
     write_json(DATA_DIR / "fhir.schema.json", schema, indent=None)
     write_json(DATA_DIR / "search-parameters.json", params, indent=1)
     write_json(DATA_DIR / "structure-rules.json", structure_rules(schema, resources), indent=1)
+    write_json(DATA_DIR / "summary-elements.json", summary_elements(resources), indent=1)
     count = write_examples(files, resources)
     print(
         f"schema: {len(schema['definitions'])} definitions; search parameters: {len(params)}; examples: {count}",
