@@ -36,8 +36,9 @@ def bundle(bundle_type: str, entries: list[bytes], links: dict[str, str], **extr
         "meta": {"lastUpdated": instant(now())},
         "type": bundle_type,
         **extra,
-        "link": [{"relation": rel, "url": url} for rel, url in links.items()],
     }
+    if links:  # FHIR JSON has no empty arrays
+        head["link"] = [{"relation": rel, "url": url} for rel, url in links.items()]
     out = orjson.dumps(head)
     if not entries:
         return out

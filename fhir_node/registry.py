@@ -8,7 +8,17 @@ from dataclasses import dataclass
 from fhir_node.outcome import FHIRError, error
 
 #: FHIR's TypeRestfulInteraction codes we implement, in the CapabilityStatement's order.
-ALL_INTERACTIONS = ("read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type")
+ALL_INTERACTIONS = (
+    "read",
+    "vread",
+    "update",
+    "patch",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+)
 APPEND_ONLY = ("read", "vread", "history-instance", "history-type", "create", "search-type")
 
 
@@ -42,7 +52,7 @@ KINDS: dict[str, ResourceKind] = {
 
 #: Interactions reachable at each URL level, with their HTTP method, for the Allow header of a 405.
 _LEVELS = {
-    "instance": {"read": "GET", "update": "PUT", "delete": "DELETE"},
+    "instance": {"read": "GET", "update": "PUT", "patch": "PATCH", "delete": "DELETE"},
     "type": {"search-type": "GET", "create": "POST", "update": "PUT", "delete": "DELETE"},
 }
 

@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     )
     enforce_profiles: bool = True
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    max_bundle_entries: int = Field(10_000, gt=0, description="Entries a posted transaction or batch may hold.")
     base_url: str | None = Field(
         None, description="Public base of the FHIR API (e.g. https://node.example.be/fhir); default: from the request."
     )

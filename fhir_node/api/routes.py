@@ -13,7 +13,7 @@ from starlette.routing import Route
 from fhir_node.api.negotiate import HTTP_PARAMETERS, negotiate, prefer, read_body
 from fhir_node.api.responses import fhir_response, not_modified, version_headers, written_response
 from fhir_node.conformance.capability import capability_statement
-from fhir_node.interactions import history, read, search, write
+from fhir_node.interactions import bundle, history, patch, read, search, write
 from fhir_node.interactions.incoming import parse_body
 from fhir_node.node import Node
 from fhir_node.outcome import fail
@@ -127,10 +127,41 @@ async def type_level(request: Request) -> Response:
     return await handler(request)
 
 
+async def patch_instance(request: Request) -> Response:
+    """PATCH [type]/[id] with a JSON Patch document."""
+    neg = negotiate(request)
+    node = node_of(request)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json-patch+json":
+        raise fail(415, "not-supported", f"PATCH takes application/json-patch+json, not '{ctype or '(none)'}'")
+    operations = parse_body(await read_body(request, node.settings.max_body_bytes, form=True))
+    p = request.path_params
+    done = await run_in_threadpool(patch.patch, node, p["type"], p["id"], operations, request.headers.get("if-match"))
+    return written_response(neg, done.version, done.status, base_of(request), "Patched")
+
+
 async def instance(request: Request) -> Response:
-    """GET, PUT and DELETE on [type]/[id]."""
-    handler = {"GET": read_instance, "HEAD": read_instance, "PUT": update, "DELETE": delete}[request.method]
+    """GET, PUT, PATCH and DELETE on [type]/[id]."""
+    handler = {
+        "GET": read_instance,
+        "HEAD": read_instance,
+        "PUT": update,
+        "PATCH": patch_instance,
+        "DELETE": delete,
+    }[request.method]
     return await handler(request)
+
+
+async def system_level(request: Request) -> Response:
+    """[base]: GET searches across types, POST processes a transaction or batch Bundle."""
+    if request.method != "POST":
+        return await search_endpoint(request)
+    neg = negotiate(request)
+    node = node_of(request)
+    body = parse_body(await read_body(request, node.settings.max_body_bytes))
+    representation = prefer(request, "return") == "representation"
+    out = await run_in_threadpool(bundle.process, node, base_of(request), body, representation)
+    return fhir_response(neg, out)
 
 
 async def history_endpoint(request: Request) -> Response:
@@ -148,8 +179,8 @@ ROUTES = [
     Route("/fhir/{type}/_history", history_endpoint, methods=["GET"]),
     Route("/fhir/{type}/{id}/_history/{vid}", vread_instance, methods=["GET"]),
     Route("/fhir/{type}/{id}/_history", history_endpoint, methods=["GET"]),
-    Route("/fhir/{type}/{id}", instance, methods=["GET", "PUT", "DELETE"]),
+    Route("/fhir/{type}/{id}", instance, methods=["GET", "PUT", "PATCH", "DELETE"]),
     Route("/fhir/{type}/_search", search_endpoint, methods=["POST"]),
     Route("/fhir/{type}", type_level, methods=["GET", "POST", "PUT", "DELETE"]),
-    Route("/fhir", search_endpoint, methods=["GET"]),
+    Route("/fhir", system_level, methods=["GET", "POST"]),
 ]

@@ -45,10 +45,10 @@ def create(node: Node, res_type: str, body: Any, if_none_exist: str | None = Non
     """POST: a new resource with a server id; with If-None-Exist, 200 and the match if exactly one exists."""
     require(kind(res_type), "create", "type")
     resource = check_resource(body, res_type)
-    with _transaction(node) as conn:
+    with transaction(node) as conn:
         if if_none_exist is not None:
             node.db.lock(conn, f"write:{res_type}")
-            ids = _unique_match(conn, res_type, if_none_exist)
+            ids = unique_match(conn, res_type, if_none_exist)
             if ids:
                 found = repository.current(conn, res_type, ids[0])
                 if found is not None:
@@ -56,8 +56,9 @@ def create(node: Node, res_type: str, body: Any, if_none_exist: str | None = Non
         return create_in(conn, res_type, resource)
 
 
-def create_in(conn: Connection, res_type: str, resource: dict[str, Any]) -> Written:
-    return Written(repository.write(conn, res_type, repository.new_id(), resource, None, "POST"), 201)
+def create_in(conn: Connection, res_type: str, resource: dict[str, Any], res_id: str | None = None) -> Written:
+    """A new resource; `res_id` is one the caller assigned already (a transaction resolving urn:uuid)."""
+    return Written(repository.write(conn, res_type, res_id or repository.new_id(), resource, None, "POST"), 201)
 
 
 def update(node: Node, res_type: str, res_id: str, body: Any, if_match: str | None = None) -> Written:
@@ -66,7 +67,7 @@ def update(node: Node, res_type: str, res_id: str, body: Any, if_match: str | No
     check_id(res_id)
     expected = parse_if_match(if_match)
     resource = check_resource(body, res_type, url_id=res_id)
-    with _transaction(node) as conn:
+    with transaction(node) as conn:
         return update_in(conn, res_type, res_id, resource, expected)
 
 
@@ -84,9 +85,9 @@ def conditional_update(node: Node, res_type: str, query: str, body: Any, if_matc
     if not isinstance(body, dict):
         check_resource(body, res_type)  # raises the same 400 a plain update would
     given = body.get("id")
-    with _transaction(node) as conn:
+    with transaction(node) as conn:
         node.db.lock(conn, f"write:{res_type}")
-        ids = _unique_match(conn, res_type, query)
+        ids = unique_match(conn, res_type, query)
         if ids and given not in (None, ids[0]):
             raise fail(400, "invalid", f"Body id '{given}' is not the matching {res_type}/{ids[0]}", f"{res_type}.id")
         target = ids[0] if ids else given
@@ -101,7 +102,7 @@ def delete(node: Node, res_type: str, res_id: str, if_match: str | None = None) 
     require(kind(res_type), "delete")
     check_id(res_id)
     expected = parse_if_match(if_match)
-    with _transaction(node) as conn:
+    with transaction(node) as conn:
         return delete_in(conn, res_type, res_id, expected)
 
 
@@ -119,13 +120,14 @@ def conditional_delete(node: Node, res_type: str, query: str, if_match: str | No
     """DELETE [type]?criteria: refused without criteria; deletes the one match (none: nothing); 412 if several."""
     require(kind(res_type), "delete", "type")
     expected = parse_if_match(if_match)
-    with _transaction(node) as conn:
+    with transaction(node) as conn:
         node.db.lock(conn, f"write:{res_type}")
-        ids = _unique_match(conn, res_type, query)
+        ids = unique_match(conn, res_type, query)
         return delete_in(conn, res_type, ids[0], expected) if ids else None
 
 
-def _unique_match(conn: Connection, res_type: str, query: str) -> list[str]:
+def unique_match(conn: Connection, res_type: str, query: str) -> list[str]:
+    """The id matching a conditional operation's criteria (none or one); several is a 412."""
     ids = matching(conn, res_type, query)
     if len(ids) > 1:
         raise fail(412, "multiple-matches", f"The criteria '{query}' match more than one {res_type}")
@@ -142,7 +144,7 @@ def _check_version(previous: Version | None, expected: int | None, res_type: str
 
 
 @contextlib.contextmanager
-def _transaction(node: Node) -> Iterator[Connection]:
+def transaction(node: Node) -> Iterator[Connection]:
     """A write transaction; a write that lost a race with another answers 409, nothing is written."""
     try:
         with node.db.write() as conn:

@@ -1,0 +1,369 @@
+"""transaction and batch: Bundles posted to the base.
+
+A transaction is one database transaction: ids are assigned first so every `urn:uuid:` / `urn:oid:`
+fullUrl (and conditional reference) can be rewritten in every reference of every entry, then entries
+run in the order R4 prescribes (DELETE, POST, PUT/PATCH, then GET after commit). Any failing entry
+fails the whole Bundle and nothing is written. A batch runs each entry on its own."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from sqlalchemy import Connection
+
+from fhir_node.bundles import bundle
+from fhir_node.interactions import history, read, search, write
+from fhir_node.interactions.incoming import ID_PATTERN, check_resource
+from fhir_node.interactions.patch import patch, patch_in
+from fhir_node.node import Node
+from fhir_node.outcome import FHIRError, Issue, fail, operation_outcome
+from fhir_node.registry import kind, require
+from fhir_node.store import repository
+from fhir_node.store.repository import Version, instant
+
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+_CONDITIONAL_REF = re.compile(r"([A-Z][A-Za-z]+)\?(.+)")
+
+
+@dataclass
+class Entry:
+    """One Bundle entry's request, parsed: `res_id` is the URL's id, `query` its search criteria."""
+
+    index: int
+    method: str
+    res_type: str | None
+    res_id: str | None
+    tail: list[str]
+    query: str
+    url: str
+    resource: Any
+    full_url: str | None
+    if_none_exist: str | None
+    if_match: str | None
+    target: str | None = None  # the id this entry writes, once resolved
+
+    @property
+    def where(self) -> str:
+        return f"Bundle.entry[{self.index}]"
+
+
+def process(node: Node, base: str, body: Any, representation: bool) -> bytes:
+    """The response Bundle for a posted transaction or batch; any other Bundle type is a 400."""
+    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+        raise fail(400, "invalid", "POST to the base takes a Bundle of type transaction or batch", "resourceType")
+    btype = body.get("type")
+    if btype not in ("transaction", "batch"):
+        raise fail(
+            400, "invalid", f"Bundle.type must be transaction or batch to be processed, not '{btype}'", "Bundle.type"
+        )
+    raw = body.get("entry", [])
+    if not isinstance(raw, list):
+        raise fail(400, "structure", "Bundle.entry must be an array", "Bundle.entry")
+    if len(raw) > node.settings.max_bundle_entries:
+        raise fail(
+            413,
+            "too-costly",
+            f"The Bundle has {len(raw)} entries; this node takes at most {node.settings.max_bundle_entries}",
+            "Bundle.entry",
+        )
+    entries = [_parse_entry(i, e, base) for i, e in enumerate(raw)]
+    if btype == "transaction":
+        responses = _transaction(node, base, entries, representation)
+    else:
+        responses = [_batch_entry(node, base, e, representation) for e in entries]
+    return bundle(f"{btype}-response", responses, {})
+
+
+def _parse_entry(index: int, raw: Any, base: str) -> Entry:
+    where = f"Bundle.entry[{index}]"
+    if not isinstance(raw, dict) or not isinstance(raw.get("request"), dict):
+        raise fail(400, "required", f"{where} needs a request (method and url)", f"{where}.request")
+    req = raw["request"]
+    method, url = req.get("method"), req.get("url")
+    if method not in _ORDER or not isinstance(url, str) or not url:
+        raise fail(
+            400,
+            "value",
+            f"{where}.request needs a method (GET, POST, PUT, PATCH, DELETE) and a url",
+            f"{where}.request",
+        )
+    if url.startswith(base + "/"):
+        url = url[len(base) + 1 :]
+    path, _, query = url.partition("?")
+    parts = [p for p in path.split("/") if p]
+    res_type = parts[0] if parts else None
+    res_id = parts[1] if len(parts) > 1 and not parts[1].startswith("_") else None
+    if method in ("POST", "PUT", "PATCH", "DELETE"):
+        if res_type is None:
+            raise fail(400, "value", f"{where}.request.url must name a resource type", f"{where}.request.url")
+        kind(res_type)
+        needs_id_or_query = method != "POST"
+        if needs_id_or_query and not (res_id or query):
+            raise fail(400, "value", f"{where}: {method} needs [type]/[id] or [type]?criteria", f"{where}.request.url")
+        if res_id is not None and not ID_PATTERN.fullmatch(res_id):
+            raise fail(400, "value", f"{where}.request.url has an invalid id '{res_id}'", f"{where}.request.url")
+    return Entry(
+        index,
+        method,
+        res_type,
+        res_id,
+        parts[2:],
+        query,
+        url,
+        raw.get("resource"),
+        raw.get("fullUrl"),
+        req.get("ifNoneExist"),
+        req.get("ifMatch"),
+    )
+
+
+def _transaction(node: Node, base: str, entries: list[Entry], representation: bool) -> list[bytes]:
+    results: dict[int, bytes] = {}
+    with write.transaction(node) as conn:
+        for t in sorted({e.res_type for e in entries if e.method not in ("GET", "HEAD") and e.res_type}):
+            node.db.lock(conn, f"write:{t}")
+        ids = _assign_ids(conn, entries)
+        for e in entries:
+            if e.resource is not None and e.method in ("POST", "PUT"):
+                e.resource = _at(e, _rewrite, conn, e, e.resource, ids)
+        for e in sorted(entries, key=lambda e: (_ORDER.get(e.method, 1), e.index)):
+            if e.method not in ("GET", "HEAD"):
+                results[e.index] = _at(e, _write_entry, conn, e, representation)
+    for e in entries:
+        if e.method in ("GET", "HEAD"):
+            results[e.index] = _at(e, _get_entry, node, base, e)
+    return [results[e.index] for e in entries]
+
+
+def _at(e: Entry, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run one entry's step; its error names the entry (and rolls the whole transaction back)."""
+    try:
+        return fn(*args)
+    except FHIRError as exc:
+        raise _located(exc, e) from None
+
+
+def _assign_ids(conn: Connection, entries: list[Entry]) -> dict[str, str]:
+    """Decide which id each write lands on (new, matched, or given) and map fullUrls to `Type/id`."""
+    ids: dict[str, str] = {}
+    seen: dict[tuple[str, str], int] = {}
+    for e in entries:
+        if e.method in ("GET", "HEAD"):
+            continue
+        assert e.res_type is not None
+        e.target = _at(e, _target, conn, e)
+        if e.target is None:
+            continue
+        key = (e.res_type, e.target)
+        if key in seen:
+            raise fail(
+                400, "invalid", f"{e.where} and Bundle.entry[{seen[key]}] both write {e.res_type}/{e.target}", e.where
+            )
+        seen[key] = e.index
+        if e.full_url:
+            ids[e.full_url] = f"{e.res_type}/{e.target}"
+    return ids
+
+
+def _target(conn: Connection, e: Entry) -> str | None:
+    """The id an entry will write: assigned for a create, matched for conditional forms (None: no match)."""
+    assert e.res_type is not None
+    if e.method == "POST":
+        if e.if_none_exist:
+            found = write.unique_match(conn, e.res_type, e.if_none_exist)
+            if found:
+                e.method = "MATCHED"
+                return found[0]
+        return repository.new_id()
+    if e.res_id:
+        return e.res_id
+    found = write.unique_match(conn, e.res_type, e.query)
+    if found:
+        return found[0]
+    if e.method == "PUT":
+        given = e.resource.get("id") if isinstance(e.resource, dict) else None
+        return str(given) if given else repository.new_id()
+    return None
+
+
+def _rewrite(conn: Connection, e: Entry, value: Any, ids: dict[str, str]) -> Any:
+    """Every `reference` in the resource, nested ones too, with bundle-local and conditional ones resolved."""
+    if isinstance(value, list):
+        return [_rewrite(conn, e, v, ids) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {k: _rewrite(conn, e, v, ids) for k, v in value.items()}
+    ref = out.get("reference")
+    if isinstance(ref, str):
+        out["reference"] = _resolve(conn, e, ref, ids)
+    return out
+
+
+def _resolve(conn: Connection, e: Entry, ref: str, ids: dict[str, str]) -> str:
+    if ref in ids:
+        return ids[ref]
+    if ref.startswith(("urn:uuid:", "urn:oid:")):
+        raise fail(
+            400, "not-found", f"{e.where}: reference '{ref}' names no fullUrl in this Bundle", f"{e.where}.resource"
+        )
+    conditional = _CONDITIONAL_REF.fullmatch(ref)
+    if conditional:
+        res_type, query = conditional.groups()
+        kind(res_type)
+        found = search.matching(conn, res_type, query)
+        if len(found) != 1:
+            status = 404 if not found else 412
+            raise fail(
+                status,
+                "not-found" if not found else "multiple-matches",
+                f"{e.where}: conditional reference '{ref}' matches {len(found)} resources, not exactly one",
+                f"{e.where}.resource",
+            )
+        return f"{res_type}/{found[0]}"
+    return ref
+
+
+def _write_entry(conn: Connection, e: Entry, representation: bool) -> bytes:
+    assert e.res_type is not None
+    if e.method == "MATCHED":
+        found = repository.current(conn, e.res_type, e.target or "")
+        assert found is not None
+        return _response(200, found, representation)
+    if e.method == "DELETE":
+        require(kind(e.res_type), "delete")
+        if e.target is None:
+            return _response(204, None, False)
+        gone = write.delete_in(conn, e.res_type, e.target, write.parse_if_match(e.if_match))
+        return _response(204, gone, False)
+    if e.method == "PATCH":
+        require(kind(e.res_type), "patch")
+        done = patch_in(conn, e.res_type, e.target or "", _patch_document(e), write.parse_if_match(e.if_match))
+        return _response(done.status, done.version, representation)
+    if e.method == "POST":
+        require(kind(e.res_type), "create")
+        done = write.create_in(conn, e.res_type, check_resource(e.resource, e.res_type), e.target)
+        return _response(201, done.version, representation)
+    require(kind(e.res_type), "update")
+    body = {**e.resource, "id": e.target} if isinstance(e.resource, dict) and e.query else e.resource
+    resource = check_resource(body, e.res_type, url_id=e.target)
+    done = write.update_in(conn, e.res_type, e.target or "", resource, write.parse_if_match(e.if_match))
+    return _response(done.status, done.version, representation)
+
+
+def _patch_document(e: Entry) -> Any:
+    """A PATCH entry carries its JSON Patch as a Binary (R4 3.1.0.11.6), base64 in `data`."""
+    r = e.resource
+    if not isinstance(r, dict) or r.get("resourceType") != "Binary" or "data" not in r:
+        raise fail(
+            400,
+            "invalid",
+            f"{e.where}: a PATCH entry's resource is a Binary holding a JSON Patch",
+            f"{e.where}.resource",
+        )
+    try:
+        return orjson.loads(base64.b64decode(r["data"], validate=True))
+    except (ValueError, orjson.JSONDecodeError):
+        raise fail(
+            400, "structure", f"{e.where}: Binary.data is not a base64 JSON Patch", f"{e.where}.resource.data"
+        ) from None
+
+
+def _response(status: int, v: Version | None, representation: bool) -> bytes:
+    response: dict[str, Any] = {"status": status_line(status)}
+    if v is not None:
+        response["etag"] = v.etag
+        response["lastModified"] = instant(v.last_updated)
+        if not v.deleted:
+            response["location"] = f"{v.res_type}/{v.res_id}/_history/{v.version_id}"
+    out = orjson.dumps({"response": response})
+    if representation and v is not None and v.content is not None:
+        return b'{"resource":' + v.content + b"," + out[1:]
+    return out
+
+
+def _outcome_response(exc: FHIRError) -> bytes:
+    return orjson.dumps({"response": {"status": status_line(exc.status), "outcome": operation_outcome(exc.issues)}})
+
+
+def status_line(status: int) -> str:
+    """`201 Created`: the form Bundle.entry.response.status takes."""
+    return f"{status} {HTTPStatus(status).phrase}"
+
+
+def _get_entry(node: Node, base: str, e: Entry) -> bytes:
+    """A read, vread, search or history entry, answered with the resource or Bundle it asks for."""
+    params = parse_qsl(e.query, keep_blank_values=True)
+    if e.res_type is None:
+        body = search.search(node, base, None, params)
+    elif e.res_id is None and not e.tail:
+        body = (
+            history.history(node, base, params, e.res_type)
+            if e.url.startswith(f"{e.res_type}/_history")
+            else search.search(node, base, e.res_type, params)
+        )
+    elif e.tail == ["_history"]:
+        body = history.history(node, base, params, e.res_type, e.res_id)
+    elif len(e.tail) == 2 and e.tail[0] == "_history":
+        v = read.vread(node, e.res_type, e.res_id or "", e.tail[1])
+        return _response(200, v, True)
+    else:
+        v = read.read(node, e.res_type, e.res_id or "")
+        return _response(200, v, True)
+    return b'{"resource":' + body + b',"response":{"status":"200 OK"}}'
+
+
+def _batch_entry(node: Node, base: str, e: Entry, representation: bool) -> bytes:
+    """One batch entry on its own: its failure is its own response, not the Bundle's."""
+    actions: dict[str, Callable[[], bytes]] = {
+        "GET": lambda: _get_entry(node, base, e),
+        "HEAD": lambda: _get_entry(node, base, e),
+        "POST": lambda: _written(write.create(node, e.res_type or "", e.resource, e.if_none_exist), representation),
+        "PUT": lambda: _written(
+            write.update(node, e.res_type or "", e.res_id, e.resource, e.if_match)
+            if e.res_id
+            else write.conditional_update(node, e.res_type or "", e.query, e.resource, e.if_match),
+            representation,
+        ),
+        "PATCH": lambda: _written(
+            patch(node, e.res_type or "", e.res_id or "", _patch_document(e), e.if_match), representation
+        ),
+        "DELETE": lambda: _response(
+            204,
+            (
+                write.delete(node, e.res_type or "", e.res_id, e.if_match)
+                if e.res_id
+                else write.conditional_delete(node, e.res_type or "", e.query, e.if_match)
+            ),
+            False,
+        ),
+    }
+    try:
+        return actions[e.method]()
+    except FHIRError as exc:
+        return _outcome_response(exc)
+
+
+def _written(done: write.Written, representation: bool) -> bytes:
+    return _response(done.status, done.version, representation)
+
+
+def _located(exc: FHIRError, e: Entry) -> FHIRError:
+    """Name the failing entry: `EpisodeOfCare.status` in entry 3 becomes `Bundle.entry[3].resource.status`."""
+    if all(i.expression and i.expression[0].startswith("Bundle.") for i in exc.issues):
+        return exc
+    prefix = e.where
+    issues = []
+    for i in exc.issues:
+        expr = tuple(
+            x if x.startswith("Bundle.") else f"{prefix}.resource.{x.split('.', 1)[1]}" if "." in x else prefix
+            for x in i.expression
+        ) or (prefix,)
+        issues.append(Issue(i.severity, i.code, f"{prefix}: {i.diagnostics}", expr))
+    return FHIRError(exc.status, issues, exc.headers)
