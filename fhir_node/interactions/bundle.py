@@ -26,6 +26,7 @@ from fhir_node.node import Node
 from fhir_node.outcome import FHIRError, Issue, fail, operation_outcome
 from fhir_node.registry import kind, require
 from fhir_node.store import repository
+from fhir_node.store.batch import batched
 from fhir_node.store.repository import Version, instant
 
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -133,9 +134,10 @@ def _transaction(node: Node, base: str, entries: list[Entry], representation: bo
         for e in entries:
             if e.resource is not None and e.method in ("POST", "PUT"):
                 e.resource = _at(e, _rewrite, conn, e, e.resource, ids)
-        for e in sorted(entries, key=lambda e: (_ORDER.get(e.method, 1), e.index)):
-            if e.method not in ("GET", "HEAD"):
-                results[e.index] = _at(e, _write_entry, conn, e, representation)
+        with batched(conn):
+            for e in sorted(entries, key=lambda e: (_ORDER.get(e.method, 1), e.index)):
+                if e.method not in ("GET", "HEAD"):
+                    results[e.index] = _at(e, _write_entry, conn, e, representation)
     for e in entries:
         if e.method in ("GET", "HEAD"):
             results[e.index] = _at(e, _get_entry, node, base, e)

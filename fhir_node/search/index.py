@@ -5,14 +5,16 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert
+from sqlalchemy import Connection, delete
 
 from fhir_node.search.fhirpath import Evaluator, compile_expression
 from fhir_node.search.registry import SearchParam, registry
 from fhir_node.search.values import EXTRACTORS
+from fhir_node.store.batch import add_rows
 from fhir_node.store.schema import INDEX_TABLES
 
 _TABLES = {id(t): t for t in INDEX_TABLES.values()}
+_COLUMNS = {t.name: [c.name for c in t.columns] for t in INDEX_TABLES.values()}
 
 
 @cache
@@ -47,8 +49,7 @@ def write_index(conn: Connection, res_type: str, res_id: str, resource: dict[str
         return
     for param_type, found in rows(res_type, resource).items():
         table = INDEX_TABLES[param_type]
-        columns = [c.name for c in table.columns]
-        conn.execute(
-            insert(table),
-            [{c: r.get(c) for c in columns} | {"res_type": res_type, "res_id": res_id} for r in found],
+        columns = _COLUMNS[table.name]
+        add_rows(
+            conn, table, [{c: r.get(c) for c in columns} | {"res_type": res_type, "res_id": res_id} for r in found]
         )
