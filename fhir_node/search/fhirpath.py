@@ -28,6 +28,7 @@ def _resolve(inputs: list[Any]) -> list[Any]:
 
 
 _OPTIONS = {"userInvocationTable": {"resolve": {"fn": _resolve, "arity": {0: []}}}}
+_MODEL = models["r4"]
 
 
 def _walk(path: list[str]) -> Evaluator:
@@ -49,9 +50,23 @@ def _walk(path: list[str]) -> Evaluator:
     return evaluate
 
 
+def _walkable(expression: str) -> bool:
+    """A plain path none of whose steps is a choice element: `Consent.source` is `sourceReference` in
+    JSON, which only the engine (with the model) knows to follow."""
+    if not _PLAIN.fullmatch(expression):
+        return False
+    owner, *steps = expression.split(".")
+    for step in steps:
+        path = f"{owner}.{step}"
+        if path in _MODEL["choiceTypePaths"]:
+            return False
+        owner = _MODEL["path2Type"].get(path) or _MODEL["pathsDefinedElsewhere"].get(path, path)
+    return True
+
+
 def compile_expression(expression: str) -> Evaluator:
     """An evaluator for `expression` on a resource; plain dotted paths skip the FHIRPath engine."""
-    if _PLAIN.fullmatch(expression):
+    if _walkable(expression):
         return _walk(expression.split(".")[1:])
-    compiled = fhirpathpy.compile(expression, models["r4"], _OPTIONS)
+    compiled = fhirpathpy.compile(expression, _MODEL, _OPTIONS)
     return lambda resource: compiled(resource, None)
