@@ -9,7 +9,7 @@ from sqlalchemy import Connection, delete
 
 from fhir_node.search.fhirpath import Evaluator, compile_expression
 from fhir_node.search.registry import SearchParam, registry
-from fhir_node.search.values import EXTRACTORS
+from fhir_node.search.values import EXTRACTORS, unwrap_extension
 from fhir_node.store.batch import add_rows
 from fhir_node.store.schema import INDEX_TABLES
 
@@ -32,7 +32,7 @@ def rows(res_type: str, resource: dict[str, Any]) -> dict[str, list[dict[str, An
         extract = EXTRACTORS[param.type]
         seen: set[tuple[Any, ...]] = set()
         for value in evaluate(resource):
-            for row in extract(value):
+            for row in extract(unwrap_extension(value)):
                 key = tuple(sorted(row.items()))
                 if key not in seen:
                     seen.add(key)

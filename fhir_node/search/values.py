@@ -31,6 +31,15 @@ def fold(text: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()[:255]
 
 
+def unwrap_extension(value: Any) -> Any:
+    """An Extension stands for its value[x]: a parameter on `extension('url')` searches what it holds."""
+    if isinstance(value, dict) and "url" in value:
+        held = [k for k in value if k not in ("id", "url")]
+        if len(held) == 1 and held[0].startswith("value") and held[0][5:6].isupper():
+            return value[held[0]]
+    return value
+
+
 def tokens(value: Any) -> list[dict[str, Any]]:
     """system|code rows for code, boolean, Coding, CodeableConcept, Identifier, ContactPoint values."""
     if isinstance(value, bool):
