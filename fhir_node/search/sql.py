@@ -87,12 +87,20 @@ def _string(t, value: str, modifier: str | None, _c: Criterion, _base: str = "")
 
 
 def _uri(t, value: str, modifier: str | None, _c: Criterion, _base: str = "") -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
+    """:below and :above go by whole path segments: `.../episode` is neither above nor below `.../episode-v2`."""
     uri = unescape(value)
     if modifier == "below":
-        return t.c.uri.startswith(uri, autoescape=True)
+        root = uri if uri.endswith("/") else uri + "/"
+        return or_(t.c.uri == uri, t.c.uri.startswith(root, autoescape=True))
     if modifier == "above":
-        return literal(uri).startswith(t.c.uri)
+        return t.c.uri.in_(_ancestors(uri))
     return t.c.uri == uri
+
+
+def _ancestors(uri: str) -> list[str]:
+    """`uri` and each of its parent paths, with and without the trailing slash."""
+    cuts = [i for i, ch in enumerate(uri) if ch == "/"]
+    return [uri, *(uri[:i] for i in cuts), *(uri[: i + 1] for i in cuts)]
 
 
 def _date(t, value: str, _modifier: str | None, c: Criterion, _base: str = "") -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
