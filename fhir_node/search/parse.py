@@ -27,6 +27,8 @@ RESULT_PARAMETERS = frozenset(
         "_type",
     }
 )
+#: `_include:iterate` and the like: result parameters too, kept under their full name.
+INCLUDE_MODIFIERS = ("iterate", "recurse")
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _ESCAPED_SPLIT = re.compile(r"(?<!\\),")
 
@@ -85,7 +87,7 @@ def parse(registry: Registry, res_type: str, params: list[tuple[str, str]], leni
     """All parameters of one search on `res_type`."""
     out = Parsed()
     for name, raw in params:
-        if name in RESULT_PARAMETERS:
+        if _is_result_parameter(name):
             out.result.setdefault(name, []).append(raw)
             continue
         try:
@@ -97,6 +99,11 @@ def parse(registry: Registry, res_type: str, params: list[tuple[str, str]], leni
                 Issue("warning", exc.issue.code, f"Ignored: {exc.issue.diagnostics}", exc.issue.expression)
             )
     return out
+
+
+def _is_result_parameter(name: str) -> bool:
+    base, _, modifier = name.partition(":")
+    return name in RESULT_PARAMETERS or (base in ("_include", "_revinclude") and modifier in INCLUDE_MODIFIERS)
 
 
 def criterion(registry: Registry, res_type: str, name: str, raw: str) -> Criterion:
