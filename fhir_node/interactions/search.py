@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, Connection, and_, false, func, or_, select
 
 from fhir_node.bundles import bundle
 from fhir_node.node import Node
-from fhir_node.outcome import FHIRError, fail, operation_outcome
+from fhir_node.outcome import FHIRError, error, fail, operation_outcome
 from fhir_node.registry import KINDS, kind
 from fhir_node.search import elements as shaping
 from fhir_node.search.parse import Parsed, SearchError, parse
@@ -55,7 +55,7 @@ def search(node: Node, base: str, res_type: str | None, params: list[tuple[str, 
     result = parsed.result
     count = _count(result, node)
     where = or_(*(_type_condition(t, p, base) for t, p in parsed_by_type.items()))
-    page = Page(types, where, _sort(result, types))
+    page = Page(types, where, _sort(parsed, types))
     summary = _single(result, "_summary")
     if summary not in (None, "true", "false", "text", "data", "count"):
         raise fail(400, "value", f"_summary must be true, false, text, data or count, not '{summary}'", "_summary")
@@ -122,16 +122,24 @@ def _parse(reg: Any, res_type: str, params: list[tuple[str, str]], lenient: bool
 
 
 def _type_condition(res_type: str, parsed: Parsed, base: str) -> ColumnElement[bool]:
+    """The criteria as SQL; a value only found wrong here (a bad date) is refused like an unknown parameter."""
     conds: list[ColumnElement[bool]] = [resources.c.res_type == res_type, resources.c.deleted == false()]
-    try:
-        for c in parsed.criteria:
+    for c in parsed.criteria:
+        try:
             if c.param is not None and c.param.code == "_id" and c.modifier is None and c.missing is None:
                 conds.append(resources.c.res_id.in_(c.values))
             else:
                 conds.append(resources.c.res_id.in_(matching_ids(c, base)))
-    except SearchError as exc:
-        raise FHIRError(400, [exc.issue]) from None
+        except SearchError as exc:
+            _refuse(parsed, exc)
     return and_(*conds)
+
+
+def _refuse(parsed: Parsed, exc: SearchError) -> None:
+    try:
+        parsed.refuse(exc)
+    except SearchError:
+        raise FHIRError(400, [exc.issue]) from None
 
 
 def _single(result: dict[str, list[str]], name: str) -> str | None:
@@ -152,9 +160,10 @@ def _count(result: dict[str, list[str]], node: Node) -> int:
     return min(int(raw), node.settings.max_count)
 
 
-def _sort(result: dict[str, list[str]], types: tuple[str, ...]) -> list[tuple[str, bool, str]]:
+def _sort(parsed: Parsed, types: tuple[str, ...]) -> list[tuple[str, bool, str]]:
+    """(code, descending, parameter type) per `_sort` key; a key the node cannot sort by is refused."""
     keys = []
-    for spec in (s.strip() for v in result.get("_sort", []) for s in v.split(",")):
+    for spec in (s.strip() for v in parsed.result.get("_sort", []) for s in v.split(",")):
         if not spec:
             continue
         desc = spec.startswith("-")
@@ -165,7 +174,8 @@ def _sort(result: dict[str, list[str]], types: tuple[str, ...]) -> list[tuple[st
         found = {registry().get(t, code) for t in types}
         param_types = {p.type for p in found if p is not None}
         if None in found or len(param_types) != 1 or next(iter(param_types)) not in _SORT_COLUMNS:
-            raise fail(400, "not-supported", f"Cannot sort by '{code}'", "_sort")
+            _refuse(parsed, SearchError(error("not-supported", f"Cannot sort by '{code}'", "_sort")))
+            continue
         keys.append((code, desc, param_types.pop()))
     return keys
 

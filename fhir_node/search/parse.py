@@ -57,6 +57,14 @@ class Parsed:
     criteria: list[Criterion] = field(default_factory=list)
     result: dict[str, list[str]] = field(default_factory=dict)
     ignored: list[Issue] = field(default_factory=list)
+    lenient: bool = False
+
+    def refuse(self, exc: SearchError) -> None:
+        """A parameter the node cannot honour: an error, or under lenient handling a warning to report."""
+        if not self.lenient:
+            raise exc
+        issue = exc.issue
+        self.ignored.append(Issue("warning", issue.code, f"Ignored: {issue.diagnostics}", issue.expression))
 
 
 class SearchError(Exception):
@@ -85,7 +93,7 @@ def split_prefix(value: str) -> tuple[str, str]:
 
 def parse(registry: Registry, res_type: str, params: list[tuple[str, str]], lenient: bool = False) -> Parsed:
     """All parameters of one search on `res_type`."""
-    out = Parsed()
+    out = Parsed(lenient=lenient)
     for name, raw in params:
         if _is_result_parameter(name):
             out.result.setdefault(name, []).append(raw)
@@ -93,11 +101,7 @@ def parse(registry: Registry, res_type: str, params: list[tuple[str, str]], leni
         try:
             out.criteria.append(criterion(registry, res_type, name, raw))
         except SearchError as exc:
-            if not lenient:
-                raise
-            out.ignored.append(
-                Issue("warning", exc.issue.code, f"Ignored: {exc.issue.diagnostics}", exc.issue.expression)
-            )
+            out.refuse(exc)
     return out
 
 
