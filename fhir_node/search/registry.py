@@ -15,9 +15,10 @@ from fhir_node.registry import KINDS
 DATA = Path(__file__).resolve().parent.parent / "data" / "r4" / "search-parameters.json"
 PROFILES = Path(__file__).resolve().parent.parent.parent / "profiles"
 
-#: Modifiers each parameter type accepts (R4 search, 3.1.1.5), beyond `:missing` which all accept.
+#: Modifiers each parameter type accepts (R4 search, 3.1.1.5), beyond `:missing` which all accept. Token
+#: :above, :below, :in and :not-in need a terminology server; refused rather than read as plain equality.
 MODIFIERS: dict[str, frozenset[str]] = {
-    "token": frozenset({"exact", "not", "text", "of-type", "in", "not-in", "above", "below"}) - {"in", "not-in"},
+    "token": frozenset({"not", "text", "of-type"}),
     "string": frozenset({"exact", "contains"}),
     "uri": frozenset({"above", "below"}),
     "reference": frozenset({"identifier"}),
