@@ -9,17 +9,16 @@ import orjson
 
 from fhir_node.store.repository import Version, instant, now
 
-_STATUS = {"POST": "201 Created", "PUT": "200 OK", "DELETE": "204 No Content"}
+_STATUS = {201: "201 Created", 200: "200 OK", 204: "204 No Content"}
 
 
 def history_entry(base: str, v: Version) -> bytes:
     """A history entry: the version's resource (none for a deletion), its request and response."""
     url = v.res_type if v.method == "POST" else f"{v.res_type}/{v.res_id}"
-    status = "201 Created" if v.version_id == 1 and v.method == "PUT" else _STATUS[v.method]
     rest = orjson.dumps(
         {
             "request": {"method": v.method, "url": url},
-            "response": {"status": status, "etag": v.etag, "lastModified": instant(v.last_updated)},
+            "response": {"status": _STATUS[v.status], "etag": v.etag, "lastModified": instant(v.last_updated)},
         }
     )
     head = b'{"fullUrl":' + orjson.dumps(f"{base}/{v.res_type}/{v.res_id}")

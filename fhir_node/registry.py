@@ -50,10 +50,10 @@ KINDS: dict[str, ResourceKind] = {
     )
 }
 
-#: Interactions reachable at each URL level, with their HTTP method, for the Allow header of a 405.
+#: The interaction each HTTP method performs at each URL level ([type]/[id] and [type]).
 _LEVELS = {
-    "instance": {"read": "GET", "update": "PUT", "patch": "PATCH", "delete": "DELETE"},
-    "type": {"search-type": "GET", "create": "POST", "update": "PUT", "delete": "DELETE"},
+    "instance": {"GET": "read", "HEAD": "read", "PUT": "update", "PATCH": "patch", "DELETE": "delete"},
+    "type": {"GET": "search-type", "HEAD": "search-type", "POST": "create", "PUT": "update", "DELETE": "delete"},
 }
 
 
@@ -65,13 +65,29 @@ def kind(name: str) -> ResourceKind:
     return found
 
 
+def allowed_methods(res_kind: ResourceKind, level: str) -> list[str]:
+    """The HTTP methods a URL of this level accepts for this type: the Allow header of its 405."""
+    return sorted(m for m, interaction in _LEVELS[level].items() if res_kind.allows(interaction))
+
+
 def require(res_kind: ResourceKind, interaction: str, level: str = "instance") -> None:
     """405, with the methods this URL does allow, when `interaction` is not allowed on this type."""
     if res_kind.allows(interaction):
         return
-    allow = sorted({m for i, m in _LEVELS[level].items() if res_kind.allows(i)})
     raise FHIRError(
         405,
         [error("not-supported", f"{interaction} is not allowed on {res_kind.name}")],
-        {"Allow": ", ".join(allow)},
+        {"Allow": ", ".join(allowed_methods(res_kind, level))},
     )
+
+
+def require_method(res_kind: ResourceKind, method: str, level: str) -> None:
+    """405 for an HTTP method that performs no allowed interaction at this level (POST on an instance)."""
+    interaction = _LEVELS[level].get(method)
+    if interaction is None:
+        raise FHIRError(
+            405,
+            [error("not-supported", f"{method} is not allowed on a {res_kind.name} {level} URL")],
+            {"Allow": ", ".join(allowed_methods(res_kind, level))},
+        )
+    require(res_kind, interaction, level)

@@ -1,8 +1,7 @@
-"""Every error leaves as an OperationOutcome: ours (FHIRError), the router's (404/405), and the unexpected."""
+"""Errors as OperationOutcomes: ours (FHIRError) and the router's (404/405). The unexpected ones are
+answered by the request middleware, which is where the request id lives."""
 
 from __future__ import annotations
-
-import logging
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -10,8 +9,6 @@ from starlette.responses import Response
 
 from fhir_node.api.responses import outcome_response
 from fhir_node.outcome import FHIRError, error
-
-log = logging.getLogger("fhir_node.errors")
 
 _HTTP_CODES = {404: "not-found", 405: "not-supported"}
 
@@ -31,11 +28,4 @@ async def http_error(request: Request, exc: Exception) -> Response:
     return outcome_response([issue], exc.status_code, dict(exc.headers or {}))
 
 
-async def unexpected(request: Request, exc: Exception) -> Response:
-    """A bug, not bad input: logged with its traceback; the client gets the request id to report."""
-    rid = request.scope.get("state", {}).get("request_id", "")
-    log.exception("unhandled error in request %s", rid)
-    return outcome_response([error("exception", f"Internal error; request id {rid}")], 500)
-
-
-HANDLERS = {FHIRError: fhir_error, HTTPException: http_error, Exception: unexpected}
+HANDLERS = {FHIRError: fhir_error, HTTPException: http_error}

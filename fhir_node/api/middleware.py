@@ -9,11 +9,13 @@ import time
 import uuid
 
 import orjson
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_node.outcome import error, operation_outcome
 
 access_log = logging.getLogger("fhir_node.access")
+error_log = logging.getLogger("fhir_node.errors")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 
 
@@ -41,20 +43,25 @@ class RequestContext:
         scope.setdefault("state", {})["request_id"] = rid
         start = time.perf_counter()
         status = 500
+        started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
         try:
             client = scope.get("client")
             if self.loopback_only and not is_loopback(client[0] if client else None):
-                await _refuse(send_with_id)
+                await _answer(send_with_id, 403, "forbidden", "FHIR_NODE_AUTH=none serves loopback clients only")
             else:
                 await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if started:  # nothing more can be said to the client
+                raise
+            await _unexpected(send_with_id, exc, rid)
         finally:
             path = scope["path"] + (f"?{scope['query_string'].decode('latin-1')}" if scope["query_string"] else "")
             fields = {
@@ -67,8 +74,21 @@ class RequestContext:
             access_log.info("request", extra={"fields": fields})
 
 
-async def _refuse(send: Send) -> None:
-    body = orjson.dumps(operation_outcome([error("forbidden", "FHIR_NODE_AUTH=none serves loopback clients only")]))
+async def _unexpected(send: Send, exc: Exception, rid: str) -> None:
+    """A lost database is a 503 the client may retry; anything else is our bug: a 500 with the request id
+    to report, and the traceback in the log."""
+    if isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        error_log.error("database unavailable in request %s: %s", rid, exc)
+        await _answer(send, 503, "transient", f"The database is unavailable; retry later (request id {rid})")
+        return
+    error_log.exception("unhandled error in request %s", rid, exc_info=exc)
+    await _answer(send, 500, "exception", f"Internal error; request id {rid}")
+
+
+async def _answer(send: Send, status: int, code: str, text: str) -> None:
+    body = orjson.dumps(operation_outcome([error(code, text)]))
     headers = [(b"content-type", b"application/fhir+json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 403, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
@@ -16,7 +17,10 @@ from fhir_node.conformance.capability import capability_statement
 from fhir_node.interactions import bundle, history, patch, read, search, write
 from fhir_node.interactions.incoming import parse_body
 from fhir_node.node import Node
-from fhir_node.outcome import fail
+from fhir_node.outcome import FHIRError, error, fail
+from fhir_node.registry import kind, require_method
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def node_of(request: Request) -> Node:
@@ -123,6 +127,7 @@ async def conditional(request: Request) -> Response:
 
 async def type_level(request: Request) -> Response:
     """[type]: GET searches, POST creates, PUT and DELETE are conditional."""
+    require_method(kind(request.path_params["type"]), request.method, "type")
     handler = {"GET": search_endpoint, "HEAD": search_endpoint, "POST": create}.get(request.method, conditional)
     return await handler(request)
 
@@ -142,6 +147,7 @@ async def patch_instance(request: Request) -> Response:
 
 async def instance(request: Request) -> Response:
     """GET, PUT, PATCH and DELETE on [type]/[id]."""
+    require_method(kind(request.path_params["type"]), request.method, "instance")
     handler = {
         "GET": read_instance,
         "HEAD": read_instance,
@@ -173,14 +179,30 @@ async def history_endpoint(request: Request) -> Response:
     return fhir_response(neg, body)
 
 
+def only(handler: Endpoint, *allowed: str) -> Endpoint:
+    """An endpoint that answers other methods with a FHIR 405, so they never fall through to a broader
+    route (PUT /fhir/metadata must not reach PUT /fhir/{type})."""
+    allow = ", ".join(sorted({*allowed, "HEAD"} if "GET" in allowed else set(allowed)))
+
+    async def endpoint(request: Request) -> Response:
+        if request.method not in allowed and not (request.method == "HEAD" and "GET" in allowed):
+            issue = error("not-supported", f"{request.method} is not allowed on {request.url.path}")
+            raise FHIRError(405, [issue], {"Allow": allow})
+        return await handler(request)
+
+    return endpoint
+
+
+_ALL = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
 ROUTES = [
-    Route("/fhir/metadata", metadata, methods=["GET"]),
-    Route("/fhir/_history", history_endpoint, methods=["GET"]),
-    Route("/fhir/{type}/_history", history_endpoint, methods=["GET"]),
-    Route("/fhir/{type}/{id}/_history/{vid}", vread_instance, methods=["GET"]),
-    Route("/fhir/{type}/{id}/_history", history_endpoint, methods=["GET"]),
-    Route("/fhir/{type}/{id}", instance, methods=["GET", "PUT", "PATCH", "DELETE"]),
-    Route("/fhir/{type}/_search", search_endpoint, methods=["POST"]),
-    Route("/fhir/{type}", type_level, methods=["GET", "POST", "PUT", "DELETE"]),
-    Route("/fhir", system_level, methods=["GET", "POST"]),
+    Route("/fhir/metadata", only(metadata, "GET"), methods=_ALL),
+    Route("/fhir/_history", only(history_endpoint, "GET"), methods=_ALL),
+    Route("/fhir/{type}/_history", only(history_endpoint, "GET"), methods=_ALL),
+    Route("/fhir/{type}/{id}/_history/{vid}", only(vread_instance, "GET"), methods=_ALL),
+    Route("/fhir/{type}/{id}/_history", only(history_endpoint, "GET"), methods=_ALL),
+    Route("/fhir/{type}/_search", only(search_endpoint, "POST"), methods=_ALL),
+    Route("/fhir/{type}/{id}", instance, methods=_ALL),
+    Route("/fhir/{type}", type_level, methods=_ALL),
+    Route("/fhir", only(system_level, "GET", "POST"), methods=_ALL),
 ]

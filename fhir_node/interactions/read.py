@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fhir_node.interactions.incoming import check_id
 from fhir_node.node import Node
 from fhir_node.outcome import fail
 from fhir_node.registry import kind, require
@@ -12,6 +13,7 @@ from fhir_node.store.repository import Version
 def read(node: Node, res_type: str, res_id: str) -> Version:
     """The current version; 410 Gone (with the deleted version's ETag) once deleted."""
     require(kind(res_type), "read")
+    check_id(res_id)
     with node.db.read() as conn:
         found = repository.current(conn, res_type, res_id)
     return _present(found, res_type, res_id)
@@ -20,6 +22,7 @@ def read(node: Node, res_type: str, res_id: str) -> Version:
 def vread(node: Node, res_type: str, res_id: str, version_id: str) -> Version:
     """A given version; a version that records a deletion answers 410."""
     require(kind(res_type), "vread")
+    check_id(res_id)
     if not version_id.isdigit():
         raise fail(404, "not-found", f"{res_type}/{res_id} has no version '{version_id}'")
     with node.db.read() as conn:

@@ -75,7 +75,7 @@ def update_in(conn: Connection, res_type: str, res_id: str, resource: dict[str, 
     previous = repository.current(conn, res_type, res_id, for_update=True)
     _check_version(previous, expected, res_type, res_id)
     written = repository.write(conn, res_type, res_id, resource, previous, "PUT")
-    return Written(written, 201 if previous is None or previous.deleted else 200)
+    return Written(written, written.status)
 
 
 def conditional_update(node: Node, res_type: str, query: str, body: Any, if_match: str | None = None) -> Written:

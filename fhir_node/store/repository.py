@@ -27,6 +27,7 @@ class Version:
     deleted: bool
     content: bytes | None
     method: str = "GET"
+    status: int = 200
     seq: int = 0
 
     @property
@@ -113,8 +114,10 @@ def write(
         if done.rowcount != 1:
             raise ConcurrentWrite(res_type, res_id)
     write_index(conn, res_type, res_id, stored, replace=previous is not None)
-    add_rows(conn, resource_versions, [{"res_type": res_type, "res_id": res_id, "method": method, **values}])
-    return Version(res_type, res_id, version_id, ts, resource is None, content, method)
+    status = 204 if resource is None else 201 if previous is None or previous.deleted else 200
+    row = {"res_type": res_type, "res_id": res_id, "method": method, "status": status, **values}
+    add_rows(conn, resource_versions, [row])
+    return Version(res_type, res_id, version_id, ts, resource is None, content, method, status)
 
 
 def history(
@@ -150,6 +153,7 @@ def _from_row(row: Any) -> Version:
         row.content is None,
         row.content,
         row.method,
+        row.status,
         row.seq,
     )
 

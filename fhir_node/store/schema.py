@@ -43,6 +43,7 @@ resource_versions = Table(
     Column("version_id", Integer, nullable=False),
     Column("last_updated", DateTime(timezone=False), nullable=False),
     Column("method", String(8), nullable=False),
+    Column("status", Integer, nullable=False),
     Column("content", LargeBinary, nullable=True),
     UniqueConstraint("res_type", "res_id", "version_id", name="uq_resource_versions_version"),
     Index("ix_resource_versions_type_seq", "res_type", "seq"),
@@ -60,7 +61,7 @@ def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ..
         Column("res_id", String(64), nullable=False),
         Column("param", String(64), nullable=False),
         *columns,
-        Index(f"ix_{name}_resource", "res_type", "res_id"),
+        Index(f"ix_{name}_resource", "res_type", "res_id", "param"),
         *(Index(f"ix_{name}_{'_'.join(cols)}", "res_type", "param", *cols) for cols in indexes),
         comment=comment,
     )
@@ -73,14 +74,14 @@ idx_token = _index_table(
     Column("text", String(255), nullable=True),
     Column("type_system", String(255), nullable=True),
     Column("type_code", String(255), nullable=True),
-    indexes=(("code", "system"), ("text",)),
+    indexes=(("code", "res_id"), ("text",)),
     comment="token: system|code (identifiers, codes, booleans); text = normalised display, type = Identifier.type",
 )
 idx_string = _index_table(
     "idx_string",
     Column("value", String(255), nullable=False),
     Column("exact", String(255), nullable=False),
-    indexes=(("value",),),
+    indexes=(("value",), ("exact", "res_id")),
     comment="string: value is case- and accent-folded for the default and :contains, exact for :exact",
 )
 idx_date = _index_table(
@@ -97,13 +98,13 @@ idx_reference = _index_table(
     Column("url", String(1024), nullable=True),
     Column("id_system", String(255), nullable=True),
     Column("id_value", String(255), nullable=True),
-    indexes=(("target_type", "target_id"), ("url",), ("id_value",)),
+    indexes=(("target_type", "target_id", "res_id"), ("url", "res_id"), ("id_value", "res_id")),
     comment="reference: local targets as type/id; other URLs and canonicals in url; Reference.identifier",
 )
 idx_uri = _index_table(
     "idx_uri",
     Column("uri", String(1024), nullable=False),
-    indexes=(("uri",),),
+    indexes=(("uri", "res_id"),),
     comment="uri: the value as written",
 )
 idx_number = _index_table(

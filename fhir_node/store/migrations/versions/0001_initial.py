@@ -1,7 +1,7 @@
-"""resources, versions and search index tables
+"""initial
 
 Revision ID: 0001
-Revises:
+Revises: (none)
 """
 
 import sqlalchemy as sa
@@ -26,7 +26,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("idx_date", schema=None) as batch_op:
         batch_op.create_index("ix_idx_date_low_high", ["res_type", "param", "low", "high"], unique=False)
-        batch_op.create_index("ix_idx_date_resource", ["res_type", "res_id"], unique=False)
+        batch_op.create_index("ix_idx_date_resource", ["res_type", "res_id", "param"], unique=False)
 
     op.create_table(
         "idx_number",
@@ -41,7 +41,7 @@ def upgrade() -> None:
         comment="number and quantity: value, its precision range [low, high], and for quantities system|code",
     )
     with op.batch_alter_table("idx_number", schema=None) as batch_op:
-        batch_op.create_index("ix_idx_number_resource", ["res_type", "res_id"], unique=False)
+        batch_op.create_index("ix_idx_number_resource", ["res_type", "res_id", "param"], unique=False)
         batch_op.create_index("ix_idx_number_value", ["res_type", "param", "value"], unique=False)
 
     op.create_table(
@@ -57,14 +57,16 @@ def upgrade() -> None:
         comment="reference: local targets as type/id; other URLs and canonicals in url; Reference.identifier",
     )
     with op.batch_alter_table("idx_reference", schema=None) as batch_op:
-        batch_op.create_index("ix_idx_reference_id_value", ["res_type", "param", "id_value"], unique=False)
-        batch_op.create_index("ix_idx_reference_resource", ["res_type", "res_id"], unique=False)
         batch_op.create_index(
-            "ix_idx_reference_target_type_target_id",
-            ["res_type", "param", "target_type", "target_id"],
+            "ix_idx_reference_id_value_res_id", ["res_type", "param", "id_value", "res_id"], unique=False
+        )
+        batch_op.create_index("ix_idx_reference_resource", ["res_type", "res_id", "param"], unique=False)
+        batch_op.create_index(
+            "ix_idx_reference_target_type_target_id_res_id",
+            ["res_type", "param", "target_type", "target_id", "res_id"],
             unique=False,
         )
-        batch_op.create_index("ix_idx_reference_url", ["res_type", "param", "url"], unique=False)
+        batch_op.create_index("ix_idx_reference_url_res_id", ["res_type", "param", "url", "res_id"], unique=False)
 
     op.create_table(
         "idx_string",
@@ -76,7 +78,8 @@ def upgrade() -> None:
         comment="string: value is case- and accent-folded for the default and :contains, exact for :exact",
     )
     with op.batch_alter_table("idx_string", schema=None) as batch_op:
-        batch_op.create_index("ix_idx_string_resource", ["res_type", "res_id"], unique=False)
+        batch_op.create_index("ix_idx_string_exact_res_id", ["res_type", "param", "exact", "res_id"], unique=False)
+        batch_op.create_index("ix_idx_string_resource", ["res_type", "res_id", "param"], unique=False)
         batch_op.create_index("ix_idx_string_value", ["res_type", "param", "value"], unique=False)
 
     op.create_table(
@@ -92,8 +95,8 @@ def upgrade() -> None:
         comment="token: system|code (identifiers, codes, booleans); text = normalised display, type = Identifier.type",
     )
     with op.batch_alter_table("idx_token", schema=None) as batch_op:
-        batch_op.create_index("ix_idx_token_code_system", ["res_type", "param", "code", "system"], unique=False)
-        batch_op.create_index("ix_idx_token_resource", ["res_type", "res_id"], unique=False)
+        batch_op.create_index("ix_idx_token_code_res_id", ["res_type", "param", "code", "res_id"], unique=False)
+        batch_op.create_index("ix_idx_token_resource", ["res_type", "res_id", "param"], unique=False)
         batch_op.create_index("ix_idx_token_text", ["res_type", "param", "text"], unique=False)
 
     op.create_table(
@@ -105,8 +108,8 @@ def upgrade() -> None:
         comment="uri: the value as written",
     )
     with op.batch_alter_table("idx_uri", schema=None) as batch_op:
-        batch_op.create_index("ix_idx_uri_resource", ["res_type", "res_id"], unique=False)
-        batch_op.create_index("ix_idx_uri_uri", ["res_type", "param", "uri"], unique=False)
+        batch_op.create_index("ix_idx_uri_resource", ["res_type", "res_id", "param"], unique=False)
+        batch_op.create_index("ix_idx_uri_uri_res_id", ["res_type", "param", "uri", "res_id"], unique=False)
 
     op.create_table(
         "resource_versions",
@@ -116,6 +119,7 @@ def upgrade() -> None:
         sa.Column("version_id", sa.Integer(), nullable=False),
         sa.Column("last_updated", sa.DateTime(), nullable=False),
         sa.Column("method", sa.String(length=8), nullable=False),
+        sa.Column("status", sa.Integer(), nullable=False),
         sa.Column("content", sa.LargeBinary(), nullable=True),
         sa.PrimaryKeyConstraint("seq"),
         sa.UniqueConstraint("res_type", "res_id", "version_id", name="uq_resource_versions_version"),
@@ -148,26 +152,27 @@ def downgrade() -> None:
 
     op.drop_table("resource_versions")
     with op.batch_alter_table("idx_uri", schema=None) as batch_op:
-        batch_op.drop_index("ix_idx_uri_uri")
+        batch_op.drop_index("ix_idx_uri_uri_res_id")
         batch_op.drop_index("ix_idx_uri_resource")
 
     op.drop_table("idx_uri")
     with op.batch_alter_table("idx_token", schema=None) as batch_op:
         batch_op.drop_index("ix_idx_token_text")
         batch_op.drop_index("ix_idx_token_resource")
-        batch_op.drop_index("ix_idx_token_code_system")
+        batch_op.drop_index("ix_idx_token_code_res_id")
 
     op.drop_table("idx_token")
     with op.batch_alter_table("idx_string", schema=None) as batch_op:
         batch_op.drop_index("ix_idx_string_value")
         batch_op.drop_index("ix_idx_string_resource")
+        batch_op.drop_index("ix_idx_string_exact_res_id")
 
     op.drop_table("idx_string")
     with op.batch_alter_table("idx_reference", schema=None) as batch_op:
-        batch_op.drop_index("ix_idx_reference_url")
-        batch_op.drop_index("ix_idx_reference_target_type_target_id")
+        batch_op.drop_index("ix_idx_reference_url_res_id")
+        batch_op.drop_index("ix_idx_reference_target_type_target_id_res_id")
         batch_op.drop_index("ix_idx_reference_resource")
-        batch_op.drop_index("ix_idx_reference_id_value")
+        batch_op.drop_index("ix_idx_reference_id_value_res_id")
 
     op.drop_table("idx_reference")
     with op.batch_alter_table("idx_number", schema=None) as batch_op:
