@@ -135,12 +135,13 @@ def load_direct(database_url: str, resources: list[dict[str, Any]], batch: int =
     """Write through the node's store (validation, index rows, versions) without HTTP, in batches."""
     from fhir_node.interactions.incoming import check_resource
     from fhir_node.interactions.write import create_in
+    from fhir_node.store.batch import batched
     from fhir_node.store.database import Database
 
     db = Database(database_url)
     ids = []
     for start in range(0, len(resources), batch):
-        with db.write() as conn:
+        with db.write() as conn, batched(conn):
             for res in resources[start : start + batch]:
                 ids.append(
                     create_in(conn, res["resourceType"], check_resource(res, res["resourceType"])).version.res_id
