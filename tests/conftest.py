@@ -68,3 +68,24 @@ def live_server(settings: Settings, tmp_path: Path) -> Iterator[str]:
     """A real `fhir-node serve` process (uvicorn) on 127.0.0.1; yields its FHIR base URL."""
     with serve_node(settings.database_url, tmp_path) as base:
         yield base
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def search_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database of its own, per backend, for the search suite's shared dataset (see `searched`)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('search') / 'fhir-node.db'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    with server.fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def searched(search_database_url: str) -> Iterator[object]:
+    """The search dataset (tests/search_data.py), loaded once per backend through the API and shared by
+    every search test that only reads: tests that write must load their own copy (`load(client)`)."""
+    from search_data import loaded_node
+
+    with loaded_node(search_database_url) as env:
+        yield env
