@@ -216,6 +216,9 @@ def test_count_zero_counts_only(searched: Loaded) -> None:
         ("EpisodeOfCare", "_elements=identifier&_elements=careManager", {"identifier", "careManager"}),
         ("Patient", "_elements=name,birthDate", {"name", "birthDate"}),
         ("Consent", "status=active&_elements=dateTime", {"dateTime"}),
+        ("Patient", "_elements=deceased,gender", {"deceasedBoolean", "deceasedDateTime", "gender"}),  # a choice
+        ("Consent", "_elements=source", {"sourceReference"}),
+        ("Consent", "_elements=policy", {"policy"}),  # not policyRule
     ],
     ids=str,
 )
