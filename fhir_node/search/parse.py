@@ -142,6 +142,8 @@ def _reference_targets(param: SearchParam, modifier: str | None, name: str) -> t
     if modifier:
         if modifier not in KINDS:
             raise SearchError(error("not-supported", f"'{modifier}' is not a resource type this node serves", name))
+        if param.targets and modifier not in param.targets:
+            raise SearchError(error("value", f"{modifier} is not a target of '{param.code}'", name))
         return (modifier,)
     targets = tuple(t for t in param.targets if t in KINDS) if param.targets else tuple(KINDS)
     if not targets:
