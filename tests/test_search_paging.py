@@ -29,6 +29,9 @@ PAGED = [
     ("Consent", "_count=5&_sort=date,status"),
     ("AuditEvent", "_count=6&_sort=-date"),
     ("AuditEvent", "_count=1"),
+    ("Patient", "_count=4&_sort=-_lastUpdated"),
+    ("Patient", "_count=3&_sort=gender,-birthdate"),  # a key some patients lack
+    ("EpisodeOfCare", "_count=8&_sort=-care-manager,type"),
 ]
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from search_data import (
     BASE,
+    FHIR_JSON,
     SSIN,
     Loaded,
     all_match_ids,
@@ -257,6 +258,11 @@ def test_post_search_joins_url_and_body(searched: Loaded) -> None:
     r = searched.client.post("/fhir/EpisodeOfCare/_search?status=active", data={"type": "psi-copd"})
     assert r.status_code == 200, r.text
     assert set(match_ids(r.json())) == assert_search(searched, "EpisodeOfCare", "status=active&type=psi-copd", False)
+
+
+def test_post_search_takes_a_form_only(searched: Loaded) -> None:
+    r = searched.client.post("/fhir/Patient/_search", content=b'{"gender": "female"}', headers=FHIR_JSON)
+    assert r.status_code == 415 and r.json()["resourceType"] == "OperationOutcome"
 
 
 SYSTEM = [
