@@ -663,12 +663,8 @@ def date_matches(
         return hi < slo
     if prefix == "ap":
         margin = approx_margin(slo, ap_factor)
-        return lo <= _clamp(shi + margin) and hi >= _clamp(slo - margin)
+        return lo <= shi + margin and hi >= slo - margin
     raise ValueError(prefix)
-
-
-def _clamp(moment: datetime) -> datetime:
-    return max(MIN, min(MAX, moment))
 
 
 def date_ranges(element: Any) -> list[tuple[datetime, datetime]]:
