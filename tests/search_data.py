@@ -16,7 +16,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -24,6 +24,7 @@ from live_node import BASE_HOST
 from starlette.testclient import TestClient
 
 from fhir_node.app import create_app
+from fhir_node.rules.check_digits import cbe, nihdi_organisation, nihdi_professional, ssin
 from fhir_node.settings import Settings
 
 BASE = f"{BASE_HOST}/fhir"
@@ -121,6 +122,16 @@ def _narrative(text: str) -> dict[str, str]:
     return {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{text}</div>'}
 
 
+def _ssin(birth_date: str, serial: int) -> str:
+    """A valid SSIN (check digits) for a FHIR birthDate of any precision."""
+    year, month, day = ([int(p) for p in birth_date.split("-")] + [1, 1])[:3]
+    return ssin(date(year, month, day), serial)
+
+
+def _nihdi_professional(rng: random.Random) -> str:
+    return nihdi_professional(1, rng.randrange(100_000), rng.randrange(1000))
+
+
 def _digits(rng: random.Random, n: int) -> str:
     return "".join(rng.choice("0123456789") for _ in range(n))
 
@@ -147,9 +158,9 @@ def _organizations(rng: random.Random) -> list[dict[str, Any]]:
         org: dict[str, Any] = {"resourceType": "Organization", "id": f"org-{i}", **_meta(rng, "organization")}
         identifiers = []
         if i != 3:
-            identifiers.append({"system": NIHDI, "value": f"7{_digits(rng, 7)}"})
+            identifiers.append({"system": NIHDI, "value": nihdi_organisation(7, rng.randrange(100_000))})
         if i % 2 == 0:
-            identifiers.append({"system": CBE, "value": f"0{_digits(rng, 9)}"})
+            identifiers.append({"system": CBE, "value": cbe(rng.randrange(1, 20_000_000))})
         if identifiers:
             org["identifier"] = identifiers
         org["active"] = i not in (2, 4)
@@ -179,7 +190,7 @@ def _practitioners(rng: random.Random) -> list[dict[str, Any]]:
     out = []
     for i, (family, given) in enumerate(names):
         p: dict[str, Any] = {"resourceType": "Practitioner", "id": f"prac-{i}", **_meta(rng, "practitioner")}
-        p["identifier"] = [{"system": NIHDI, "value": f"1{_digits(rng, 10)}"}]
+        p["identifier"] = [{"system": NIHDI, "value": _nihdi_professional(rng)}]
         p["active"] = i != 3
         p["name"] = [{"family": family, "given": [given], **({"prefix": ["Dr."]} if i % 2 == 0 else {})}]
         p["telecom"] = [
@@ -206,7 +217,8 @@ def _patients(rng: random.Random) -> list[dict[str, Any]]:
     out = []
     for i in range(10):
         p: dict[str, Any] = {"resourceType": "Patient", "id": f"pat-{i:02d}", **_meta(rng, "patient")}
-        ids: list[dict[str, Any]] = [{"system": SSIN, "value": _digits(rng, 11)}]
+        birth = BIRTH_DATES[i % len(BIRTH_DATES)]
+        ids: list[dict[str, Any]] = [{"system": SSIN, "value": _ssin(birth, rng.randrange(1, 999))}]
         if i % 3 == 0:
             ids.append(
                 {
@@ -228,7 +240,7 @@ def _patients(rng: random.Random) -> list[dict[str, Any]]:
             p["name"].append({"use": "maiden", "family": "Lejeune"})
         if i != 7:
             p["gender"] = ["female", "male", "female", "male", "other", "unknown"][i % 6]
-        p["birthDate"] = BIRTH_DATES[i % len(BIRTH_DATES)]
+        p["birthDate"] = birth
         telecom = []
         if i % 2 == 0:
             telecom.append({"system": "phone", "value": f"+32 4{_digits(rng, 2)} {_digits(rng, 2)} {_digits(rng, 2)}"})
@@ -433,7 +445,7 @@ def _audit_agent(rng: random.Random, i: int, patients: list[dict]) -> dict[str, 
         "requestor": True,
     }
     if i % 7 == 3:
-        agent["who"] = {"type": "Practitioner", "identifier": {"system": NIHDI, "value": f"1{_digits(rng, 10)}"}}
+        agent["who"] = {"type": "Practitioner", "identifier": {"system": NIHDI, "value": _nihdi_professional(rng)}}
     elif i % 4 == 2:
         agent["who"] = _ref("Patient", patients[i % 10]["id"])
     else:

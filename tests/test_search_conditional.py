@@ -3,12 +3,17 @@ are a search, so what matches is what a search finds; zero, one and several matc
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 import orjson
 import pytest
 from search_data import FHIR_JSON, SSIN, match_ids, search, write
 from starlette.testclient import TestClient
+
+from fhir_node.rules.check_digits import ssin
+
+SSIN_1, SSIN_2, SSIN_3, SSIN_4, SSIN_9 = (ssin(date(1980, 5, 17), serial) for serial in (1, 2, 3, 4, 9))
 
 
 def _patient(ssin: str, family: str, res_id: str | None = None) -> dict[str, Any]:
@@ -32,23 +37,23 @@ def _all_patients(client: TestClient) -> dict[str, dict[str, Any]]:
 def three(client: TestClient) -> dict[str, dict[str, Any]]:
     """pat-a and pat-b share an SSIN (a duplicate); pat-c is alone."""
     stored = [
-        write(client, _patient("11111111111", "Dupont", "pat-a")),
-        write(client, _patient("11111111111", "Dupond", "pat-b")),
-        write(client, _patient("22222222222", "Lefèvre", "pat-c")),
+        write(client, _patient(SSIN_1, "Dupont", "pat-a")),
+        write(client, _patient(SSIN_1, "Dupond", "pat-b")),
+        write(client, _patient(SSIN_2, "Lefèvre", "pat-c")),
     ]
     return {p["id"]: p for p in stored}
 
 
 def test_conditional_update_without_a_match_creates(client: TestClient, three: dict) -> None:
-    r = _put(client, f"identifier={SSIN}|33333333333", _patient("33333333333", "Noël"))
+    r = _put(client, f"identifier={SSIN}|{SSIN_3}", _patient(SSIN_3, "Noël"))
     assert r.status_code == 201, r.text
     created = r.json()
     assert created["id"] not in three and created["meta"]["versionId"] == "1"
-    assert match_ids(search(client, "Patient", f"identifier={SSIN}|33333333333")) == [created["id"]]
+    assert match_ids(search(client, "Patient", f"identifier={SSIN}|{SSIN_3}")) == [created["id"]]
 
 
 def test_conditional_update_with_one_match_updates_it(client: TestClient, three: dict) -> None:
-    r = _put(client, f"identifier={SSIN}|22222222222", _patient("22222222222", "Lefebvre"))
+    r = _put(client, f"identifier={SSIN}|{SSIN_2}", _patient(SSIN_2, "Lefebvre"))
     assert r.status_code == 200, r.text
     assert r.json()["id"] == "pat-c" and r.json()["meta"]["versionId"] == "2"
     assert _all_patients(client)["pat-c"]["name"] == [{"family": "Lefebvre"}]
@@ -56,7 +61,7 @@ def test_conditional_update_with_one_match_updates_it(client: TestClient, three:
 
 
 def test_conditional_update_with_two_matches_is_412_and_changes_nothing(client: TestClient, three: dict) -> None:
-    r = _put(client, f"identifier={SSIN}|11111111111", _patient("11111111111", "Durand"))
+    r = _put(client, f"identifier={SSIN}|{SSIN_1}", _patient(SSIN_1, "Durand"))
     assert r.status_code == 412, r.text
     assert r.json()["resourceType"] == "OperationOutcome"
     assert _all_patients(client) == three
@@ -64,14 +69,14 @@ def test_conditional_update_with_two_matches_is_412_and_changes_nothing(client: 
 
 def test_conditional_update_criteria_are_a_full_search(client: TestClient, three: dict) -> None:
     """Two criteria together narrow the duplicate SSIN down to one patient."""
-    r = _put(client, f"identifier={SSIN}|11111111111&family:exact=Dupond", _patient("11111111111", "Dupond-Ré"))
+    r = _put(client, f"identifier={SSIN}|{SSIN_1}&family:exact=Dupond", _patient(SSIN_1, "Dupond-Ré"))
     assert r.status_code == 200, r.text
     assert r.json()["id"] == "pat-b"
 
 
 def test_conditional_update_with_bad_criteria_is_400(client: TestClient, three: dict) -> None:
     for criteria in ["foo=bar", "birthdate=yesterday", "_count=1"]:
-        r = _put(client, criteria, _patient("44444444444", "X"))
+        r = _put(client, criteria, _patient(SSIN_4, "X"))
         assert r.status_code == 400, (criteria, r.text)
     assert _all_patients(client) == three
 
@@ -84,20 +89,20 @@ def test_conditional_delete_without_criteria_is_400_and_deletes_nothing(client: 
 
 
 def test_conditional_delete_with_one_match_deletes_it(client: TestClient, three: dict) -> None:
-    r = client.delete(f"/fhir/Patient?identifier={SSIN}|22222222222")
+    r = client.delete(f"/fhir/Patient?identifier={SSIN}|{SSIN_2}")
     assert r.status_code in (200, 204), r.text
     assert set(_all_patients(client)) == {"pat-a", "pat-b"}
     assert client.get("/fhir/Patient/pat-c").status_code == 410
 
 
 def test_conditional_delete_with_several_matches_is_412_and_deletes_nothing(client: TestClient, three: dict) -> None:
-    r = client.delete(f"/fhir/Patient?identifier={SSIN}|11111111111")
+    r = client.delete(f"/fhir/Patient?identifier={SSIN}|{SSIN_1}")
     assert r.status_code == 412, r.text
     assert _all_patients(client) == three
 
 
 def test_conditional_delete_without_a_match_deletes_nothing(client: TestClient, three: dict) -> None:
-    r = client.delete(f"/fhir/Patient?identifier={SSIN}|99999999999")
+    r = client.delete(f"/fhir/Patient?identifier={SSIN}|{SSIN_9}")
     assert r.status_code in (200, 204, 404), r.text
     assert _all_patients(client) == three
 
@@ -110,11 +115,11 @@ def test_conditional_delete_with_bad_criteria_is_400(client: TestClient, three: 
 
 def test_search_follows_updates_and_deletes(client: TestClient, three: dict) -> None:
     """The index holds the current version only: an update's old values stop matching, a deletion's all do."""
-    changed = {**three["pat-c"], "name": [{"family": "Lefebvre"}], "identifier": [{"system": SSIN, "value": "5"}]}
+    changed = {**three["pat-c"], "name": [{"family": "Lefebvre"}], "identifier": [{"system": SSIN, "value": SSIN_4}]}
     write(client, changed)
     assert match_ids(search(client, "Patient", "family=lefevre")) == []
-    assert match_ids(search(client, "Patient", f"identifier={SSIN}|22222222222")) == []
+    assert match_ids(search(client, "Patient", f"identifier={SSIN}|{SSIN_2}")) == []
     assert match_ids(search(client, "Patient", "family=lefebvre")) == ["pat-c"]
     assert client.delete("/fhir/Patient/pat-a").status_code in (200, 204)
-    assert match_ids(search(client, "Patient", f"identifier={SSIN}|11111111111")) == ["pat-b"]
+    assert match_ids(search(client, "Patient", f"identifier={SSIN}|{SSIN_1}")) == ["pat-b"]
     assert match_ids(search(client, "Patient", "family:missing=false&_sort=_id")) == ["pat-b", "pat-c"]
