@@ -74,11 +74,10 @@ def process(node: Node, base: str, body: Any, representation: bool) -> bytes:
             f"The Bundle has {len(raw)} entries; this node takes at most {node.settings.max_bundle_entries}",
             "Bundle.entry",
         )
-    entries = [_parse_entry(i, e, base) for i, e in enumerate(raw)]
     if btype == "transaction":
-        responses = _transaction(node, base, entries, representation)
+        responses = _transaction(node, base, [_parse_entry(i, e, base) for i, e in enumerate(raw)], representation)
     else:
-        responses = [_batch_entry(node, base, e, representation) for e in entries]
+        responses = [_batch_entry(node, base, i, e, representation) for i, e in enumerate(raw)]
     return bundle(f"{btype}-response", responses, {})
 
 
@@ -132,15 +131,17 @@ def _transaction(node: Node, base: str, entries: list[Entry], representation: bo
             node.db.lock(conn, f"write:{t}")
         ids = _assign_ids(conn, entries)
         for e in entries:
-            if e.resource is not None and e.method in ("POST", "PUT"):
+            if e.method == "PATCH":
+                e.resource = _at(e, _patch_document, e)
+            if e.resource is not None and e.method in ("POST", "PUT", "PATCH"):
                 e.resource = _at(e, _rewrite, conn, e, e.resource, ids)
         with batched(conn):
             for e in sorted(entries, key=lambda e: (_ORDER.get(e.method, 1), e.index)):
                 if e.method not in ("GET", "HEAD"):
                     results[e.index] = _at(e, _write_entry, conn, e, representation)
-    for e in entries:
-        if e.method in ("GET", "HEAD"):
-            results[e.index] = _at(e, _get_entry, node, base, e)
+        for e in entries:  # last, inside the transaction: they see its writes, and their failure undoes them
+            if e.method in ("GET", "HEAD"):
+                results[e.index] = _at(e, _get_entry, node, base, e)
     return [results[e.index] for e in entries]
 
 
@@ -170,6 +171,10 @@ def _assign_ids(conn: Connection, entries: list[Entry]) -> dict[str, str]:
             )
         seen[key] = e.index
         if e.full_url:
+            if e.full_url in ids:
+                raise fail(
+                    400, "invalid", f"{e.where} repeats the fullUrl '{e.full_url}' (bdl-7)", f"{e.where}.fullUrl"
+                )
             ids[e.full_url] = f"{e.res_type}/{e.target}"
     return ids
 
@@ -246,7 +251,7 @@ def _write_entry(conn: Connection, e: Entry, representation: bool) -> bytes:
         return _response(204, gone, False)
     if e.method == "PATCH":
         require(kind(e.res_type), "patch")
-        done = patch_in(conn, e.res_type, e.target or "", _patch_document(e), write.parse_if_match(e.if_match))
+        done = patch_in(conn, e.res_type, e.target or "", e.resource, write.parse_if_match(e.if_match))
         return _response(done.status, done.version, representation)
     if e.method == "POST":
         require(kind(e.res_type), "create")
@@ -321,8 +326,12 @@ def _get_entry(node: Node, base: str, e: Entry) -> bytes:
     return b'{"resource":' + body + b',"response":{"status":"200 OK"}}'
 
 
-def _batch_entry(node: Node, base: str, e: Entry, representation: bool) -> bytes:
-    """One batch entry on its own: its failure is its own response, not the Bundle's."""
+def _batch_entry(node: Node, base: str, index: int, raw: Any, representation: bool) -> bytes:
+    """One batch entry on its own: its failure (even a malformed request) is its own response."""
+    try:
+        e = _parse_entry(index, raw, base)
+    except FHIRError as exc:
+        return _outcome_response(exc)
     actions: dict[str, Callable[[], bytes]] = {
         "GET": lambda: _get_entry(node, base, e),
         "HEAD": lambda: _get_entry(node, base, e),

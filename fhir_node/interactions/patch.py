@@ -37,13 +37,14 @@ def patch_in(conn: Connection, res_type: str, res_id: str, operations: Any, expe
     if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
         raise fail(400, "structure", "A JSON Patch body is an array of operation objects")
     for op in operations:
-        if any(str(op.get(k, "")).startswith(p) for k in ("path", "from") for p in _SERVER_OWNED):
+        paths = [str(op.get(k, "")) for k in ("path", "from")]
+        if any(path == p or path.startswith(p + "/") for path in paths for p in _SERVER_OWNED):
             raise fail(400, "invalid", f"JSON Patch may not change {op.get('path')}: the server owns it")
     try:
         patched = jsonpatch.apply_patch(orjson.loads(current.content), operations)
+    except (jsonpatch.InvalidJsonPatch, TypeError, KeyError, ValueError) as exc:
+        raise fail(400, "structure", f"Malformed JSON Patch: {exc}") from None
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
         raise fail(422, "processing", f"JSON Patch failed: {exc}") from None
-    except (TypeError, KeyError, ValueError) as exc:
-        raise fail(400, "structure", f"Malformed JSON Patch: {exc}") from None
     resource = check_resource(patched, res_type, url_id=res_id)
     return update_in(conn, res_type, res_id, resource, expected)

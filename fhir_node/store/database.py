@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import zlib
 from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 from alembic import command
@@ -29,6 +30,7 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = normalise_url(url)
+        self._writing: ContextVar[Connection | None] = ContextVar(f"writing:{id(self)}", default=None)
         parsed = make_url(self.url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite:
@@ -41,14 +43,24 @@ class Database:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
-        """A write transaction: SQLite takes the write lock at BEGIN so concurrent writers queue, not fail."""
+        """A write transaction: SQLite takes the write lock at BEGIN so concurrent writers queue, not fail.
+        Reads made inside it (a transaction Bundle's GET entries) use it and see its writes."""
         engine: Engine = self.engine.execution_options(sqlite_immediate=True) if self.is_sqlite else self.engine
         with engine.begin() as conn:
-            yield conn
+            token = self._writing.set(conn)
+            try:
+                yield conn
+            finally:
+                self._writing.reset(token)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
-        """A read-only transaction: one consistent snapshot for everything a request reads."""
+        """A read-only transaction: one consistent snapshot for everything a request reads (or the
+        enclosing write transaction, when there is one)."""
+        active = self._writing.get()
+        if active is not None:
+            yield active
+            return
         with self.engine.begin() as conn:
             yield conn
 
