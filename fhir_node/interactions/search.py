@@ -11,16 +11,16 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, and_, false, func, or_, select, true
+from sqlalchemy import ColumnElement, Connection, Table, and_, false, func, or_, select, true
 
 from fhir_node.bundles import bundle
 from fhir_node.node import Node
 from fhir_node.outcome import FHIRError, error, fail, operation_outcome
 from fhir_node.registry import KINDS, kind
 from fhir_node.search import elements as shaping
-from fhir_node.search.parse import Parsed, SearchError, parse
+from fhir_node.search.parse import Criterion, Parsed, SearchError, parse
 from fhir_node.search.registry import registry
-from fhir_node.search.sql import matching_ids
+from fhir_node.search.sql import driver, probe
 from fhir_node.store.schema import INDEX_TABLES, idx_reference, resources
 
 #: Sort key columns per parameter type: ascending sorts on the lowest value, descending on the highest.
@@ -39,11 +39,13 @@ _ITERATE_LIMIT = 4
 
 @dataclass
 class Page:
-    """The query shape every page of one search shares."""
+    """The query shape every page of one search shares. `walk`, when set, is an index to walk in id order
+    instead of scanning the type: (index table, its condition, the other criteria)."""
 
     types: tuple[str, ...]
     where: ColumnElement[bool]
     sort: list[tuple[str, bool, str]] = field(default_factory=list)  # (code, descending, param type)
+    walk: tuple[Table, ColumnElement[bool], ColumnElement[bool]] | None = None
 
 
 def search(node: Node, base: str, res_type: str | None, params: list[tuple[str, str]], lenient: bool = False) -> bytes:
@@ -56,6 +58,8 @@ def search(node: Node, base: str, res_type: str | None, params: list[tuple[str, 
     count = _count(result, node)
     where = or_(*(_type_condition(t, p, base) for t, p in parsed_by_type.items()))
     page = Page(types, where, _sort(parsed, types))
+    if len(types) == 1 and not page.sort:
+        page.walk = _walk(types[0], parsed, base)
     summary = _single(result, "_summary")
     if summary not in (None, "true", "false", "text", "data", "count"):
         raise fail(400, "value", f"_summary must be true, false, text, data or count, not '{summary}'", "_summary")
@@ -121,18 +125,33 @@ def _parse(reg: Any, res_type: str, params: list[tuple[str, str]], lenient: bool
         raise FHIRError(400, [exc.issue]) from None
 
 
-def _type_condition(res_type: str, parsed: Parsed, base: str) -> ColumnElement[bool]:
+def _type_condition(res_type: str, parsed: Parsed, base: str, skip: Criterion | None = None) -> ColumnElement[bool]:
     """The criteria as SQL; a value only found wrong here (a bad date) is refused like an unknown parameter."""
     conds: list[ColumnElement[bool]] = [resources.c.res_type == res_type, resources.c.deleted == false()]
     for c in parsed.criteria:
+        if c is skip:
+            continue
         try:
-            if c.param is not None and c.param.code == "_id" and c.modifier is None and c.missing is None:
-                conds.append(resources.c.res_id.in_(c.values))
-            else:
-                conds.append(resources.c.res_id.in_(matching_ids(c, base)))
+            conds.append(probe(c, base))
         except SearchError as exc:
             _refuse(parsed, exc)
     return and_(*conds)
+
+
+def _walk(res_type: str, parsed: Parsed, base: str) -> tuple[Table, ColumnElement[bool], ColumnElement[bool]] | None:
+    """The most selective criterion whose index rows come in id order, if any (see `sql.driver`)."""
+    ranked = []
+    for i, c in enumerate(parsed.criteria):
+        try:
+            found = driver(c, base)
+        except SearchError:
+            continue  # refused (or ignored) with its message by _type_condition
+        if found is not None:
+            ranked.append((found[2], i, c, found))
+    if not ranked:
+        return None
+    _, _, chosen, (table, condition, _) = min(ranked, key=lambda x: (x[0], x[1]))
+    return table, condition, _type_condition(res_type, parsed, base, skip=chosen)
 
 
 def _refuse(parsed: Parsed, exc: SearchError) -> None:
@@ -209,6 +228,8 @@ def _fetch(
     conn: Connection, page: Page, cursor: tuple[str, list[Any]] | None, count: int
 ) -> tuple[list[Any], bool, bool]:
     """One page by keyset: rows after (or, for `previous`, before) the cursor's sort values."""
+    if not page.sort and len(page.types) == 1:
+        return _fetch_in_id_order(conn, page, cursor, count)
     cols = _sort_columns(page)
     labelled = [c.label(f"k{i}") for i, (c, _) in enumerate(cols)]
     inner = (
@@ -225,6 +246,35 @@ def _fetch(
         nulls_last = k.is_(None).asc() if not backwards else k.is_(None).desc()
         order += [nulls_last, k.desc() if flip else k.asc()]
     rows = list(conn.execute(q.order_by(*order).limit(count + 1)))
+    more = len(rows) > count
+    rows = rows[:count]
+    if backwards:
+        rows.reverse()
+        return rows, True, more
+    return rows, more, cursor is not None
+
+
+def _fetch_in_id_order(
+    conn: Connection, page: Page, cursor: tuple[str, list[Any]] | None, count: int
+) -> tuple[list[Any], bool, bool]:
+    """The default order of a one-type search: by id, walking a selective index in id order when there is
+    one, else the type's primary key, with the other criteria as per-row probes. Either way the database
+    stops after `count + 1` matches instead of collecting and sorting them all."""
+    r = resources
+    cols = (r.c.res_type, r.c.res_id, r.c.content, r.c.res_type.label("k0"), r.c.res_id.label("k1"))
+    if page.walk is not None:
+        table, condition, rest = page.walk
+        joined = table.join(r, and_(r.c.res_type == table.c.res_type, r.c.res_id == table.c.res_id))
+        key = table.c.res_id
+        # A resource with two index rows for the value (same code, other systems) must come once.
+        q = select(*cols).select_from(joined).where(condition, rest).group_by(key, r.c.res_type, r.c.res_id)
+    else:
+        key = r.c.res_id
+        q = select(*cols).where(page.where)
+    backwards = cursor is not None and cursor[0] == "p"
+    if cursor is not None:
+        q = q.where(key < cursor[1][1] if backwards else key > cursor[1][1])
+    rows = list(conn.execute(q.order_by(key.desc() if backwards else key.asc()).limit(count + 1)))
     more = len(rows) > count
     rows = rows[:count]
     if backwards:

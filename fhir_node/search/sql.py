@@ -4,10 +4,12 @@ subquery), so AND, OR, chains and reverse chains compose without ever reading re
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, false, literal, not_, or_, select
+from sqlalchemy import ColumnElement, Select, Table, and_, false, literal, not_, or_, select
 
 from fhir_node.datetimes import date_range
 from fhir_node.outcome import error
@@ -31,9 +33,7 @@ def matching_ids(c: Criterion, base: str) -> Select[tuple[str]]:
             ref.c.res_id.in_(matching_ids(c.chain[0], base)),
         )
     assert c.param is not None
-    table = INDEX_TABLES.get(c.param.type)
-    if table is None:
-        raise SearchError(error("not-supported", f"Parameters of type {c.param.type} are not supported", c.name))
+    table = _table(c)
     if c.chain:
         ref = idx_reference
         return select(ref.c.res_id).where(
@@ -42,19 +42,100 @@ def matching_ids(c: Criterion, base: str) -> Select[tuple[str]]:
             or_(*(and_(ref.c.target_type == i.res_type, ref.c.target_id.in_(matching_ids(i, base))) for i in c.chain)),
         )
     if c.param.code == "_id" and c.missing is None and c.modifier is None:
-        return _live(c.res_type).where(resources.c.res_id.in_(c.values))
+        return _live(c.res_type, lambda res_id: res_id.in_(c.values))
     indexed = select(table.c.res_id).where(table.c.res_type == c.res_type, table.c.param == c.param.code)
     if c.missing is not None:
-        return _live(c.res_type).where(resources.c.res_id.not_in(indexed)) if c.missing else indexed
+        return _live(c.res_type, lambda res_id: res_id.not_in(indexed)) if c.missing else indexed
     if c.modifier == "not":
         positive = indexed.where(or_(*(_token(table, v, None, c) for v in c.values)))
-        return _live(c.res_type).where(resources.c.res_id.not_in(positive))
+        return _live(c.res_type, lambda res_id: res_id.not_in(positive))
+    return indexed.where(_values(table, c, base))
+
+
+def _live(res_type: str, keep: Callable[[Any], ColumnElement[bool]]) -> Select[tuple[str]]:
+    """Ids of live resources of a type that `keep` accepts (an alias: never correlated with an enclosing
+    query on `resources`)."""
+    live = resources.alias("live")
+    return select(live.c.res_id).where(live.c.res_type == res_type, live.c.deleted == false(), keep(live.c.res_id))
+
+
+def probe(c: Criterion, base: str) -> ColumnElement[bool]:
+    """`c` as a condition on the enclosing query's `resources` row: an EXISTS that looks the row up in the
+    index by (type, id, param), so a walk in id order can stop as soon as a page is full."""
+    r = resources
+    ref = idx_reference.alias()  # aliases: an index table walked by the enclosing query is not correlated
+    if c.has is not None:
+        ref_type, ref_code = c.has
+        return (
+            select(ref.c.res_id)
+            .where(
+                ref.c.res_type == ref_type,
+                ref.c.param == ref_code,
+                ref.c.target_type == r.c.res_type,
+                ref.c.target_id == r.c.res_id,
+                ref.c.res_id.in_(matching_ids(c.chain[0], base)),
+            )
+            .exists()
+        )
+    assert c.param is not None
+    if c.param.code == "_id" and c.missing is None and c.modifier is None:
+        return r.c.res_id.in_(c.values)
+    table = _table(c).alias()
+    own = (table.c.res_type == r.c.res_type, table.c.res_id == r.c.res_id, table.c.param == c.param.code)
+    if c.chain:  # `table` is (an alias of) idx_reference here
+        targets = [
+            and_(table.c.target_type == i.res_type, table.c.target_id.in_(matching_ids(i, base))) for i in c.chain
+        ]
+        return select(table.c.res_id).where(*own, or_(*targets)).exists()
+    if c.missing is not None:
+        present = select(table.c.res_id).where(*own).exists()
+        return not_(present) if c.missing else present
+    if c.modifier == "not":
+        return not_(select(table.c.res_id).where(*own, or_(*(_token(table, v, None, c) for v in c.values))).exists())
+    return select(table.c.res_id).where(*own, _values(table, c, base)).exists()
+
+
+def driver(c: Criterion, base: str) -> tuple[Table, ColumnElement[bool], int] | None:
+    """When `c` is one equality whose index rows come in id order (the index ends with res_id), the rows
+    a search can walk instead of scanning its type, and a rank (lower: likely fewer rows)."""
+    if c.has is not None or c.chain or c.missing is not None or c.param is None or len(c.values) != 1:
+        return None
+    ptype, value = c.param.type, c.values[0]
+    if ptype == "token" and c.modifier is None and _UNESCAPED_PIPE.split(value)[-1]:
+        rank = 0 if c.param.code in ("identifier", "_id") else 2
+    elif ptype == "reference" and c.modifier is None and _single_target(c, value, base):
+        rank = 0
+    elif (ptype == "uri" and c.modifier is None) or (ptype == "string" and c.modifier == "exact"):
+        rank = 1
+    else:
+        return None
+    table = _table(c)
+    return table, and_(table.c.res_type == c.res_type, table.c.param == c.param.code, _values(table, c, base)), rank
+
+
+def _single_target(c: Criterion, value: str, base: str) -> bool:
+    """A reference value naming one target type and id (rows for it are then in id order)."""
+    assert c.param is not None
+    text = value[len(base) + 1 :] if value.startswith(base + "/") else value
+    if re.fullmatch(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}(?:/_history/[^/]+)?", text):
+        return True
+    targets = c.target_types or tuple(c.param.targets)
+    return len(targets) == 1 and re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", text) is not None
+
+
+def _table(c: Criterion) -> Table:
+    assert c.param is not None
+    table = INDEX_TABLES.get(c.param.type)
+    if table is None:
+        raise SearchError(error("not-supported", f"Parameters of type {c.param.type} are not supported", c.name))
+    return table
+
+
+def _values(table: Table, c: Criterion, base: str) -> ColumnElement[bool]:
+    """The criterion's values (OR'ed) as a condition on `table`'s rows."""
+    assert c.param is not None
     build = _BUILDERS[c.param.type]
-    return indexed.where(or_(*(build(table, v, c.modifier, c, base) for v in c.values)))  # type: ignore[operator]
-
-
-def _live(res_type: str) -> Select[tuple[str]]:
-    return select(resources.c.res_id).where(resources.c.res_type == res_type, resources.c.deleted == false())
+    return or_(*(build(table, v, c.modifier, c, base) for v in c.values))  # type: ignore[operator]
 
 
 def _token(t, value: str, modifier: str | None, c: Criterion, _base: str = "") -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
