@@ -1,4 +1,4 @@
-"""The `fhir-node` command: serve, migrate, reindex. Flags override the FHIR_NODE_* environment."""
+"""The `fhir-node` command: serve, migrate, reindex, load, synth. Flags override the FHIR_NODE_* environment."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 
 import uvicorn
 
+from fhir_node import load, synth
 from fhir_node.api.middleware import is_loopback
 from fhir_node.settings import Settings
 
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("reindex", help="rebuild the search index rows after search parameters changed")
     _add_setting_flags(p)
     p.set_defaults(run=reindex)
+    load.add_parser(sub)
+    synth.add_parser(sub)
     args = parser.parse_args(argv)
     return args.run(args)
 
