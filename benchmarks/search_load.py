@@ -144,7 +144,9 @@ def load_direct(database_url: str, resources: list[dict[str, Any]], batch: int =
         with db.write() as conn, batched(conn):
             for res in resources[start : start + batch]:
                 ids.append(
-                    create_in(conn, res["resourceType"], check_resource(res, res["resourceType"])).version.res_id
+                    create_in(
+                        conn, res["resourceType"], check_resource(res, res["resourceType"], enforce_profiles=False)
+                    ).version.res_id
                 )
     db.dispose()
     return ids
@@ -226,7 +228,8 @@ def main() -> None:
             from fhir_node.store.database import Database
 
             Database(url).migrate()
-        with serve_node(url, tmp, {"FHIR_NODE_LOG_LEVEL": "WARNING"}, workers=args.workers) as base:
+        env = {"FHIR_NODE_LOG_LEVEL": "WARNING", "FHIR_NODE_ENFORCE_PROFILES": "false"}
+        with serve_node(url, tmp, env, workers=args.workers) as base:
             host, port = "127.0.0.1", int(base.split(":")[2].split("/")[0])
             pid = server_pid(tmp)
             t0 = time.perf_counter()

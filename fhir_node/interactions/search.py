@@ -7,6 +7,7 @@ import base64
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -42,10 +43,19 @@ class Page:
     """The query shape every page of one search shares. `walk`, when set, is an index to walk in id order
     instead of scanning the type: (index table, its condition, the other criteria)."""
 
-    types: tuple[str, ...]
-    where: ColumnElement[bool]
+    parsed: dict[str, Parsed]
+    base: str
     sort: list[tuple[str, bool, str]] = field(default_factory=list)  # (code, descending, param type)
     walk: tuple[Table, ColumnElement[bool], ColumnElement[bool]] | None = None
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        return tuple(self.parsed)
+
+    @cached_property
+    def where(self) -> ColumnElement[bool]:
+        """Every criterion of every type, for scans, sorts and counts (built only when one needs it)."""
+        return or_(*(_type_condition(t, p, self.base) for t, p in self.parsed.items()))
 
 
 def search(node: Node, base: str, res_type: str | None, params: list[tuple[str, str]], lenient: bool = False) -> bytes:
@@ -56,10 +66,11 @@ def search(node: Node, base: str, res_type: str | None, params: list[tuple[str, 
     parsed = parsed_by_type[types[0]]
     result = parsed.result
     count = _count(result, node)
-    where = or_(*(_type_condition(t, p, base) for t, p in parsed_by_type.items()))
-    page = Page(types, where, _sort(parsed, types))
+    page = Page(parsed_by_type, base, _sort(parsed, types))
     if len(types) == 1 and not page.sort:
         page.walk = _walk(types[0], parsed, base)
+    if page.walk is None:
+        page.where  # noqa: B018 - built now, so a bad value is refused before anything is read
     summary = _single(result, "_summary")
     if summary not in (None, "true", "false", "text", "data", "count"):
         raise fail(400, "value", f"_summary must be true, false, text, data or count, not '{summary}'", "_summary")
@@ -266,8 +277,11 @@ def _fetch_in_id_order(
         table, condition, rest = page.walk
         joined = table.join(r, and_(r.c.res_type == table.c.res_type, r.c.res_id == table.c.res_id))
         key = table.c.res_id
-        # A resource with two index rows for the value (same code, other systems) must come once.
-        q = select(*cols).select_from(joined).where(condition, rest).group_by(key, r.c.res_type, r.c.res_id)
+        # A resource with two index rows for the value (same code, other systems) must come once. SQLite
+        # keeps walking the index only when grouped by its column alone; PostgreSQL needs the resource's
+        # key in the GROUP BY to select its content.
+        group = (key,) if conn.dialect.name == "sqlite" else (key, r.c.res_type, r.c.res_id)
+        q = select(*cols).select_from(joined).where(condition, rest).group_by(*group)
     else:
         key = r.c.res_id
         q = select(*cols).where(page.where)

@@ -19,10 +19,18 @@ from fhir_node.store.repository import now
 from fhir_node.store.schema import INDEX_TABLES, idx_reference, resources
 
 _UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
+#: Probes read index tables under an alias, so an index table the enclosing query walks is never
+#: correlated into them; one alias per table serves every probe (each EXISTS is its own scope).
+_PROBED = {t.name: t.alias(f"probe_{t.name}") for t in INDEX_TABLES.values()}
 
 
 def matching_ids(c: Criterion, base: str) -> Select[tuple[str]]:
-    """The ids of live resources of `c.res_type` that satisfy `c`."""
+    """The ids of live resources of `c.res_type` that satisfy `c`: a self-contained subquery (never
+    correlated, even when the enclosing query reads the same index table)."""
+    return _ids(c, base).correlate(None)
+
+
+def _ids(c: Criterion, base: str) -> Select[tuple[str]]:
     if c.has is not None:
         ref_type, ref_code = c.has
         ref = idx_reference
@@ -63,7 +71,7 @@ def probe(c: Criterion, base: str) -> ColumnElement[bool]:
     """`c` as a condition on the enclosing query's `resources` row: an EXISTS that looks the row up in the
     index by (type, id, param), so a walk in id order can stop as soon as a page is full."""
     r = resources
-    ref = idx_reference.alias()  # aliases: an index table walked by the enclosing query is not correlated
+    ref = _PROBED["idx_reference"]
     if c.has is not None:
         ref_type, ref_code = c.has
         return (
@@ -80,7 +88,7 @@ def probe(c: Criterion, base: str) -> ColumnElement[bool]:
     assert c.param is not None
     if c.param.code == "_id" and c.missing is None and c.modifier is None:
         return r.c.res_id.in_(c.values)
-    table = _table(c).alias()
+    table = _PROBED[_table(c).name]
     own = (table.c.res_type == r.c.res_type, table.c.res_id == r.c.res_id, table.c.param == c.param.code)
     if c.chain:  # `table` is (an alias of) idx_reference here
         targets = [
