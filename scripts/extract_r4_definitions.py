@@ -8,6 +8,7 @@ Writes, deterministically (sorted keys, sorted lists, byte-identical reruns):
   fhir_node/data/r4/search-parameters.json   official SearchParameters on our types and Resource
   fhir_node/data/r4/structure-rules.json     what the JSON schema leaves out, from the StructureDefinitions
   fhir_node/data/r4/summary-elements.json    top-level isSummary elements per resource type (_summary=true)
+  fhir_node/data/r4/structure-definitions/   official StructureDefinitions the snapshot generator builds on
   tests/fixtures/r4-examples/*.json          every official example of our six types, byte for byte
 """
 
@@ -36,6 +37,7 @@ CORE_PREFIX = "http://hl7.org/fhir/StructureDefinition/"
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "fhir_node" / "data" / "r4"
 FIXTURES_DIR = ROOT / "tests" / "fixtures" / "r4-examples"
+STRUCTURE_DIR = DATA_DIR / "structure-definitions"
 
 
 def fetch_package(name: str, version: str) -> dict[str, bytes]:
@@ -198,6 +200,41 @@ def summary_elements(resources: dict[str, dict[str, Any]]) -> dict[str, list[str
     return dict(sorted(out.items()))
 
 
+def base_structure_definitions(resources: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Official definitions our profiles derive from, by type: the six resources, Extension, and every complex
+    type their elements use, transitively. Extension.value[x] is not followed (it would pull in every type);
+    the generated narrative is dropped, the rest is kept whole."""
+    core = {
+        r["type"]: r
+        for r in resources.values()
+        if r["resourceType"] == "StructureDefinition"
+        and r["kind"] in ("resource", "complex-type")
+        and r["url"] == CORE_PREFIX + r["type"]
+    }
+    chosen: dict[str, dict[str, Any]] = {}
+    pending = [*EXAMPLE_TYPES, "Extension"]
+    while pending:
+        name = pending.pop()
+        if name in chosen:
+            continue
+        chosen[name] = {k: v for k, v in core[name].items() if k != "text"}
+        for element in core[name]["snapshot"]["element"][1:]:
+            if element["path"] != "Extension.value[x]":
+                pending.extend(
+                    t["code"] for t in element.get("type", ()) if core.get(t["code"], {}).get("kind") == "complex-type"
+                )
+    return dict(sorted(chosen.items()))
+
+
+def write_structure_definitions(definitions: dict[str, dict[str, Any]]) -> None:
+    """One file per type, replacing whatever was there, so a type no longer needed disappears."""
+    STRUCTURE_DIR.mkdir(parents=True, exist_ok=True)
+    for old in STRUCTURE_DIR.glob("*.json"):
+        old.unlink()
+    for name, definition in definitions.items():
+        write_json(STRUCTURE_DIR / f"{name}.json", definition, indent=None)
+
+
 def write_json(path: Path, data: Any, *, indent: int | None) -> None:
     """Stable JSON: sorted keys, UTF-8, newline at the end, so reruns give identical bytes."""
     separators = (",", ":") if indent is None else (",", ": ")
@@ -226,9 +263,12 @@ def main() -> None:
     write_json(DATA_DIR / "search-parameters.json", params, indent=1)
     write_json(DATA_DIR / "structure-rules.json", structure_rules(schema, resources), indent=1)
     write_json(DATA_DIR / "summary-elements.json", summary_elements(resources), indent=1)
+    definitions = base_structure_definitions(resources)
+    write_structure_definitions(definitions)
     count = write_examples(files, resources)
     print(
-        f"schema: {len(schema['definitions'])} definitions; search parameters: {len(params)}; examples: {count}",
+        f"schema: {len(schema['definitions'])} definitions; search parameters: {len(params)}; examples: {count}; "
+        f"base structure definitions: {len(definitions)}",
         file=sys.stderr,
     )
 
