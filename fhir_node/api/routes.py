@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
@@ -17,10 +18,20 @@ from fhir_node.conformance.capability import capability_statement
 from fhir_node.interactions import bundle, history, patch, read, search, write
 from fhir_node.interactions.incoming import parse_body
 from fhir_node.node import Node
+from fhir_node.operations.validate import validate_operation
 from fhir_node.outcome import FHIRError, error, fail
 from fhir_node.registry import kind, require_method
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
+
+
+async def reading(node: Node, fn: Callable[..., T], *args: Any) -> T:
+    """Run a read interaction. On SQLite it runs on the event loop: it takes no lock and lasts less than
+    the hand-off to a thread would; PostgreSQL reads wait on the network, so they go to a thread."""
+    if node.db.is_sqlite:
+        return fn(node, *args)
+    return await run_in_threadpool(fn, node, *args)
 
 
 def node_of(request: Request) -> Node:
@@ -48,7 +59,7 @@ async def metadata(request: Request) -> Response:
 async def read_instance(request: Request) -> Response:
     neg = negotiate(request)
     p = request.path_params
-    v = await run_in_threadpool(read.read, node_of(request), p["type"], p["id"])
+    v = await reading(node_of(request), read.read, p["type"], p["id"])
     headers = version_headers(v, base_of(request))
     if not_modified(request, v):
         return Response(None, 304, headers)
@@ -58,7 +69,7 @@ async def read_instance(request: Request) -> Response:
 async def vread_instance(request: Request) -> Response:
     neg = negotiate(request)
     p = request.path_params
-    v = await run_in_threadpool(read.vread, node_of(request), p["type"], p["id"], p["vid"])
+    v = await reading(node_of(request), read.vread, p["type"], p["id"], p["vid"])
     return fhir_response(neg, v.content or b"", 200, version_headers(v, base_of(request)))
 
 
@@ -100,8 +111,8 @@ async def search_endpoint(request: Request) -> Response:
         raw = await read_body(request, node_of(request).settings.max_body_bytes, form=True)
         params += [(k, v) for k, v in parse_qsl(raw.decode(), keep_blank_values=True) if k not in HTTP_PARAMETERS]
     lenient = prefer(request, "handling") == "lenient"
-    body = await run_in_threadpool(
-        search.search, node_of(request), base_of(request), request.path_params.get("type"), params, lenient
+    body = await reading(
+        node_of(request), search.search, base_of(request), request.path_params.get("type"), params, lenient
     )
     return fhir_response(neg, body)
 
@@ -170,11 +181,24 @@ async def system_level(request: Request) -> Response:
     return fhir_response(neg, out)
 
 
+async def validate_endpoint(request: Request) -> Response:
+    """POST [type]/$validate, [type]/[id]/$validate: 200 with the OperationOutcome, valid or not.
+    A body-less POST (mode=delete in the URL) needs no Content-Type."""
+    neg = negotiate(request)
+    node = node_of(request)
+    raw = await read_body(request, node.settings.max_body_bytes, form="content-type" not in request.headers)
+    p = request.path_params
+    outcome = await run_in_threadpool(
+        validate_operation, node, p["type"], p.get("id"), _query(request), parse_body(raw) if raw else None
+    )
+    return fhir_response(neg, orjson.dumps(outcome))
+
+
 async def history_endpoint(request: Request) -> Response:
     neg = negotiate(request)
     p = request.path_params
-    body = await run_in_threadpool(
-        history.history, node_of(request), base_of(request), _query(request), p.get("type"), p.get("id")
+    body = await reading(
+        node_of(request), history.history, base_of(request), _query(request), p.get("type"), p.get("id")
     )
     return fhir_response(neg, body)
 
@@ -202,6 +226,8 @@ ROUTES = [
     Route("/fhir/{type}/{id}/_history/{vid}", only(vread_instance, "GET"), methods=_ALL),
     Route("/fhir/{type}/{id}/_history", only(history_endpoint, "GET"), methods=_ALL),
     Route("/fhir/{type}/_search", only(search_endpoint, "POST"), methods=_ALL),
+    Route("/fhir/{type}/$validate", only(validate_endpoint, "POST"), methods=_ALL),
+    Route("/fhir/{type}/{id}/$validate", only(validate_endpoint, "POST"), methods=_ALL),
     Route("/fhir/{type}/{id}", instance, methods=_ALL),
     Route("/fhir/{type}", type_level, methods=_ALL),
     Route("/fhir", only(system_level, "GET", "POST"), methods=_ALL),
