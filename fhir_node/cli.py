@@ -11,6 +11,7 @@ import uvicorn
 from fhir_node import load, synth
 from fhir_node.api.middleware import is_loopback
 from fhir_node.settings import Settings
+from fhir_node.validation import cli as validation_cli
 
 #: CLI flags that map onto settings; they are exported as FHIR_NODE_* so every worker process sees them.
 _SETTING_FLAGS = ("database_url", "auth", "enforce_profiles", "max_body_bytes", "base_url", "log_level")
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("reindex", help="rebuild the search index rows after search parameters changed")
     _add_setting_flags(p)
     p.set_defaults(run=reindex)
+    validation_cli.add_parser(sub)
     load.add_parser(sub)
     synth.add_parser(sub)
     args = parser.parse_args(argv)

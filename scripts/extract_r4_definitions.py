@@ -8,8 +8,10 @@ Writes, deterministically (sorted keys, sorted lists, byte-identical reruns):
   fhir_node/data/r4/search-parameters.json   official SearchParameters on our types and Resource
   fhir_node/data/r4/structure-rules.json     what the JSON schema leaves out, from the StructureDefinitions
   fhir_node/data/r4/summary-elements.json    top-level isSummary elements per resource type (_summary=true)
+  fhir_node/data/r4/terminology.json         official CodeSystems and ValueSets, reduced to what expansion reads
   fhir_node/data/r4/structure-definitions/   official StructureDefinitions the snapshot generator builds on
   tests/fixtures/r4-examples/*.json          every official example of our six types, byte for byte
+  tests/fixtures/r4-profiles/*.json          the official vital-signs and blood-pressure profiles and example
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ CORE_PREFIX = "http://hl7.org/fhir/StructureDefinition/"
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = ROOT / "fhir_node" / "data" / "r4"
 FIXTURES_DIR = ROOT / "tests" / "fixtures" / "r4-examples"
+PROFILE_FIXTURES_DIR = ROOT / "tests" / "fixtures" / "r4-profiles"
+PROFILE_FIXTURES = (
+    "StructureDefinition-vitalsigns.json",
+    "StructureDefinition-bp.json",
+    "Observation-blood-pressure.json",
+)
 STRUCTURE_DIR = DATA_DIR / "structure-definitions"
 
 
@@ -117,6 +125,40 @@ def _all_codes(concepts: list[dict[str, Any]]) -> list[str]:
             out.append(concept["code"])
         out.extend(_all_codes(concept.get("concept", [])))
     return out
+
+
+def terminology(resources: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Official CodeSystems and ValueSets for binding checks (fhir_node/validation/terminology.py expands
+    them): concept trees with their notSelectable flags, composes; texts and designations dropped."""
+
+    def concepts(tree: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for c in tree:
+            kept: dict[str, Any] = {"code": c["code"]}
+            flags = [p for p in c.get("property", ()) if p["code"] in ("notSelectable", "abstract")]
+            if flags:
+                kept["property"] = flags
+            if "concept" in c:
+                kept["concept"] = concepts(c["concept"])
+            out.append(kept)
+        return out
+
+    def part(p: dict[str, Any]) -> dict[str, Any]:
+        kept = {k: p[k] for k in ("system", "valueSet", "filter") if k in p}
+        if "concept" in p:
+            kept["concept"] = [{"code": c["code"]} for c in p["concept"]]
+        return kept
+
+    out: list[dict[str, Any]] = []
+    for r in resources.values():
+        if r["resourceType"] == "CodeSystem":
+            out.append({"resourceType": "CodeSystem", "url": r["url"], "content": r["content"]})
+            if r.get("concept"):
+                out[-1]["concept"] = concepts(r["concept"])
+        elif r["resourceType"] == "ValueSet" and "compose" in r:
+            compose = {k: [part(p) for p in r["compose"][k]] for k in ("include", "exclude") if k in r["compose"]}
+            out.append({"resourceType": "ValueSet", "url": r["url"], "compose": compose})
+    return sorted(out, key=lambda r: (r["resourceType"], r["url"]))
 
 
 def structure_rules(schema: dict[str, Any], resources: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -263,9 +305,13 @@ def main() -> None:
     write_json(DATA_DIR / "search-parameters.json", params, indent=1)
     write_json(DATA_DIR / "structure-rules.json", structure_rules(schema, resources), indent=1)
     write_json(DATA_DIR / "summary-elements.json", summary_elements(resources), indent=1)
+    write_json(DATA_DIR / "terminology.json", terminology(resources), indent=None)
     definitions = base_structure_definitions(resources)
     write_structure_definitions(definitions)
     count = write_examples(files, resources)
+    PROFILE_FIXTURES_DIR.mkdir(parents=True, exist_ok=True)
+    for name in PROFILE_FIXTURES:  # the validator's tests of official profiles
+        (PROFILE_FIXTURES_DIR / name).write_bytes(files[f"package/{name}"])
     print(
         f"schema: {len(schema['definitions'])} definitions; search parameters: {len(params)}; examples: {count}; "
         f"base structure definitions: {len(definitions)}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -19,6 +20,10 @@ from starlette.testclient import TestClient
 
 from fhir_node.app import create_app
 from fhir_node.settings import Settings
+
+# The REST-core, search and bundle suites test base R4 with minimal resources: every Settings they build
+# (and every `fhir-node serve` they start) leaves profile enforcement off unless a test turns it on.
+os.environ.setdefault("FHIR_NODE_ENFORCE_PROFILES", "false")
 
 
 @pytest.fixture(scope="session")
@@ -51,14 +56,22 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    """Node settings on this test's fresh database."""
-    return Settings(database_url=database_url)
+    """Node settings on this test's fresh database; base R4 only (see `enforcing_client` for profiles)."""
+    return Settings(database_url=database_url, enforce_profiles=False)
 
 
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     """The real ASGI app, called in-process from a loopback address (as FHIR_NODE_AUTH=none requires)."""
     app = create_app(settings)
+    with TestClient(app, base_url=BASE_HOST, client=("127.0.0.1", 50000)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def enforcing_client(database_url: str) -> Iterator[TestClient]:
+    """Like `client`, on a node that refuses writes not conforming to our profiles (the default in production)."""
+    app = create_app(Settings(database_url=database_url, enforce_profiles=True))
     with TestClient(app, base_url=BASE_HOST, client=("127.0.0.1", 50000)) as test_client:
         yield test_client
 

@@ -6,10 +6,12 @@ from typing import Any
 
 from fhir_node import FHIR_VERSION, __version__
 from fhir_node.api.negotiate import SUPPORTED_FORMATS
+from fhir_node.operations.validate import DEFINITION as VALIDATE_DEFINITION
 from fhir_node.registry import KINDS, ResourceKind
 from fhir_node.search.registry import SearchParam, registry
 from fhir_node.search.values import EXTRACTORS
 from fhir_node.settings import Settings
+from fhir_node.validation.definitions import registry as profiles
 
 _RELEASED = "2026-11-24"  # the date of this software version, the same on every worker
 
@@ -61,7 +63,11 @@ def _resource(res_kind: ResourceKind) -> dict[str, Any]:
             if p.type == "reference" and (not p.targets or res_kind.name in p.targets)
         ),
         "searchParam": [_param(p) for p in searchable(res_kind.name)],
+        "operation": [{"name": "validate", "definition": VALIDATE_DEFINITION}],
     }
+    supported = profiles().published(res_kind.name)
+    if supported:
+        entry["supportedProfile"] = supported
     return entry
 
 

@@ -138,7 +138,7 @@ def _transaction(node: Node, base: str, entries: list[Entry], representation: bo
         with batched(conn):
             for e in sorted(entries, key=lambda e: (_ORDER.get(e.method, 1), e.index)):
                 if e.method not in ("GET", "HEAD"):
-                    results[e.index] = _at(e, _write_entry, conn, e, representation)
+                    results[e.index] = _at(e, _write_entry, conn, e, representation, node.settings.enforce_profiles)
         for e in entries:  # last, inside the transaction: they see its writes, and their failure undoes them
             if e.method in ("GET", "HEAD"):
                 results[e.index] = _at(e, _get_entry, node, base, e)
@@ -237,7 +237,7 @@ def _resolve(conn: Connection, e: Entry, ref: str, ids: dict[str, str]) -> str:
     return ref
 
 
-def _write_entry(conn: Connection, e: Entry, representation: bool) -> bytes:
+def _write_entry(conn: Connection, e: Entry, representation: bool, enforce: bool) -> bytes:
     assert e.res_type is not None
     if e.method == "MATCHED":
         found = repository.current(conn, e.res_type, e.target or "")
@@ -251,15 +251,16 @@ def _write_entry(conn: Connection, e: Entry, representation: bool) -> bytes:
         return _response(204, gone, False)
     if e.method == "PATCH":
         require(kind(e.res_type), "patch")
-        done = patch_in(conn, e.res_type, e.target or "", e.resource, write.parse_if_match(e.if_match))
+        done = patch_in(conn, e.res_type, e.target or "", e.resource, write.parse_if_match(e.if_match), enforce)
         return _response(done.status, done.version, representation)
     if e.method == "POST":
         require(kind(e.res_type), "create")
-        done = write.create_in(conn, e.res_type, check_resource(e.resource, e.res_type), e.target)
+        resource = check_resource(e.resource, e.res_type, enforce_profiles=enforce)
+        done = write.create_in(conn, e.res_type, resource, e.target)
         return _response(201, done.version, representation)
     require(kind(e.res_type), "update")
     body = {**e.resource, "id": e.target} if isinstance(e.resource, dict) and e.query else e.resource
-    resource = check_resource(body, e.res_type, url_id=e.target)
+    resource = check_resource(body, e.res_type, url_id=e.target, enforce_profiles=enforce)
     done = write.update_in(conn, e.res_type, e.target or "", resource, write.parse_if_match(e.if_match))
     return _response(done.status, done.version, representation)
 

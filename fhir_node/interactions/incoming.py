@@ -1,4 +1,5 @@
-"""Checks every resource body must pass before it is written: shape, type, id, base-R4 structure."""
+"""Checks every resource body must pass before it is written: shape, type, id, base-R4 structure, and
+(when the node enforces profiles) the core invariants and the profiles it must conform to."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import orjson
 
 from fhir_node.outcome import FHIRError, fail
 from fhir_node.validation.structure import validate_structure
+from fhir_node.validation.validator import ERRORS, conformance
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
@@ -28,8 +30,9 @@ def parse_body(raw: bytes) -> Any:
         raise fail(400, "structure", f"Malformed JSON: {exc}") from None
 
 
-def check_resource(body: Any, res_type: str, url_id: str | None = None) -> dict[str, Any]:
-    """The resource to store, or a 400 listing every structural problem. `url_id` is set for updates."""
+def check_resource(body: Any, res_type: str, url_id: str | None = None, *, enforce_profiles: bool) -> dict[str, Any]:
+    """The resource to store, or a 400 listing every structural problem, or (enforcing profiles) a 422
+    listing where it does not conform. `url_id` is set for updates."""
     if not isinstance(body, dict):
         raise fail(400, "structure", "The body must be a JSON object holding one resource")
     given = body.get("resourceType")
@@ -42,7 +45,11 @@ def check_resource(body: Any, res_type: str, url_id: str | None = None) -> dict[
             raise fail(400, "invalid", f"Body id '{body['id']}' does not match URL id '{url_id}'", f"{res_type}.id")
     if url_id is None:
         body = {k: v for k, v in body.items() if k != "id"}  # R4: the server ignores a client id on create
-    issues = [i for i in validate_structure(body) if i.severity in ("error", "fatal")]
+    issues = [i for i in validate_structure(body) if i.severity in ERRORS]
     if issues:
         raise FHIRError(400, issues)
+    if enforce_profiles:
+        refused = [i for i in conformance(body) if i.severity in ERRORS]
+        if refused:
+            raise FHIRError(422, refused)
     return body

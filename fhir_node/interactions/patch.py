@@ -24,10 +24,12 @@ def patch(node: Node, res_type: str, res_id: str, operations: Any, if_match: str
     check_id(res_id)
     expected = parse_if_match(if_match)
     with transaction(node) as conn:
-        return patch_in(conn, res_type, res_id, operations, expected)
+        return patch_in(conn, res_type, res_id, operations, expected, node.settings.enforce_profiles)
 
 
-def patch_in(conn: Connection, res_type: str, res_id: str, operations: Any, expected: int | None) -> Written:
+def patch_in(
+    conn: Connection, res_type: str, res_id: str, operations: Any, expected: int | None, enforce_profiles: bool
+) -> Written:
     """Apply `operations` to the current version inside the caller's transaction."""
     current = repository.current(conn, res_type, res_id, for_update=True)
     if current is None:
@@ -46,5 +48,5 @@ def patch_in(conn: Connection, res_type: str, res_id: str, operations: Any, expe
         raise fail(400, "structure", f"Malformed JSON Patch: {exc}") from None
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
         raise fail(422, "processing", f"JSON Patch failed: {exc}") from None
-    resource = check_resource(patched, res_type, url_id=res_id)
+    resource = check_resource(patched, res_type, url_id=res_id, enforce_profiles=enforce_profiles)
     return update_in(conn, res_type, res_id, resource, expected)

@@ -44,7 +44,7 @@ def parse_if_match(header: str | None) -> int | None:
 def create(node: Node, res_type: str, body: Any, if_none_exist: str | None = None) -> Written:
     """POST: a new resource with a server id; with If-None-Exist, 200 and the match if exactly one exists."""
     require(kind(res_type), "create", "type")
-    resource = check_resource(body, res_type)
+    resource = check_resource(body, res_type, enforce_profiles=node.settings.enforce_profiles)
     with transaction(node) as conn:
         if if_none_exist is not None:
             node.db.lock(conn, f"write:{res_type}")
@@ -66,7 +66,7 @@ def update(node: Node, res_type: str, res_id: str, body: Any, if_match: str | No
     require(kind(res_type), "update")
     check_id(res_id)
     expected = parse_if_match(if_match)
-    resource = check_resource(body, res_type, url_id=res_id)
+    resource = check_resource(body, res_type, url_id=res_id, enforce_profiles=node.settings.enforce_profiles)
     with transaction(node) as conn:
         return update_in(conn, res_type, res_id, resource, expected)
 
@@ -82,8 +82,9 @@ def conditional_update(node: Node, res_type: str, query: str, body: Any, if_matc
     """PUT [type]?criteria: update the one match; none: create (with the body's id, if any); several: 412."""
     require(kind(res_type), "update", "type")
     expected = parse_if_match(if_match)
+    enforce = node.settings.enforce_profiles
     if not isinstance(body, dict):
-        check_resource(body, res_type)  # raises the same 400 a plain update would
+        check_resource(body, res_type, enforce_profiles=enforce)  # raises the same 400 a plain update would
     given = body.get("id")
     with transaction(node) as conn:
         node.db.lock(conn, f"write:{res_type}")
@@ -92,8 +93,9 @@ def conditional_update(node: Node, res_type: str, query: str, body: Any, if_matc
             raise fail(400, "invalid", f"Body id '{given}' is not the matching {res_type}/{ids[0]}", f"{res_type}.id")
         target = ids[0] if ids else given
         if target is None:
-            return create_in(conn, res_type, check_resource(body, res_type))
-        resource = check_resource({**body, "id": target}, res_type, url_id=check_id(str(target)))
+            return create_in(conn, res_type, check_resource(body, res_type, enforce_profiles=enforce))
+        target_id = check_id(str(target))
+        resource = check_resource({**body, "id": target}, res_type, url_id=target_id, enforce_profiles=enforce)
         return update_in(conn, res_type, str(target), resource, expected)
 
 
