@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bihr_instances
 import pytest
 from profile_builder import TEST_BASE, derive, element, registry_with
 
@@ -282,3 +283,43 @@ def test_speed_of_validation() -> None:
         validate(resource)
     rate = len(resources) / (time.perf_counter() - started)
     assert rate > 100, f"{rate:.0f} resources/s"
+
+
+# -- our published profiles (profiles/) ----------------------------------------------------------------
+
+
+def errors(resource: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(i.code, ", ".join(i.expression)) for i in validate(resource, required=True) if i.severity in ERRORS}
+
+
+@pytest.mark.parametrize("ssin", ["85073003328", "17073003384", "98472899765", "01490700185"])
+def test_bihr_inclusion_accepts_valid_ssins(ssin: str) -> None:
+    assert errors(bihr_instances.inclusion(ssin)) == set()
+
+
+@pytest.mark.parametrize("ssin", ["85073003329", "8507300332", "85133003328"])
+def test_bihr_inclusion_refuses_bad_check_digits(ssin: str) -> None:
+    assert ("invariant", "EpisodeOfCare.patient.identifier") in errors(bihr_instances.inclusion(ssin))
+
+
+def test_bihr_inclusion_needs_an_inclusion_status_from_its_code_system() -> None:
+    resource = bihr_instances.inclusion()
+    resource["type"][0]["coding"][0]["code"] = "secondary"
+    assert ("code-invalid", "EpisodeOfCare.type[0]") in errors(resource)
+    del resource["type"]
+    assert ("required", "EpisodeOfCare.type") in errors(resource)
+
+
+def test_bihr_inclusion_applies_without_being_declared() -> None:
+    """A write of an EpisodeOfCare is judged by bihr-inclusion whether or not meta.profile names it."""
+    resource = bihr_instances.inclusion()
+    del resource["meta"], resource["period"]
+    assert ("required", "EpisodeOfCare.period") in errors(resource)
+
+
+def test_bihr_research_consent() -> None:
+    assert errors(bihr_instances.research_consent()) == set()
+    no_decision = bihr_instances.research_consent()
+    del no_decision["provision"]["type"]
+    assert ("required", "Consent.provision.type") in errors(no_decision)
+    assert ("invariant", "Consent.patient.identifier") in errors(bihr_instances.research_consent("17073003385"))

@@ -9,10 +9,9 @@ those a write to a node enforcing profiles makes, plus the asked profiles. Every
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import orjson
 
@@ -76,7 +75,7 @@ def _judge(resource: Any, profiles: list[str]) -> list[Issue]:
     return validate(resource, profiles, required=True)
 
 
-def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run(args: argparse.Namespace) -> int:
     """Print every issue of every resource; 1 when any is an error, else 0."""
     errors = checked = 0
     for path in _files(args.paths):
@@ -85,6 +84,6 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             for issue in _judge(resource, args.profile):
                 errors += issue.severity in ERRORS
                 expression = ", ".join(issue.expression) or "-"
-                print(f"{where}: {issue.severity} {expression}: {issue.diagnostics}", file=out)
-    print(f"{checked} resource(s) checked, {errors} error(s)", file=out)
+                print(f"{where}: {issue.severity} {expression}: {issue.diagnostics}")
+    print(f"{checked} resource(s) checked, {errors} error(s)")
     return 1 if errors else 0
