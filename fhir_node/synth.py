@@ -36,7 +36,7 @@ from typing import IO, Any, Literal
 import orjson
 
 from fhir_node.load import identity
-from fhir_node.rules.check_digits import cbe, nihdi_professional, ssin
+from fhir_node.rules.check_digits import cbe, nihdi_organisation, nihdi_professional, ssin
 
 BASE = "https://fhir-node.be/fhir"
 SSIN_SYSTEM = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/ssin"
@@ -80,9 +80,7 @@ _GIVEN = ("An", "Els", "Sarah", "Julie", "Marie", "Lotte", "Nathalie", "Sofie", 
           "Luc", "Marc", "Thomas", "Nicolas", "Olivier", "Hélène", "Mehdi", "Fatima", "Yusuf")  # fmt: skip
 #: Care providers who declare inclusions: (profession digit, qualification, weight).
 _PROFESSIONS = ((1, 3, 5), (4, 401, 4), (5, 601, 1))  # general practitioner, home nurse, physiotherapist
-#: First digit of the organisations' NIHDI numbers (assumed). bihr-organization wants 11 digits there too,
-#: so an organisation's number is its 8-digit one followed by 000.
-_PSI_CATEGORY, _PHARMACY_CATEGORY = 9, 6
+_PSI_CATEGORY, _PHARMACY_CATEGORY = 9, 6  # first digit of the organisations' 8-digit NIHDI numbers (assumed)
 RECORDER_URL = "https://www.ehealth.fgov.be/standards/fhir/core/StructureDefinition/be-ext-recorder"
 
 
@@ -95,6 +93,7 @@ class Options:
     out: Path
     shape: Literal["bundles", "resources", "ndjson"] = "bundles"
     chunk: int = 500
+    pretty: bool = False  # indented Bundles, for people to read (single resources always are)
 
 
 @dataclass
@@ -216,7 +215,7 @@ class _Generator:
 
     def _organization(self, name: str, category: int, town: str) -> Item:
         res_id = self.new_id()
-        number = nihdi_professional(category, self.nihdi_sequence(category), 0)
+        number = nihdi_organisation(category, self.nihdi_sequence(category))
         resource = {
             "resourceType": "Organization",
             **self._head(PROFILE["Organization"], res_id),
@@ -570,10 +569,11 @@ class _Ndjson(_Writer):
 class _Bundles(_Writer):
     """Transaction Bundles of at most `chunk` entries per project, each with the directory it refers to."""
 
-    def __init__(self, out: Path, chunk: int, ref: Callable[[str, str], str]) -> None:
+    def __init__(self, out: Path, chunk: int, ref: Callable[[str, str], str], pretty: bool) -> None:
         super().__init__(out)
         self.chunk = chunk
         self.ref = ref
+        self.option = orjson.OPT_INDENT_2 if pretty else 0
         self.known: dict[str, Item] = {}
         self.pending: dict[str, list[Item]] = {}
         self.needed: dict[str, dict[str, None]] = {}  # per project: directory ids the pending items refer to
@@ -607,19 +607,16 @@ class _Bundles(_Writer):
         self._write(f"{slug}-{self.numbers[slug]:04d}", [self.known[i] for i in needed] + items)
 
     def _write(self, name: str, items: list[Item]) -> None:
-        entries = b",".join(self._entry(item) for item in items)
-        path = self.out / f"{name}.json"
-        path.write_bytes(b'{"resourceType":"Bundle","type":"transaction","entry":[' + entries + b"]}\n")
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [self._entry(item) for item in items]}
+        (self.out / f"{name}.json").write_bytes(orjson.dumps(bundle, option=self.option) + b"\n")
         self.files += 1
 
-    def _entry(self, item: Item) -> bytes:
+    def _entry(self, item: Item) -> dict[str, Any]:
         request = {"method": "POST", "url": item.res_type}
         criteria = identity(item.resource)
         if criteria:
             request["ifNoneExist"] = criteria
-        return orjson.dumps(
-            {"fullUrl": self.ref(item.res_type, item.res_id), "resource": item.resource, "request": request}
-        )
+        return {"fullUrl": self.ref(item.res_type, item.res_id), "resource": item.resource, "request": request}
 
     def close(self) -> int:
         """Write what is pending, then the whole directory: pharmacies and providers nobody refers to yet too."""
@@ -633,7 +630,7 @@ class _Bundles(_Writer):
 
 def _writer(options: Options, ref: Callable[[str, str], str]) -> _Writer:
     if options.shape == "bundles":
-        return _Bundles(options.out, options.chunk, ref)
+        return _Bundles(options.out, options.chunk, ref, options.pretty)
     if options.shape == "ndjson":
         return _Ndjson(options.out)
     return _ResourceFiles(options.out)
@@ -643,7 +640,7 @@ def main(args: argparse.Namespace) -> int:
     """`fhir-node synth --patients N --seed S [--out DIR]`: write the scenario, report what and how fast."""
     from tqdm import tqdm
 
-    options = Options(args.patients, args.seed, Path(args.out), args.format, args.chunk)
+    options = Options(args.patients, args.seed, Path(args.out), args.format, args.chunk, args.pretty)
     started = time.perf_counter()
     with tqdm(total=args.patients, unit=" patients", desc="synth", disable=args.quiet) as bar:
         stats = synth(options, lambda n: bar.update(1))
@@ -664,5 +661,6 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--out", default="synth", help="output folder (default %(default)s)")
     p.add_argument("--format", choices=("bundles", "resources", "ndjson"), default="bundles")
     p.add_argument("--chunk", type=int, default=500, help="entries per transaction Bundle (default %(default)s)")
+    p.add_argument("--pretty", action="store_true", help="indent the Bundles (for people to read)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=main)

@@ -1,0 +1,110 @@
+"""fhir-node load on examples/: over HTTP to a real `fhir-node serve` and straight into the database
+(SQLite and PostgreSQL), profiles enforced; a second run creates nothing; counts and failures are right."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from fhir_files import EXAMPLES, resources_in
+from live_node import serve_node
+
+from fhir_node.cli import main
+from fhir_node.load import DatabaseTarget, HttpTarget, Summary, Target, load
+
+BUNDLES, RESOURCES = EXAMPLES / "bundles", EXAMPLES / "resources"
+DISTINCT = sum(1 for _ in resources_in(RESOURCES))  # one file per resource; Bundles repeat the directory
+
+
+@pytest.fixture
+def enforcing_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Profiles enforced, as in production (the test session turns them off by default)."""
+    monkeypatch.setenv("FHIR_NODE_ENFORCE_PROFILES", "true")
+
+
+@pytest.fixture
+def node_url(database_url: str, tmp_path: Path, enforcing_env: None) -> Iterator[str]:
+    with serve_node(database_url, tmp_path, {"FHIR_NODE_ENFORCE_PROFILES": "true"}) as base:
+        yield base
+
+
+@pytest.fixture(params=["http", "database"])
+def target(request: pytest.FixtureRequest, database_url: str, enforcing_env: None) -> Iterator[Target]:
+    """Where the loader writes: a live node over HTTP, or the same kind of database in-process."""
+    made: Target = (
+        HttpTarget(request.getfixturevalue("node_url")) if request.param == "http" else DatabaseTarget(database_url)
+    )
+    yield made
+    made.close()
+
+
+def _counts(summary: Summary) -> tuple[int, int, int, int]:
+    assert summary.failures == []
+    return summary.created, summary.updated, summary.unchanged, summary.failed
+
+
+def test_examples_load_once_and_only_once(target: Target) -> None:
+    assert _counts(load([BUNDLES], target)) == (DISTINCT, 0, 0, 0)
+    assert _counts(load([BUNDLES], target)) == (0, 0, DISTINCT, 0)
+    # The same scenario as single resources (other ids, Type/id references): nothing new either.
+    assert _counts(load([RESOURCES], target)) == (0, 0, DISTINCT, 0)
+
+
+def test_single_resources_load_into_an_empty_node_and_link_up(node_url: str) -> None:
+    target = HttpTarget(node_url)
+    try:
+        assert _counts(load([RESOURCES], target, batch_size=50)) == (DISTINCT, 0, 0, 0)
+    finally:
+        target.close()
+    patients = sum(r["resourceType"] == "Patient" for r in resources_in(RESOURCES))
+    inclusions = sum(r["resourceType"] == "EpisodeOfCare" for r in resources_in(RESOURCES))
+    found = httpx.get(f"{node_url}/EpisodeOfCare", params={"_include": "EpisodeOfCare:patient", "_count": 1000}).json()
+    modes = [e["search"]["mode"] for e in found["entry"]]
+    assert modes.count("match") == inclusions
+    assert modes.count("include") == patients  # every reference was rewritten to the id the node assigned
+
+
+def test_changed_resources_are_updated(tmp_path: Path, database_url: str, enforcing_env: None) -> None:
+    folder = shutil.copytree(RESOURCES, tmp_path / "resources")
+    target = DatabaseTarget(database_url)
+    try:
+        load([folder], target)
+        path = next(
+            p
+            for p in sorted(folder.glob("EpisodeOfCare-*.json"))
+            if "end" not in orjson.loads(p.read_bytes())["period"]
+        )
+        episode = orjson.loads(path.read_bytes())
+        episode["period"]["end"], episode["status"] = "2025-06-01", "finished"  # an exclusion
+        path.write_bytes(orjson.dumps(episode))
+        assert _counts(load([folder], target)) == (0, 1, DISTINCT - 1, 0)
+        assert _counts(load([folder], target)) == (0, 0, DISTINCT, 0)
+    finally:
+        target.close()
+
+
+def test_broken_files_fail_with_their_reason_and_a_non_zero_exit(
+    tmp_path: Path, database_url: str, enforcing_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = [orjson.loads(p.read_bytes()) for p in sorted(RESOURCES.glob("Organization-*.json"))[:3]]
+    bad_ssin = {**next(r for r in resources_in(RESOURCES) if r["resourceType"] == "Patient")}
+    bad_ssin["identifier"] = [{**bad_ssin["identifier"][0], "value": "85073003329"}]
+    (tmp_path / "collection.json").write_bytes(
+        orjson.dumps(
+            {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in [*good, bad_ssin]]}
+        )
+    )
+    (tmp_path / "not-json.json").write_text("{ no")
+    (tmp_path / "lines.ndjson").write_bytes(orjson.dumps({"resourceType": "Patient", "nickname": "Jos"}) + b"\n")
+    code = main(["load", str(tmp_path), "--database", database_url, "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "created 3, updated 0, unchanged 0, failed 3" in out
+    assert "collection.json entry[3]: 422 invariant" in out and "bihr-ssin" in out
+    assert "not-json.json: not JSON" in out
+    assert "lines.ndjson:1: 400 structure" in out and "nickname" in out
+    assert main(["load", str(tmp_path / "missing"), "--database", database_url, "--quiet"]) == 2
