@@ -92,12 +92,10 @@ class Definition:
 
     url: str
     type: str
-    kind: str
     derivation: str
     root: Element
     by_id: dict[str, Element]
     contexts: tuple[tuple[str, str], ...]  # extension contexts: (type, expression)
-    published: bool  # ours (profiles/), listed in the CapabilityStatement
 
     @property
     def is_base(self) -> bool:
@@ -140,7 +138,7 @@ def _element(raw: dict[str, Any]) -> Element:
     )
 
 
-def compile_definition(sd: dict[str, Any], published: bool = False) -> Definition:
+def compile_definition(sd: dict[str, Any]) -> Definition:
     """Build the element tree of a StructureDefinition's snapshot (which must exist)."""
     by_id: dict[str, Element] = {}
     root: Element | None = None
@@ -162,12 +160,10 @@ def compile_definition(sd: dict[str, Any], published: bool = False) -> Definitio
     return Definition(
         url=sd["url"],
         type=sd["type"],
-        kind=sd.get("kind", ""),
         derivation=sd.get("derivation", "specialization" if sd["url"] == CORE_PREFIX + sd["type"] else "constraint"),
         root=root,
         by_id=by_id,
         contexts=tuple((c.get("type", ""), c.get("expression", "")) for c in sd.get("context", ())),
-        published=published,
     )
 
 
@@ -192,26 +188,18 @@ class Registry:
         self._compiled.pop(sd["url"], None)
         self._core_keys = None
 
-    def remove(self, url: str) -> None:
-        self._raw.pop(url, None)
-        self._compiled.pop(url, None)
-
     def get(self, url: str) -> Definition | None:
         """The definition at a canonical URL (a `|version` suffix is ignored), or None when unknown."""
         url = url.split("|")[0]
         if url not in self._compiled:
             if url not in self._raw:
                 return None
-            sd, published = self._raw[url]
-            self._compiled[url] = compile_definition(sd, published)
+            self._compiled[url] = compile_definition(self._raw[url][0])
         return self._compiled[url]
 
     def base(self, type_name: str) -> Definition | None:
         """The official definition of a type (Patient, Period...), when it is held here."""
         return self.get(CORE_PREFIX + type_name)
-
-    def urls(self) -> list[str]:
-        return sorted(self._raw)
 
     def published(self, type_name: str | None = None) -> list[str]:
         """Our profiles (not extensions), optionally of one resource type: the CapabilityStatement's list."""
