@@ -67,7 +67,7 @@ def search(node: Node, base: str, res_type: str | None, params: list[tuple[str, 
     result = parsed.result
     count = _count(result, node)
     page = Page(parsed_by_type, base, _sort(parsed, types))
-    if len(types) == 1 and not page.sort:
+    if node.db.is_sqlite and len(types) == 1 and not page.sort:
         page.walk = _walk(types[0], parsed, base)
     if page.walk is None:
         page.where  # noqa: B018 - built now, so a bad value is refused before anything is read
@@ -268,20 +268,19 @@ def _fetch(
 def _fetch_in_id_order(
     conn: Connection, page: Page, cursor: tuple[str, list[Any]] | None, count: int
 ) -> tuple[list[Any], bool, bool]:
-    """The default order of a one-type search: by id, walking a selective index in id order when there is
-    one, else the type's primary key, with the other criteria as per-row probes. Either way the database
-    stops after `count + 1` matches instead of collecting and sorting them all."""
+    """The default order of a one-type search: by id, so the database can stop after `count + 1` matches
+    instead of collecting and sorting them all. SQLite is told how: walk the most selective id-ordered
+    index (else the primary key) and probe the other criteria per row. PostgreSQL's planner, with its
+    statistics, finds such plans itself from the plain criteria."""
     r = resources
     cols = (r.c.res_type, r.c.res_id, r.c.content, r.c.res_type.label("k0"), r.c.res_id.label("k1"))
     if page.walk is not None:
         table, condition, rest = page.walk
         joined = table.join(r, and_(r.c.res_type == table.c.res_type, r.c.res_id == table.c.res_id))
         key = table.c.res_id
-        # A resource with two index rows for the value (same code, other systems) must come once. SQLite
-        # keeps walking the index only when grouped by its column alone; PostgreSQL needs the resource's
-        # key in the GROUP BY to select its content.
-        group = (key,) if conn.dialect.name == "sqlite" else (key, r.c.res_type, r.c.res_id)
-        q = select(*cols).select_from(joined).where(condition, rest).group_by(*group)
+        # A resource with two index rows for the value (same code, other systems) must come once; SQLite
+        # keeps walking the index when grouped by its column alone.
+        q = select(*cols).select_from(joined).where(condition, rest).group_by(key)
     else:
         key = r.c.res_id
         q = select(*cols).where(page.where)
