@@ -55,6 +55,8 @@ EXTRA_SECURITY = "http://terminology.hl7.org/CodeSystem/extra-security-role-type
 TAGS = "https://example.org/fhir/tags"
 PROFILE_ROOT = "https://example.org/fhir/StructureDefinition/psi"
 MOTHERS_MAIDEN_NAME = "http://hl7.org/fhir/StructureDefinition/patient-extensions-Patient-mothersMaidenName"
+RECORDER = "https://www.ehealth.fgov.be/standards/fhir/core/StructureDefinition/be-ext-recorder"
+CONSENT_PURPOSE = "https://fhir-node.be/fhir/CodeSystem/consent-purpose"
 EPISODE_IDS = "https://example.org/fhir/episode-id"
 CONSENT_IDS = "https://example.org/fhir/consent-id"
 
@@ -310,6 +312,8 @@ def _episodes(rng: random.Random, patients: list[dict[str, Any]]) -> list[dict[s
             e["careManager"] = _ref("PractitionerRole", "role-1")
         elif i % 3 != 2:
             e["careManager"] = _ref("Practitioner", f"prac-{rng.randrange(5)}")
+        if i % 4 == 1:
+            e["extension"] = [{"url": RECORDER, "valueReference": _ref("Practitioner", f"prac-{i % 5}")}]
         period = PERIODS[i] if i < len(PERIODS) else _random_period(rng)
         if period is not None:
             e["period"] = period
@@ -392,6 +396,8 @@ def _provision(rng: random.Random, i: int, episodes: list[dict[str, Any]]) -> di
         provision["securityLabel"] = [_coding(CONFIDENTIALITY, "R")]
     if i % 6 == 1:
         provision["data"] = [{"meaning": "related", "reference": _ref("EpisodeOfCare", episodes[i]["id"])}]
+    if i % 7 == 3:
+        provision["provision"] = [{"type": "deny", "purpose": [_coding(CONSENT_PURPOSE, "statistics")]}]
     return provision
 
 
@@ -800,6 +806,19 @@ def _to(res_type: str, *paths: str) -> Callable[[dict[str, Any]], list[Any]]:
     return lambda r: [v for v in at(*paths)(r) if isinstance(v, dict) and tail.fullmatch(v.get("reference", ""))]
 
 
+def _recorder(r: dict[str, Any]) -> list[Any]:
+    return [e["valueReference"] for e in r.get("extension", []) if e.get("url") == RECORDER and "valueReference" in e]
+
+
+def _purposes(r: dict[str, Any]) -> list[Any]:
+    """The purposes of every provision, nested ones included (our provision-purpose parameter)."""
+    found, level = [], [r["provision"]] if "provision" in r else []
+    while level:
+        found += [p for x in level for p in x.get("purpose", [])]
+        level = [n for x in level for n in x.get("provision", [])]
+    return found
+
+
 def _source(r: dict[str, Any]) -> list[Any]:
     return [r["sourceReference"]] if "sourceReference" in r else []
 
@@ -868,6 +887,7 @@ PARAMS: dict[str, dict[str, tuple[str, Callable[[dict[str, Any]], list[Any]]]]] 
         "incoming-referral": ("reference", at("referralRequest")),
         "organization": ("reference", at("managingOrganization")),
         "patient": ("reference", at("patient")),
+        "recorder": ("reference", _recorder),
         "status": ("token", at("status")),
         "type": ("token", at("type")),
     },
@@ -883,6 +903,8 @@ PARAMS: dict[str, dict[str, tuple[str, Callable[[dict[str, Any]], list[Any]]]]] 
         "organization": ("reference", at("organization")),
         "patient": ("reference", at("patient")),
         "period": ("date", at("provision.period")),
+        "provision-purpose": ("token", _purposes),
+        "provision-type": ("token", at("provision.type")),
         "purpose": ("token", at("provision.purpose")),
         "scope": ("token", at("scope")),
         "security-label": ("token", at("provision.securityLabel")),

@@ -264,11 +264,18 @@ def index_page(guide: dict[str, Any], resources: dict[str, dict[str, Any]]) -> s
     return _page(guide["title"], body)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     parser.add_argument(
         "--refresh-snapshots", action="store_true", help="also write the regenerated snapshots into profiles/"
     )
+
+
+def add_parser(sub: Any) -> None:
+    """Register `package` on the `fhir-node` command."""
+    p = sub.add_parser("package", help="build the guide's FHIR npm package (profiles, terminology, HTML pages)")
+    _add_arguments(p)
+    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -286,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fhir-node package", description=__doc__.splitlines()[0])
-    add_arguments(parser)
+    _add_arguments(parser)
     return run(parser.parse_args(argv))
 
 
