@@ -41,6 +41,7 @@ _BALP_TRANSACTION = "XrequestId"
 _ENTRY_INDEX = re.compile(r"^Bundle\.entry\[(\d+)\]")
 _LOCAL_REF = re.compile(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})")
 _SERVER_META = ("versionId", "lastUpdated")
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.~:/-]*")  # what quote(..., safe=":/") leaves as it is
 
 
 def identity(resource: dict[str, Any]) -> str | None:
@@ -58,8 +59,13 @@ def identity(resource: dict[str, Any]) -> str | None:
 
 
 def _token(ident: dict[str, Any]) -> str:
-    value = quote(str(ident["value"]), safe=":/")
-    return f"{quote(ident['system'], safe=':/')}|{value}" if ident.get("system") else value
+    """`system|value`, URL-encoded for a query string (most values need no encoding: skip the work)."""
+    value = _quoted(str(ident["value"]))
+    return f"{_quoted(ident['system'])}|{value}" if ident.get("system") else value
+
+
+def _quoted(text: str) -> str:
+    return text if _URL_SAFE.fullmatch(text) else quote(text, safe=":/")
 
 
 # --- where Bundles go ---------------------------------------------------------------------------------
