@@ -2,10 +2,10 @@
 
 What it reads (folders recursively, in name order):
 - transaction and batch Bundles: posted as they are, one file at a time;
-- `collection` Bundles and single resources (`.json`), and NDJSON (`.ndjson`, one resource per line):
-  wrapped into transaction Bundles of `batch_size` entries. Single resources and collections of one
-  path are sorted so referenced types come first (Organization, Practitioner, Patient, then the rest);
-  NDJSON lines are taken in file order, so name the files in that order (`fhir-node synth` does).
+- NDJSON (`.ndjson`, one resource per line): wrapped into transaction Bundles of `batch_size` lines, in
+  file order, so name the files in reference order (`fhir-node synth` does);
+- `collection` Bundles and single resources (`.json`): gathered over the whole run, sorted so referenced
+  types come first (Organization, Practitioner, Patient, then the rest), and wrapped likewise, last.
 
 Safe to run twice, by conditional create: every wrapped resource is a POST with `ifNoneExist` on its
 business identifier (`identity`: its first identifier, or for an AuditEvent the BALP transaction
@@ -279,22 +279,31 @@ class Loader:
     # --- loose resources, wrapped -----------------------------------------------------------------------
 
     def _wrapped(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
-        """Post `batch` as one transaction; a failing entry is set aside and the rest sent again."""
-        sources: dict[str, str] = {}  # fullUrl -> `Type/id` in the files
-        entries = []
-        for _, resource in batch:
-            url = f"urn:uuid:{uuid.uuid4()}"
+        """Post `batch` as one transaction; a failing entry is set aside and the rest sent again.
+
+        A resource repeated in the batch (same business identifier) is sent once, its references pointed
+        at that one entry: the node would create it twice within one transaction."""
+        urls: dict[str, str] = {}  # `Type/id` in the files -> the entry's fullUrl
+        by_identity: dict[str, str] = {}  # ifNoneExist criteria -> the fullUrl of the entry that has them
+        kept: list[tuple[str, dict[str, Any], str]] = []
+        for where, resource in batch:
+            criteria = identity(resource)
+            key = f"{resource['resourceType']}?{criteria}" if criteria else ""
+            url = by_identity.get(key, "")
+            if not url:
+                url = f"urn:uuid:{uuid.uuid4()}"
+                kept.append((where, resource, url))
+                if key:
+                    by_identity[key] = url
             if "id" in resource:
-                sources[f"{resource['resourceType']}/{resource['id']}"] = url
-            entries.append(url)
-        local = dict(sources)
-        wrapped = [self._entry(resource, url, local) for (_, resource), url in zip(batch, entries, strict=True)]
-        wheres = [where for where, _ in batch]
+                urls[f"{resource['resourceType']}/{resource['id']}"] = url
+        wrapped = [self._entry(resource, url, urls) for _, resource, url in kept]
+        wheres = [where for where, _, _ in kept]
         while wrapped:
             answer = self.target.post(orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": wrapped}))
             if answer.status < 400 and answer.body.get("resourceType") == "Bundle":
                 responses = answer.body.get("entry", [])
-                self._settle("", wrapped, responses, {v: k for k, v in sources.items()}, wheres)
+                self._settle("", wrapped, responses, urls, wheres)
                 return
             bad = _failing_entry(answer)
             if bad is None or bad >= len(wrapped):
@@ -326,14 +335,14 @@ class Loader:
         sources: dict[str, str],
         wheres: list[str] | None = None,
     ) -> None:
-        """Count each entry's outcome; a matched resource whose content differs is replaced (PUT)."""
+        """Count each entry's outcome; a matched resource whose content differs is replaced (PUT).
+        `sources` maps the files' `Type/id` to fullUrls: they are resolved to what the node wrote."""
         assigned = {}  # fullUrl -> `Type/id` the node wrote
         for entry, response in zip(sent, responses, strict=False):
             key = _key(response)
             if key and entry.get("fullUrl"):
                 assigned[entry["fullUrl"]] = key
-                if entry["fullUrl"] in sources:
-                    self.resolved[sources[entry["fullUrl"]]] = key
+        self.resolved.update((source, assigned[url]) for source, url in sources.items() if url in assigned)
         replace = []
         for i, (entry, response) in enumerate(zip(sent, responses, strict=False)):
             status = str(response.get("response", {}).get("status", ""))[:3]

@@ -108,3 +108,19 @@ def test_broken_files_fail_with_their_reason_and_a_non_zero_exit(
     assert "not-json.json: not JSON" in out
     assert "lines.ndjson:1: 400 structure" in out and "nickname" in out
     assert main(["load", str(tmp_path / "missing"), "--database", database_url, "--quiet"]) == 2
+
+
+def test_a_resource_repeated_in_the_files_is_created_once(
+    tmp_path: Path, database_url: str, enforcing_env: None
+) -> None:
+    patient = next(r for r in resources_in(RESOURCES) if r["resourceType"] == "Patient")
+    (tmp_path / "one.json").write_bytes(orjson.dumps(patient))
+    (tmp_path / "two.json").write_bytes(
+        orjson.dumps({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": patient}]})
+    )
+    target = DatabaseTarget(database_url)
+    try:
+        assert _counts(load([tmp_path], target)) == (1, 0, 0, 0)
+        assert _counts(load([tmp_path], target)) == (0, 0, 1, 0)
+    finally:
+        target.close()
