@@ -5,10 +5,10 @@ output, so they never need the network. Run from anywhere: `python scripts/extra
 
 Writes, deterministically (sorted keys, sorted lists, byte-identical reruns):
   fhir_node/data/r4/fhir.schema.json         the R4 JSON schema (draft-06), whole, minified
-  fhir_node/data/r4/search-parameters.json   official SearchParameters on our types and Resource
+  fhir_node/data/r4/search-parameters.json   official SearchParameters on our served types and Resource
   fhir_node/data/r4/structure-rules.json     what the JSON schema leaves out, from the StructureDefinitions
   fhir_node/data/r4/summary-elements.json    top-level isSummary elements per resource type (_summary=true)
-  fhir_node/data/r4/terminology.json         official CodeSystems and ValueSets, reduced to what expansion reads
+  fhir_node/data/r4/terminology.json         official CodeSystems and ValueSets, reduced to what the terminology needs
   fhir_node/data/r4/structure-definitions/   official StructureDefinitions the snapshot generator builds on
   tests/fixtures/r4-examples/*.json          every official example of our six types, byte for byte
   tests/fixtures/r4-profiles/*.json          the official vital-signs and blood-pressure profiles and example
@@ -33,7 +33,11 @@ EXAMPLES_PACKAGE = ("hl7.fhir.r4.examples", "4.0.1")
 SCHEMA_FILE = "package/fhir.schema.json"
 
 EXAMPLE_TYPES = frozenset({"EpisodeOfCare", "Consent", "AuditEvent", "Patient", "Organization", "Practitioner"})
-SEARCH_BASES = EXAMPLE_TYPES | {"Resource", "DomainResource"}
+#: The conformance resources the node serves read-only (our published profiles and terminology).
+CONFORMANCE_TYPES = frozenset(
+    {"StructureDefinition", "ValueSet", "CodeSystem", "SearchParameter", "NamingSystem", "ImplementationGuide"}
+)
+SEARCH_BASES = EXAMPLE_TYPES | CONFORMANCE_TYPES | {"Resource", "DomainResource"}
 CORE_PREFIX = "http://hl7.org/fhir/StructureDefinition/"
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,12 +133,13 @@ def _all_codes(concepts: list[dict[str, Any]]) -> list[str]:
 
 def terminology(resources: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Official CodeSystems and ValueSets for binding checks (fhir_node/validation/terminology.py expands
-    them): concept trees with their notSelectable flags, composes; texts and designations dropped."""
+    them) and the terminology operations: names, versions, statuses, concept trees with their displays and
+    notSelectable flags, composes; definitions and designations dropped."""
 
     def concepts(tree: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = []
         for c in tree:
-            kept: dict[str, Any] = {"code": c["code"]}
+            kept: dict[str, Any] = {k: c[k] for k in ("code", "display") if k in c}
             flags = [p for p in c.get("property", ()) if p["code"] in ("notSelectable", "abstract")]
             if flags:
                 kept["property"] = flags
@@ -146,18 +151,19 @@ def terminology(resources: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     def part(p: dict[str, Any]) -> dict[str, Any]:
         kept = {k: p[k] for k in ("system", "valueSet", "filter") if k in p}
         if "concept" in p:
-            kept["concept"] = [{"code": c["code"]} for c in p["concept"]]
+            kept["concept"] = [{k: c[k] for k in ("code", "display") if k in c} for c in p["concept"]]
         return kept
 
     out: list[dict[str, Any]] = []
     for r in resources.values():
+        names = {k: r[k] for k in ("name", "version", "status") if k in r}
         if r["resourceType"] == "CodeSystem":
-            out.append({"resourceType": "CodeSystem", "url": r["url"], "content": r["content"]})
+            out.append({"resourceType": "CodeSystem", "url": r["url"], **names, "content": r["content"]})
             if r.get("concept"):
                 out[-1]["concept"] = concepts(r["concept"])
         elif r["resourceType"] == "ValueSet" and "compose" in r:
             compose = {k: [part(p) for p in r["compose"][k]] for k in ("include", "exclude") if k in r["compose"]}
-            out.append({"resourceType": "ValueSet", "url": r["url"], "compose": compose})
+            out.append({"resourceType": "ValueSet", "url": r["url"], **names, "compose": compose})
     return sorted(out, key=lambda r: (r["resourceType"], r["url"]))
 
 
