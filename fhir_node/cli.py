@@ -58,11 +58,14 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def migrate(args: argparse.Namespace) -> int:
+    from fhir_node.node import Node
     from fhir_node.store.database import Database
 
     settings = _settings(args)
-    Database(settings.database_url).migrate()
-    print(f"fhir-node: database at {settings.database_url} is up to date")
+    node = Node(settings, Database(settings.database_url))
+    node.migrate()
+    node.db.dispose()
+    print(f"fhir-node: database at {settings.database_url} is up to date, published guide synchronised")
     return 0
 
 
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="worker processes (share one database)")
     _add_setting_flags(p)
     p.set_defaults(run=serve)
-    p = sub.add_parser("migrate", help="create or upgrade the database schema")
+    p = sub.add_parser("migrate", help="create or upgrade the database schema, store the published guide")
     _add_setting_flags(p)
     p.set_defaults(run=migrate)
     p = sub.add_parser("reindex", help="rebuild the search index rows after search parameters changed")

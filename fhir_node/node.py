@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fhir_node.conformance.published import synchronise
 from fhir_node.settings import Settings
 from fhir_node.store.database import Database
 
@@ -19,5 +20,10 @@ class Node:
     def from_settings(cls, settings: Settings) -> Node:
         node = cls(settings, Database(settings.database_url))
         if settings.auto_migrate:
-            node.db.migrate()
+            node.migrate()
         return node
+
+    def migrate(self) -> None:
+        """The schema at its newest revision, then our published guide synchronised into the store."""
+        self.db.migrate()
+        synchronise(self.db)

@@ -20,6 +20,17 @@ ALL_INTERACTIONS = (
     "search-type",
 )
 APPEND_ONLY = ("read", "vread", "history-instance", "history-type", "create", "search-type")
+#: Our published guide: the node itself writes it from profiles/ and terminology/ (fhir_node.conformance.published).
+READ_ONLY = ("read", "vread", "search-type")
+#: The guide's resource types, served read-only: exactly the published resources of these types.
+CONFORMANCE_TYPES = (
+    "StructureDefinition",
+    "ValueSet",
+    "CodeSystem",
+    "SearchParameter",
+    "NamingSystem",
+    "ImplementationGuide",
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,10 @@ KINDS: dict[str, ResourceKind] = {
         ResourceKind("Patient", documentation="Pseudonymised SSIN only: no name, no birth date are stored."),
         ResourceKind("Organization", documentation="Integrated-care projects, pharmacies (NIHDI, CBE numbers)."),
         ResourceKind("Practitioner", documentation="Declaring care providers (NIHDI number)."),
+        *(
+            ResourceKind(name, READ_ONLY, f"Our published {name}s (profiles/, terminology/): read-only.")
+            for name in CONFORMANCE_TYPES
+        ),
     )
 }
 

@@ -2,7 +2,9 @@
 
 `generate()` builds a small but varied, deterministic (seeded) set of Patients, Organizations,
 Practitioners, EpisodeOfCare, Consent and AuditEvent resources; `load()` writes it through the REST API
-and keeps what the server answered (ids and meta.lastUpdated are the server's). Everything below
+and keeps what the server answered (ids and meta.lastUpdated are the server's). Every node also serves our
+published guide (profiles/, terminology/) read-only: `guide()` reads those files as they are, and they
+are part of every dataset. Everything below
 `# The oracle` computes what a search SHOULD return, in plain Python over those dicts and from the R4
 search specification alone: it shares no code with `fhir_node.search`, so a test comparing the two
 checks the server against an independent reading of the spec, not against itself.
@@ -17,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -29,6 +32,16 @@ from fhir_node.settings import Settings
 
 BASE = f"{BASE_HOST}/fhir"
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
+ROOT = Path(__file__).resolve().parents[1]
+#: The types of our published guide, which the node serves read-only from profiles/ and terminology/.
+GUIDE_TYPES = (
+    "StructureDefinition",
+    "ValueSet",
+    "CodeSystem",
+    "SearchParameter",
+    "NamingSystem",
+    "ImplementationGuide",
+)
 
 SSIN = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/ssin"
 NIHDI = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/nihdi"
@@ -522,13 +535,32 @@ def write(client: TestClient, resource: dict[str, Any]) -> dict[str, Any]:
 
 
 def load(client: TestClient, data: dict[str, list[dict[str, Any]]] | None = None) -> Dataset:
-    """Write the dataset (AuditEvents, append-only, are POSTed and get server ids) and keep what was stored."""
+    """Write the dataset (AuditEvents, append-only, are POSTed and get server ids) and keep what was stored,
+    with the published guide the node holds already."""
     data = data if data is not None else generate()
     loaded = Dataset()
     for res_type in ORDER:
         for resource in data.get(res_type, []):
             loaded.keep(write(client, resource))
+    for resource in guide():
+        loaded.keep(served_file(client, resource))
     return loaded
+
+
+def guide() -> list[dict[str, Any]]:
+    """Our published guide's resources, read from profiles/ and terminology/ as plain JSON."""
+    paths = sorted([*(ROOT / "profiles").glob("*.json"), *(ROOT / "terminology").glob("*.json")])
+    return [r for r in (orjson.loads(p.read_bytes()) for p in paths) if r["resourceType"] in GUIDE_TYPES]
+
+
+def served_file(client: TestClient, resource: dict[str, Any]) -> dict[str, Any]:
+    """A published resource as the node serves it, which must be its file plus the server's meta."""
+    r = client.get(f"/fhir/{resource['resourceType']}/{resource['id']}")
+    assert r.status_code == 200, r.text
+    served = r.json()
+    meta = {k: v for k, v in served["meta"].items() if k not in ("versionId", "lastUpdated")}
+    assert {**{k: v for k, v in served.items() if k != "meta"}, **({"meta": meta} if meta else {})} == resource
+    return served
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -852,6 +884,20 @@ _PERSON = {
     "phonetic": ("string", at("name")),  # phonetic matching is the server's choice; R4 requires none
     "telecom": ("token", at("telecom")),
 }
+#: The official conformance-* parameters, on all six types of the guide (R4 names the types each applies to).
+_CONFORMANCE = {
+    "context": ("token", at("useContext.valueCodeableConcept")),
+    "context-quantity": ("quantity", at("useContext.valueQuantity", "useContext.valueRange")),
+    "context-type": ("token", at("useContext.code")),
+    "date": ("date", at("date")),
+    "description": ("string", at("description")),
+    "jurisdiction": ("token", at("jurisdiction")),
+    "name": ("string", at("name")),
+    "publisher": ("string", at("publisher")),
+    "status": ("token", at("status")),
+}
+_CANONICAL = {"url": ("uri", at("url")), "version": ("token", at("version"))}  # not on NamingSystem
+_TITLED = {"identifier": ("token", at("identifier")), "title": ("string", at("title"))}  # CodeSystem, SD, ValueSet
 #: Every search parameter of every served type: (R4 type, the elements its expression selects).
 PARAMS: dict[str, dict[str, tuple[str, Callable[[dict[str, Any]], list[Any]]]]] = {
     "Patient": {
@@ -932,6 +978,76 @@ PARAMS: dict[str, dict[str, tuple[str, Callable[[dict[str, Any]], list[Any]]]]] 
         "subtype": ("token", at("subtype")),
         "type": ("token", at("type")),
     },
+    "StructureDefinition": {
+        **COMMON,
+        **_CONFORMANCE,
+        **_CANONICAL,
+        **_TITLED,
+        "abstract": ("token", at("abstract")),
+        "base": ("reference", at("baseDefinition")),
+        "base-path": ("token", at("snapshot.element.base.path", "differential.element.base.path")),
+        "derivation": ("token", at("derivation")),
+        "experimental": ("token", at("experimental")),
+        "ext-context": ("token", at("context.type")),
+        "keyword": ("token", at("keyword")),
+        "kind": ("token", at("kind")),
+        "path": ("token", at("snapshot.element.path", "differential.element.path")),
+        "type": ("uri", at("type")),
+        "valueset": ("reference", at("snapshot.element.binding.valueSet")),
+    },
+    "ValueSet": {
+        **COMMON,
+        **_CONFORMANCE,
+        **_CANONICAL,
+        **_TITLED,
+        "code": ("token", at("expansion.contains.code", "compose.include.concept.code")),
+        "expansion": ("uri", at("expansion.identifier")),
+        "reference": ("uri", at("compose.include.system")),
+    },
+    "CodeSystem": {
+        **COMMON,
+        **_CONFORMANCE,
+        **_CANONICAL,
+        **_TITLED,
+        "code": ("token", at("concept.code")),
+        "content-mode": ("token", at("content")),
+        "language": ("token", at("concept.designation.language")),
+        "supplements": ("reference", at("supplements")),
+        "system": ("uri", at("url")),
+    },
+    "SearchParameter": {
+        **COMMON,
+        **_CONFORMANCE,
+        **_CANONICAL,
+        "base": ("token", at("base")),
+        "code": ("token", at("code")),
+        "component": ("reference", at("component.definition")),
+        "derived-from": ("reference", at("derivedFrom")),
+        "target": ("token", at("target")),
+        "type": ("token", at("type")),
+    },
+    "NamingSystem": {
+        **COMMON,
+        **_CONFORMANCE,
+        "contact": ("string", at("contact.name")),
+        "id-type": ("token", at("uniqueId.type")),
+        "kind": ("token", at("kind")),
+        "period": ("date", at("uniqueId.period")),
+        "responsible": ("string", at("responsible")),
+        "telecom": ("token", at("contact.telecom")),
+        "type": ("token", at("type")),
+        "value": ("string", at("uniqueId.value")),
+    },
+    "ImplementationGuide": {
+        **COMMON,
+        **_CONFORMANCE,
+        **_CANONICAL,
+        "depends-on": ("reference", at("dependsOn.uri")),
+        "experimental": ("token", at("experimental")),
+        "global": ("reference", at("global.profile")),
+        "resource": ("reference", at("definition.resource.reference")),
+        "title": ("string", at("title")),
+    },
 }
 
 
@@ -1000,7 +1116,8 @@ def reference_matches(value: str, modifier: str | None, found: list[Ref]) -> boo
         return any(r.res_type == local.group(1) and r.res_id == local.group(2) for r in found)
     if "/" not in value and ":" not in value:
         return any(r.res_id == value and modifier in (None, r.res_type) for r in found)
-    return any(r.url == value for r in found)
+    # A canonical may carry a version (`url|1.0`): a value naming none matches every version.
+    return any(r.url is not None and value in (r.url, r.url.split("|")[0]) for r in found)
 
 
 @dataclass(frozen=True)

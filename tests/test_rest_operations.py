@@ -25,6 +25,15 @@ JSON_HEADERS = {"Content-Type": FHIR_JSON}
 BASE = f"{BASE_HOST}/fhir"
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 SERVED_TYPES = {"EpisodeOfCare", "Consent", "AuditEvent", "Patient", "Organization", "Practitioner"}
+#: Our published guide, served read-only (tests/test_conformance_resources.py exercises them).
+GUIDE_TYPES = {
+    "StructureDefinition",
+    "ValueSet",
+    "CodeSystem",
+    "SearchParameter",
+    "NamingSystem",
+    "ImplementationGuide",
+}
 #: R4 TypeRestfulInteraction codes.
 TYPE_INTERACTIONS = (
     "read",
@@ -267,9 +276,9 @@ def test_capability_statement_describes_this_instance(capability):
     assert len(capability["rest"]) == 1
 
 
-def test_capability_statement_lists_exactly_the_six_types(capability):
+def test_capability_statement_lists_exactly_the_served_types(capability):
     listed = [res["type"] for res in capability["rest"][0]["resource"]]
-    assert sorted(listed) == sorted(SERVED_TYPES)
+    assert sorted(listed) == sorted(SERVED_TYPES | GUIDE_TYPES)
 
 
 def test_audit_event_lists_no_update_or_delete(capability):

@@ -18,6 +18,7 @@ from fhir_node.conformance.capability import capability_statement
 from fhir_node.interactions import bundle, history, patch, read, search, write
 from fhir_node.interactions.incoming import parse_body
 from fhir_node.node import Node
+from fhir_node.operations import terminology
 from fhir_node.operations.validate import validate_operation
 from fhir_node.outcome import FHIRError, error, fail
 from fhir_node.registry import kind, require_method
@@ -194,6 +195,20 @@ async def validate_endpoint(request: Request) -> Response:
     return fhir_response(neg, orjson.dumps(outcome))
 
 
+def operation_endpoint(operation: Callable[..., dict[str, Any]]) -> Endpoint:
+    """GET, or POST with a Parameters body, of an operation called as `operation(node, query, body, **path)`."""
+
+    async def endpoint(request: Request) -> Response:
+        neg = negotiate(request)
+        node = node_of(request)
+        raw = await read_body(request, node.settings.max_body_bytes) if request.method == "POST" else b""
+        body = parse_body(raw) if raw else None
+        out = await run_in_threadpool(operation, node, _query(request), body, **request.path_params)
+        return fhir_response(neg, orjson.dumps(out))
+
+    return endpoint
+
+
 async def history_endpoint(request: Request) -> Response:
     neg = negotiate(request)
     p = request.path_params
@@ -228,6 +243,16 @@ ROUTES = [
     Route("/fhir/{type}/_search", only(search_endpoint, "POST"), methods=_ALL),
     Route("/fhir/{type}/$validate", only(validate_endpoint, "POST"), methods=_ALL),
     Route("/fhir/{type}/{id}/$validate", only(validate_endpoint, "POST"), methods=_ALL),
+    *(
+        Route(path, only(operation_endpoint(operation), "GET", "POST"), methods=_ALL)
+        for path, operation in (
+            ("/fhir/ValueSet/$expand", terminology.expand),
+            ("/fhir/ValueSet/{res_id}/$expand", terminology.expand),
+            ("/fhir/ValueSet/$validate-code", terminology.validate_code),
+            ("/fhir/ValueSet/{res_id}/$validate-code", terminology.validate_code),
+            ("/fhir/CodeSystem/$lookup", terminology.lookup),
+        )
+    ),
     Route("/fhir/{type}/{id}", instance, methods=_ALL),
     Route("/fhir/{type}", type_level, methods=_ALL),
     Route("/fhir", only(system_level, "GET", "POST"), methods=_ALL),

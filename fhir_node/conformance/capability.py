@@ -6,6 +6,7 @@ from typing import Any
 
 from fhir_node import FHIR_VERSION, __version__
 from fhir_node.api.negotiate import SUPPORTED_FORMATS
+from fhir_node.operations.terminology import OPERATIONS
 from fhir_node.operations.validate import DEFINITION as VALIDATE_DEFINITION
 from fhir_node.registry import KINDS, ResourceKind
 from fhir_node.search.registry import SearchParam, registry
@@ -63,7 +64,10 @@ def _resource(res_kind: ResourceKind) -> dict[str, Any]:
             if p.type == "reference" and (not p.targets or res_kind.name in p.targets)
         ),
         "searchParam": [_param(p) for p in searchable(res_kind.name)],
-        "operation": [{"name": "validate", "definition": VALIDATE_DEFINITION}],
+        "operation": [
+            {"name": name, "definition": definition}
+            for name, definition in (("validate", VALIDATE_DEFINITION), *OPERATIONS.get(res_kind.name, ()))
+        ],
     }
     supported = profiles().published(res_kind.name)
     if supported:

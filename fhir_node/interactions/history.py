@@ -9,11 +9,13 @@ from fhir_node.datetimes import parse_instant
 from fhir_node.interactions.incoming import check_id
 from fhir_node.node import Node
 from fhir_node.outcome import fail
-from fhir_node.registry import kind, require
+from fhir_node.registry import KINDS, kind, require
 from fhir_node.store import repository
 
 #: `_cursor` is ours: the seq below which the next page starts, carried in the next link (no server state).
 PARAMETERS = ("_since", "_count", "_cursor")
+#: Types without history (the published guide, which the node writes itself): not in system history either.
+_NO_HISTORY = tuple(k.name for k in KINDS.values() if not k.allows("history-type"))
 
 
 def history(
@@ -31,7 +33,9 @@ def history(
     with node.db.read() as conn:
         if res_type is not None and res_id is not None and repository.current(conn, res_type, res_id) is None:
             raise fail(404, "not-found", f"{res_type}/{res_id} is not known")
-        versions = repository.history(conn, res_type, res_id, since=since, before_seq=cursor, limit=count + 1)
+        versions = repository.history(
+            conn, res_type, res_id, since=since, before_seq=cursor, limit=count + 1, hidden=_NO_HISTORY
+        )
     path = "/".join(p for p in (base, res_type, res_id, "_history") if p)
     kept = {k: v for k, v in values.items() if k != "_cursor"}
     kept["_count"] = str(count)

@@ -267,7 +267,7 @@ def _reference(t, value: str, modifier: str | None, c: Criterion, base: str) -> 
     if re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", text):
         typed = t.c.target_type.in_(targets) if targets else literal(True)
         return and_(typed, t.c.target_id == text)
-    return t.c.url == text.split("|")[0]
+    return t.c.url == text
 
 
 _BUILDERS = {

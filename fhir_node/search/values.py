@@ -104,9 +104,11 @@ def dates(value: Any) -> list[dict[str, Any]]:
 
 
 def references(value: Any) -> list[dict[str, Any]]:
-    """Local targets (Type/id), other URLs and canonicals, and Reference.identifier."""
+    """Local targets (Type/id), other URLs and canonicals, and Reference.identifier. A versioned canonical
+    (`url|1.0`) has a row without its version too: a search naming no version matches every version."""
     if isinstance(value, str):  # canonical or uri
-        return [{"target_type": None, "target_id": None, "url": value[:1024], "id_system": None, "id_value": None}]
+        urls = dict.fromkeys((value[:1024], value.split("|")[0][:1024]))
+        return [{"target_type": None, "target_id": None, "url": u, "id_system": None, "id_value": None} for u in urls]
     if not isinstance(value, dict):
         return []
     rows = []

@@ -128,12 +128,16 @@ def history(
     since: datetime | None,
     before_seq: int | None,
     limit: int,
+    hidden: tuple[str, ...] = (),
 ) -> list[Version]:
-    """Versions newest first; `before_seq` continues a page, so writes between pages shift nothing."""
+    """Versions newest first; `before_seq` continues a page, so writes between pages shift nothing.
+    Types in `hidden` are left out (system history of types whose history is not served)."""
     rv = resource_versions.c
     q = select(resource_versions)
     if res_type is not None:
         q = q.where(rv.res_type == res_type)
+    if hidden:
+        q = q.where(rv.res_type.not_in(hidden))
     if res_id is not None:
         q = q.where(rv.res_id == res_id)
     if since is not None:

@@ -111,7 +111,7 @@ class Terminology:
         if code_system is None or code_system.get("content") not in ("complete", None):
             return None
         tree = code_system.get("concept", [])
-        codes = {c["code"] for c in _walk(tree) if not _abstract(c)}
+        codes = {c["code"] for c in walk_concepts(tree) if not _abstract(c)}
         for rule in part.get("filter", ()):
             selected = _filtered(tree, rule)
             if selected is None:
@@ -120,10 +120,11 @@ class Terminology:
         return codes
 
 
-def _walk(concepts: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+def walk_concepts(concepts: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every concept of a CodeSystem's tree, each before its children (also for the terminology operations)."""
     for concept in concepts:
         yield concept
-        yield from _walk(concept.get("concept", []))
+        yield from walk_concepts(concept.get("concept", []))
 
 
 def _abstract(concept: dict[str, Any]) -> bool:
@@ -138,11 +139,11 @@ def _filtered(tree: list[dict[str, Any]], rule: dict[str, Any]) -> set[str] | No
     if rule.get("property") != "concept":
         return None
     op, value = rule.get("op"), rule.get("value")
-    everything = {c["code"] for c in _walk(tree)}
+    everything = {c["code"] for c in walk_concepts(tree)}
     if op == "=":
         return {value} & everything
-    root = next((c for c in _walk(tree) if c["code"] == value), None)
-    below = {c["code"] for c in _walk(root.get("concept", []))} if root else set()
+    root = next((c for c in walk_concepts(tree) if c["code"] == value), None)
+    below = {c["code"] for c in walk_concepts(root.get("concept", []))} if root else set()
     if op == "is-a":
         return below | ({value} if root else set())
     if op == "descendent-of":
