@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import http.client
 import random
 import statistics
@@ -34,15 +35,17 @@ sys.path.insert(0, str(ROOT / "tests"))
 from live_node import serve_node  # noqa: E402
 from postgres_server import start_postgres  # noqa: E402
 
+from fhir_node.rules import check_digits  # noqa: E402
+
 SSIN = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/ssin"
 NIHDI = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/nihdi"
 H = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
 
 
 def ssin(rng: random.Random) -> str:
-    """A valid SSIN (check digits per the mod-97 rule, births 1930-1999)."""
-    body = f"{rng.randint(30, 99):02d}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}{rng.randint(1, 997):03d}"
-    return body + f"{97 - int(body) % 97:02d}"
+    """A valid SSIN for a birth between 1930 and 1999."""
+    birth = datetime.date(rng.randint(1930, 1999), rng.randint(1, 12), rng.randint(1, 28))
+    return check_digits.ssin(birth, rng.randint(1, 997))
 
 
 def patient(rng: random.Random) -> dict[str, Any]:
@@ -172,8 +175,9 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def run_searches(host: str, port: int, queries: list[str], total: int, clients: int) -> tuple[float, list[float]]:
-    """`total` searches over `clients` connections; returns wall seconds and per-request latencies (ms)."""
+def run_gets(host: str, port: int, queries: list[str], total: int, clients: int) -> tuple[float, list[float]]:
+    """`total` GETs of `queries` (in turn) over `clients` connections; returns wall seconds and
+    per-request latencies (ms)."""
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -185,7 +189,7 @@ def run_searches(host: str, port: int, queries: list[str], total: int, clients: 
             status, body = conn.request("GET", queries[i % len(queries)])
             mine.append((time.perf_counter() - t0) * 1000)
             if status != 200:
-                raise RuntimeError(f"search failed {status}: {body[:300]!r}")
+                raise RuntimeError(f"GET failed {status}: {body[:300]!r}")
         with lock:
             latencies.extend(mine)
 
@@ -253,8 +257,8 @@ def main() -> None:
                     f"/fhir/EpisodeOfCare?patient=Patient/{patient_ids[i % len(patient_ids)]}",
                     f"/fhir/EpisodeOfCare?organization=Organization/{org_ids[i % len(org_ids)]}&_count=50",
                 ]
-            run_searches(host, port, queries, min(100, args.searches), args.clients)  # warm-up
-            wall, lat = run_searches(host, port, queries, args.searches, args.clients)
+            run_gets(host, port, queries, min(100, args.searches), args.clients)  # warm-up
+            wall, lat = run_gets(host, port, queries, args.searches, args.clients)
             lat.sort()
             report = {
                 "database": args.database,
