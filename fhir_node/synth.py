@@ -110,7 +110,7 @@ class Item:
 
 @dataclass
 class Project:
-    """A PSI with its own care providers, pharmacies and operators (administrative staff)."""
+    """A PSI with its own care providers and operators (administrative staff); its pharmacies are kept apart."""
 
     slug: str
     org: Item
@@ -287,15 +287,15 @@ class _Generator:
         first_project = episodes[0][0]
         for project, episode, declared_by in episodes:
             items.append(episode)
-            items.append(self._audit("create", episode, patient, project, declared_by, episode_start(episode)))
+            items.append(self._audit("create", episode, patient, project, declared_by, _episode_start(episode)))
             if "end" in episode.resource["period"]:
                 end = datetime.date.fromisoformat(episode.resource["period"]["end"])
                 items.append(self._audit("update", episode, patient, project, declared_by, end))
             if rng.random() < 0.4:
                 reader = rng.choice(project.practitioners)
-                day = self.day(episode_start(episode), REFERENCE_DAY)
+                day = self.day(_episode_start(episode), REFERENCE_DAY)
                 items.append(self._audit("read", episode, patient, project, reader, day))
-        items.extend(self._consents(patient, first_project, episodes[0][2], episode_start(episodes[0][1])))
+        items.extend(self._consents(patient, first_project, episodes[0][2], _episode_start(episodes[0][1])))
         return first_project, items
 
     def _principal_inclusions(self, patient: Item) -> list[tuple[Project, Item, Item]]:
@@ -500,7 +500,7 @@ def _entity(entity_type: str, role: str, what: dict[str, Any]) -> dict[str, Any]
     }
 
 
-def episode_start(item: Item) -> datetime.date:
+def _episode_start(item: Item) -> datetime.date:
     return datetime.date.fromisoformat(item.resource["period"]["start"])
 
 
