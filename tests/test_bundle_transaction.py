@@ -844,3 +844,15 @@ def test_racing_conditional_create_transactions_make_exactly_one_resource(live_s
     episodes = httpx.get(f"{live_server}/EpisodeOfCare", params={"_count": "100"}).json()
     assert len(episodes.get("entry", [])) == len(won)
     assert {e["resource"]["patient"]["reference"] for e in episodes["entry"]} == {f"Patient/{ids[0]}"}
+
+
+def test_two_entries_conditionally_creating_the_same_resource_are_refused(client):
+    before = history_total(client)
+    body = transaction(
+        post(patient("85073003328"), ifNoneExist="identifier=85073003328"),
+        post(patient("85073003328"), ifNoneExist="identifier=85073003328"),
+    )
+    r = send(client, body)
+    assert r.status_code == 400
+    assert outcome(r)["issue"][0]["expression"] == ["Bundle.entry[1].request.ifNoneExist"]
+    assert history_total(client) == before

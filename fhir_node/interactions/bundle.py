@@ -157,10 +157,23 @@ def _assign_ids(conn: Connection, entries: list[Entry]) -> dict[str, str]:
     """Decide which id each write lands on (new, matched, or given) and map fullUrls to `Type/id`."""
     ids: dict[str, str] = {}
     seen: dict[tuple[str, str], int] = {}
+    conditions: dict[tuple[str, str], int] = {}
     for e in entries:
         if e.method in ("GET", "HEAD"):
             continue
         assert e.res_type is not None
+        if e.method == "POST" and e.if_none_exist:
+            # Both would see no match (ids are decided before anything is written) and both would create.
+            criteria = (e.res_type, e.if_none_exist)
+            if criteria in conditions:
+                raise fail(
+                    400,
+                    "invalid",
+                    f"{e.where} and Bundle.entry[{conditions[criteria]}] conditionally "
+                    f"create the same {e.res_type} ({e.if_none_exist})",
+                    f"{e.where}.request.ifNoneExist",
+                )
+            conditions[criteria] = e.index
         e.target = _at(e, _target, conn, e)
         if e.target is None:
             continue

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, Table, and_, false, func, or_, select, true
+from sqlalchemy import ColumnElement, Connection, Select, Table, and_, false, func, or_, select, true
 
 from fhir_node.bundles import bundle
 from fhir_node.node import Node
@@ -113,8 +113,11 @@ def matching(conn: Connection, res_type: str, query: str, limit: int = 2) -> lis
     parsed = _parse(registry(), res_type, params, lenient=False)
     if parsed.result:
         raise fail(400, "invalid", f"Only filters may be used as conditions, not {', '.join(parsed.result)}")
-    q = select(resources.c.res_id).where(_type_condition(res_type, parsed, "")).limit(limit)
-    return list(conn.execute(q).scalars())
+    page = Page({res_type: parsed}, "")
+    if conn.dialect.name == "sqlite":
+        page.walk = _walk(res_type, parsed, "")
+    q, key = _in_id_order(page, resources.c.res_id)
+    return list(conn.execute(q.order_by(key).limit(limit)).scalars())
 
 
 def _types(res_type: str | None, params: list[tuple[str, str]]) -> tuple[str, ...]:
@@ -273,17 +276,7 @@ def _fetch_in_id_order(
     index (else the primary key) and probe the other criteria per row. PostgreSQL's planner, with its
     statistics, finds such plans itself from the plain criteria."""
     r = resources
-    cols = (r.c.res_type, r.c.res_id, r.c.content, r.c.res_type.label("k0"), r.c.res_id.label("k1"))
-    if page.walk is not None:
-        table, condition, rest = page.walk
-        joined = table.join(r, and_(r.c.res_type == table.c.res_type, r.c.res_id == table.c.res_id))
-        key = table.c.res_id
-        # A resource with two index rows for the value (same code, other systems) must come once; SQLite
-        # keeps walking the index when grouped by its column alone.
-        q = select(*cols).select_from(joined).where(condition, rest).group_by(key)
-    else:
-        key = r.c.res_id
-        q = select(*cols).where(page.where)
+    q, key = _in_id_order(page, r.c.res_type, r.c.res_id, r.c.content, r.c.res_type.label("k0"), r.c.res_id.label("k1"))
     backwards = cursor is not None and cursor[0] == "p"
     if cursor is not None:
         q = q.where(key < cursor[1][1] if backwards else key > cursor[1][1])
@@ -294,6 +287,19 @@ def _fetch_in_id_order(
         rows.reverse()
         return rows, True, more
     return rows, more, cursor is not None
+
+
+def _in_id_order(page: Page, *cols: Any) -> tuple[Select[Any], ColumnElement[str]]:
+    """`cols` of the page's matches, unordered, and the id column to order them by: the walked index's
+    when the page has a walk, else the primary key's."""
+    r = resources
+    if page.walk is None:
+        return select(*cols).where(page.where), r.c.res_id
+    table, condition, rest = page.walk
+    joined = table.join(r, and_(r.c.res_type == table.c.res_type, r.c.res_id == table.c.res_id))
+    # A resource with two index rows for the value (same code, other systems) must come once; SQLite
+    # keeps walking the index when grouped by its column alone.
+    return select(*cols).select_from(joined).where(condition, rest).group_by(table.c.res_id), table.c.res_id
 
 
 def _after(keys: list[tuple[Any, bool]], values: list[Any], backwards: bool) -> ColumnElement[bool]:
