@@ -64,10 +64,6 @@ def _path_of(element_id: str) -> str:
     return _SLICE.sub("", element_id)
 
 
-def _parent_id(element_id: str) -> str:
-    return element_id.rsplit(".", 1)[0]
-
-
 def _max(value: str) -> float:
     return float("inf") if value == "*" else int(value)
 

@@ -82,7 +82,6 @@ class Registry:
     """Search parameters per served type, by code; built once per process from definitions on disk."""
 
     def __init__(self, definitions: list[dict[str, Any]]) -> None:
-        self.by_url = {d["url"]: d for d in definitions}
         self.params: dict[str, dict[str, SearchParam]] = {t: {} for t in KINDS}
         for d in definitions:
             for base in d.get("base", []):
