@@ -259,13 +259,7 @@ def _fetch(
         flip = desc != backwards
         nulls_last = k.is_(None).asc() if not backwards else k.is_(None).desc()
         order += [nulls_last, k.desc() if flip else k.asc()]
-    rows = list(conn.execute(q.order_by(*order).limit(count + 1)))
-    more = len(rows) > count
-    rows = rows[:count]
-    if backwards:
-        rows.reverse()
-        return rows, True, more
-    return rows, more, cursor is not None
+    return _page(list(conn.execute(q.order_by(*order).limit(count + 1))), count, backwards, cursor)
 
 
 def _fetch_in_id_order(
@@ -281,6 +275,12 @@ def _fetch_in_id_order(
     if cursor is not None:
         q = q.where(key < cursor[1][1] if backwards else key > cursor[1][1])
     rows = list(conn.execute(q.order_by(key.desc() if backwards else key.asc()).limit(count + 1)))
+    return _page(rows, count, backwards, cursor)
+
+
+def _page(rows: list[Any], count: int, backwards: bool, cursor: Any) -> tuple[list[Any], bool, bool]:
+    """A page from `count + 1` rows fetched in paging direction: (rows in sort order, has next, has
+    previous). Coming back from a later page means there is a next one."""
     more = len(rows) > count
     rows = rows[:count]
     if backwards:

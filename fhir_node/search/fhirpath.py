@@ -17,7 +17,7 @@ _PLAIN = re.compile(r"[A-Z][A-Za-z]*(\.[a-z][A-Za-z]*)+")
 _LITERAL_REF = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 
 
-def _resolve(inputs: list[Any]) -> list[Any]:
+def resolve_literal(inputs: list[Any]) -> list[Any]:
     """resolve() for literal references: a stub of the target (type and id), enough for `is Patient`."""
     out = []
     for ref in inputs:
@@ -27,7 +27,7 @@ def _resolve(inputs: list[Any]) -> list[Any]:
     return out
 
 
-_OPTIONS = {"userInvocationTable": {"resolve": {"fn": _resolve, "arity": {0: []}}}}
+_OPTIONS = {"userInvocationTable": {"resolve": {"fn": resolve_literal, "arity": {0: []}}}}
 _MODEL = models["r4"]
 
 

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, and_, false, literal, not_, or_, select
+from sqlalchemy import ColumnElement, FromClause, Select, Table, and_, false, literal, not_, or_, select
 
 from fhir_node.datetimes import date_range
 from fhir_node.outcome import error
@@ -139,14 +139,14 @@ def _table(c: Criterion) -> Table:
     return table
 
 
-def _values(table: Table, c: Criterion, base: str) -> ColumnElement[bool]:
+def _values(table: FromClause, c: Criterion, base: str) -> ColumnElement[bool]:
     """The criterion's values (OR'ed) as a condition on `table`'s rows."""
     assert c.param is not None
     build = _BUILDERS[c.param.type]
-    return or_(*(build(table, v, c.modifier, c, base) for v in c.values))  # type: ignore[operator]
+    return or_(*(build(table, v, c.modifier, c, base) for v in c.values))
 
 
-def _token(t, value: str, modifier: str | None, c: Criterion, _base: str = "") -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
+def _token(t: FromClause, value: str, modifier: str | None, c: Criterion, _base: str = "") -> ColumnElement[bool]:
     if modifier == "text":
         return t.c.text.startswith(fold(unescape(value)), autoescape=True)
     parts = [unescape(p) for p in _UNESCAPED_PIPE.split(value)]
@@ -166,7 +166,7 @@ def _token(t, value: str, modifier: str | None, c: Criterion, _base: str = "") -
     return and_(t.c.system == system, t.c.code == code)
 
 
-def _string(t, value: str, modifier: str | None, _c: Criterion, _base: str = "") -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
+def _string(t: FromClause, value: str, modifier: str | None, _c: Criterion, _base: str = "") -> ColumnElement[bool]:
     text = unescape(value)
     if modifier == "exact":
         return t.c.exact == text
@@ -175,7 +175,7 @@ def _string(t, value: str, modifier: str | None, _c: Criterion, _base: str = "")
     return t.c.value.startswith(fold(text), autoescape=True)
 
 
-def _uri(t, value: str, modifier: str | None, _c: Criterion, _base: str = "") -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
+def _uri(t: FromClause, value: str, modifier: str | None, _c: Criterion, _base: str = "") -> ColumnElement[bool]:
     """:below and :above go by whole path segments: `.../episode` is neither above nor below `.../episode-v2`."""
     uri = unescape(value)
     if modifier == "below":
@@ -192,7 +192,7 @@ def _ancestors(uri: str) -> list[str]:
     return [uri, *(uri[:i] for i in cuts), *(uri[: i + 1] for i in cuts)]
 
 
-def _date(t, value: str, _modifier: str | None, c: Criterion, _base: str = "") -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
+def _date(t: FromClause, value: str, _modifier: str | None, c: Criterion, _base: str = "") -> ColumnElement[bool]:
     prefix, text = split_prefix(value)
     found = date_range(text)
     if found is None:
@@ -206,7 +206,7 @@ def _date_margin(value: datetime) -> timedelta:
     return max(abs(now() - value) / 10, timedelta(days=1))
 
 
-def _ranged(prefix: str, lo, hi, vlo, vhi, margin) -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
+def _ranged(prefix: str, lo: Any, hi: Any, vlo: Any, vhi: Any, margin: Any) -> ColumnElement[bool]:
     """R4 prefix semantics between a target range [lo, hi] and a search range [vlo, vhi]."""
     contained = and_(lo >= vlo, hi <= vhi)
     return {
@@ -222,7 +222,7 @@ def _ranged(prefix: str, lo, hi, vlo, vhi, margin) -> ColumnElement[bool]:  # ty
     }[prefix]()
 
 
-def _number(t, value: str, _modifier: str | None, c: Criterion, _base: str = "") -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
+def _number(t: FromClause, value: str, _modifier: str | None, c: Criterion, _base: str = "") -> ColumnElement[bool]:
     prefix, text = split_prefix(value)
     parts = [unescape(p) for p in _UNESCAPED_PIPE.split(text)]
     found = number_range(parts[0])
@@ -247,7 +247,7 @@ def _number(t, value: str, _modifier: str | None, c: Criterion, _base: str = "")
     return matched
 
 
-def _reference(t, value: str, modifier: str | None, c: Criterion, base: str) -> ColumnElement[bool]:  # type: ignore[no-untyped-def]
+def _reference(t: FromClause, value: str, modifier: str | None, c: Criterion, base: str) -> ColumnElement[bool]:
     assert c.param is not None
     text = unescape(value) if modifier == "identifier" else value
     if modifier == "identifier":
@@ -270,7 +270,9 @@ def _reference(t, value: str, modifier: str | None, c: Criterion, base: str) -> 
     return t.c.url == text
 
 
-_BUILDERS = {
+#: Per parameter type: (index table, one search value, modifier, criterion, base) -> condition on a row.
+Builder = Callable[[FromClause, str, str | None, Criterion, str], ColumnElement[bool]]
+_BUILDERS: dict[str, Builder] = {
     "token": _token,
     "string": _string,
     "uri": _uri,

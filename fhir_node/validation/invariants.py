@@ -18,7 +18,7 @@ import fhirpathpy
 from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.models import models
 
-from fhir_node.search.fhirpath import _resolve
+from fhir_node.search.fhirpath import resolve_literal
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def _quiet(label: str, values: list[Any]) -> None:
 _OPTIONS = {
     "traceFn": _quiet,
     "userInvocationTable": {
-        "resolve": {"fn": _resolve, "arity": {0: []}},
+        "resolve": {"fn": resolve_literal, "arity": {0: []}},
         "hasValue": {"fn": _has_value, "arity": {0: []}},
     },
 }
