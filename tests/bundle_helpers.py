@@ -92,3 +92,10 @@ def search_ids(client, res_type: str, **params: str) -> list[str]:
     r = client.get(f"/fhir/{res_type}", params={"_count": "1000", **params})
     assert r.status_code == 200, r.text
     return sorted(e["resource"]["id"] for e in r.json().get("entry", []))
+
+
+def outcome(r: httpx.Response) -> dict[str, Any]:
+    body = r.json()
+    assert body["resourceType"] == "OperationOutcome", body
+    assert body["issue"] and all(i["severity"] in ("error", "fatal") for i in body["issue"]), body
+    return body

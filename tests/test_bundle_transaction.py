@@ -21,6 +21,7 @@ from bundle_helpers import (
     json_patch,
     located,
     organization,
+    outcome,
     patient,
     post,
     put,
@@ -90,13 +91,6 @@ def ok(client, body: Any, **headers: str) -> list[dict[str, Any]]:
 def ref(response_entry: dict[str, Any]) -> str:
     res_type, res_id, _ = located(response_entry)
     return f"{res_type}/{res_id}"
-
-
-def outcome(r: httpx.Response) -> dict[str, Any]:
-    body = r.json()
-    assert body["resourceType"] == "OperationOutcome", body
-    assert body["issue"] and all(i["severity"] in ("error", "fatal") for i in body["issue"]), body
-    return body
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from bundle_helpers import organization, outcome, seed
+from r4_resources import episode
 
 FHIR_JSON = "application/fhir+json"
 JSON_PATCH = "application/json-patch+json"
@@ -18,20 +20,6 @@ SSIN = "urn:test:ssin"
 
 def patient(value: str = "p-1", **extra: Any) -> dict[str, Any]:
     return {"resourceType": "Patient", "identifier": [{"system": SSIN, "value": value}], **extra}
-
-
-def organization(name: str = "PSI Brussels", **extra: Any) -> dict[str, Any]:
-    return {"resourceType": "Organization", "name": name, **extra}
-
-
-def episode(status: str = "active", **extra: Any) -> dict[str, Any]:
-    return {"resourceType": "EpisodeOfCare", "status": status, "patient": {"reference": "Patient/p1"}, **extra}
-
-
-def seed(client, resource: dict[str, Any]) -> str:
-    r = client.post(f"/fhir/{resource['resourceType']}", json=resource, headers=HEADERS)
-    assert r.status_code == 201, r.text
-    return r.json()["id"]
 
 
 def patch(client, path: str, operations: Any, content_type: str = JSON_PATCH, **headers: str) -> httpx.Response:
@@ -49,13 +37,6 @@ def versions(client, path: str) -> int:
     r = client.get(f"/fhir/{path}/_history")
     assert r.status_code == 200, r.text
     return len(r.json().get("entry", []))
-
-
-def outcome(r: httpx.Response) -> dict[str, Any]:
-    body = r.json()
-    assert body["resourceType"] == "OperationOutcome", body
-    assert body["issue"] and all(i["severity"] in ("error", "fatal") for i in body["issue"]), body
-    return body
 
 
 def unchanged(client, path: str, before: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from live_node import BASE_HOST
+from r4_resources import audit_event, episode
 
 FHIR_JSON = "application/fhir+json"
 JSON_HEADERS = {"Content-Type": FHIR_JSON}
@@ -18,10 +19,6 @@ BASE = f"{BASE_HOST}/fhir"
 
 
 # --- resources ---------------------------------------------------------------------------------------
-
-
-def episode(status: str = "active", **extra: Any) -> dict[str, Any]:
-    return {"resourceType": "EpisodeOfCare", "status": status, "patient": {"reference": "Patient/p1"}, **extra}
 
 
 def consent() -> dict[str, Any]:
@@ -32,16 +29,6 @@ def consent() -> dict[str, Any]:
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
         "patient": {"reference": "Patient/p1"},
         "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
-    }
-
-
-def audit_event() -> dict[str, Any]:
-    return {
-        "resourceType": "AuditEvent",
-        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110"},
-        "recorded": "2024-01-01T10:00:00Z",
-        "agent": [{"requestor": True, "who": {"display": "node operator"}}],
-        "source": {"observer": {"display": "fhir-node"}},
     }
 
 

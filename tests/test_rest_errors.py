@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from live_node import BASE_HOST
+from r4_resources import audit_event, create, episode
 from starlette.testclient import TestClient
 
 from fhir_node.app import create_app
@@ -24,26 +25,6 @@ ISSUE_TYPES = {
     "deleted", "too-long", "code-invalid", "extension", "too-costly", "business-rule", "conflict", "transient",
     "lock-error", "no-store", "exception", "timeout", "incomplete", "throttled", "informational",
 }  # fmt: skip
-
-
-def episode(status: str = "active", **extra: Any) -> dict[str, Any]:
-    return {"resourceType": "EpisodeOfCare", "status": status, "patient": {"reference": "Patient/p1"}, **extra}
-
-
-def audit_event() -> dict[str, Any]:
-    return {
-        "resourceType": "AuditEvent",
-        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110"},
-        "recorded": "2024-01-01T10:00:00Z",
-        "agent": [{"requestor": True, "who": {"display": "node operator"}}],
-        "source": {"observer": {"display": "fhir-node"}},
-    }
-
-
-def create(client: TestClient, resource: dict[str, Any]) -> str:
-    r = client.post(f"/fhir/{resource['resourceType']}", json=resource, headers=JSON_HEADERS)
-    assert r.status_code == 201, r.text
-    return r.json()["id"]
 
 
 def history_count(client: TestClient) -> int:

@@ -10,14 +10,11 @@ from typing import Any
 import pytest
 from fhirclient.models.bundle import Bundle
 from live_node import BASE_HOST
+from r4_resources import episode
 
 FHIR_JSON = "application/fhir+json"
 JSON_HEADERS = {"Content-Type": FHIR_JSON}
 BASE = f"{BASE_HOST}/fhir"
-
-
-def episode(status: str = "active", **extra: Any) -> dict[str, Any]:
-    return {"resourceType": "EpisodeOfCare", "status": status, "patient": {"reference": "Patient/p1"}, **extra}
 
 
 def patient(active: bool = True, **extra: Any) -> dict[str, Any]:

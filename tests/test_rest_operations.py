@@ -14,6 +14,7 @@ import httpx
 import pytest
 from fhirclient.models.capabilitystatement import CapabilityStatement
 from live_node import BASE_HOST, free_port
+from r4_resources import create, episode
 from starlette.testclient import TestClient
 
 from fhir_node.app import create_app
@@ -48,10 +49,6 @@ TYPE_INTERACTIONS = (
 )
 
 
-def episode(status: str = "active", **extra: Any) -> dict[str, Any]:
-    return {"resourceType": "EpisodeOfCare", "status": status, "patient": {"reference": "Patient/p1"}, **extra}
-
-
 RESOURCES: dict[str, Callable[[], dict[str, Any]]] = {
     "EpisodeOfCare": episode,
     "Consent": lambda: {
@@ -73,12 +70,6 @@ RESOURCES: dict[str, Callable[[], dict[str, Any]]] = {
     "Organization": lambda: {"resourceType": "Organization", "name": "PSI Brussels"},
     "Practitioner": lambda: {"resourceType": "Practitioner", "active": True},
 }
-
-
-def create(client: TestClient, resource: dict[str, Any]) -> str:
-    r = client.post(f"/fhir/{resource['resourceType']}", json=resource, headers=JSON_HEADERS)
-    assert r.status_code == 201, r.text
-    return r.json()["id"]
 
 
 def loopback_client(settings: Settings, **kwargs: Any) -> TestClient:
