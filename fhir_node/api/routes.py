@@ -1,4 +1,5 @@
-"""The FHIR REST endpoints. Each one negotiates, calls one interaction off the event loop, and answers."""
+"""The FHIR REST endpoints. Each one negotiates, runs one interaction (writes and PostgreSQL calls in a
+thread, SQLite reads on the event loop: see `reading`), and answers."""
 
 from __future__ import annotations
 
