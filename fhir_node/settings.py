@@ -14,8 +14,30 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FHIR_NODE_", extra="ignore")
 
     database_url: str = "sqlite:///./data/fhir-node.db"
-    auth: Literal["none"] = Field(
-        "none", description="`none`: every request acts as the node operator; only served on loopback."
+    auth: Literal["none", "jwt"] = Field(
+        "none",
+        description="`jwt`: every request carries a Bearer JWT from the identity provider; "
+        "`none`: every request acts as the node operator, only served on loopback.",
+    )
+    jwt_jwks: str | None = Field(
+        None, description="The identity provider's keys: a JWKS file path, inline JSON, or an https URL."
+    )
+    jwt_issuer: str | None = Field(None, description="The `iss` every token must carry.")
+    jwt_audience: str | None = Field(None, description="The `aud` every token must carry (this node's FHIR base).")
+    jwt_leeway_seconds: int = Field(30, ge=0, le=300, description="Clock skew allowed on exp, nbf and iat.")
+    jwt_jwks_cache_seconds: int = Field(3600, gt=0, description="How long keys fetched from a URL are kept.")
+    smart_token_endpoint: str | None = Field(
+        None, description="The identity provider's token endpoint, advertised in .well-known/smart-configuration."
+    )
+    tls_proxy: str | None = Field(
+        None,
+        description="Comma-separated addresses of the proxies that terminate TLS in front of the node; "
+        "their X-Forwarded-* headers (and only theirs) are trusted.",
+    )
+    coordinator_max_count: int = Field(50, gt=0, description="Page size cap for psi-coordinator searches.")
+    audit: bool = Field(True, description="Write an AuditEvent for every FHIR request (fail closed).")
+    audit_retention_days: int = Field(
+        3653, gt=0, description="AuditEvents older than this are removed by `fhir-node audit purge`."
     )
     enforce_profiles: bool = True
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)

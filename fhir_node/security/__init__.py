@@ -1,0 +1,1 @@
+"""Who asks and what they may see: authentication, the access policy, relationships."""
