@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import ssl
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -15,7 +20,7 @@ from fhir_node.settings import Settings
 from fhir_node.validation import cli as validation_cli
 
 #: CLI flags that map onto settings; they are exported as FHIR_NODE_* so every worker process sees them.
-_SETTING_FLAGS = ("database_url", "auth", "enforce_profiles", "max_body_bytes", "base_url", "log_level")
+_SETTING_FLAGS = ("database_url", "auth", "enforce_profiles", "max_body_bytes", "base_url", "log_level", "tls_proxy")
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -31,11 +36,86 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings()
 
 
+def tls_proxies(settings: Settings) -> list[str]:
+    """The addresses (or networks) in FHIR_NODE_TLS_PROXY."""
+    return [proxy.strip() for proxy in (settings.tls_proxy or "").split(",") if proxy.strip()]
+
+
+def startup_problem(settings: Settings, host: str, tls: bool) -> str | None:
+    """Why the node must not listen on `host` with these settings (`tls`: it serves HTTPS itself), or None.
+    Bearer tokens and health data must not cross a network in clear, and an open node must stay local."""
+    for proxy in tls_proxies(settings):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            return f"FHIR_NODE_TLS_PROXY: {proxy!r} is not an IP address or network"
+    if settings.auth == "none":
+        return None if is_loopback(host) else f"FHIR_NODE_AUTH=none may only listen on a loopback address, not {host}"
+    missing = [name for name in ("jwt_jwks", "jwt_issuer", "jwt_audience") if not getattr(settings, name)]
+    if missing:
+        return "FHIR_NODE_AUTH=jwt needs " + ", ".join(f"FHIR_NODE_{name.upper()}" for name in missing)
+    if not (tls or tls_proxies(settings) or is_loopback(host)):
+        return (
+            f"FHIR_NODE_AUTH=jwt on {host} needs TLS: pass --ssl-certfile and --ssl-keyfile, "
+            "or set FHIR_NODE_TLS_PROXY to the proxies that terminate TLS in front of the node"
+        )
+    return None
+
+
+def tls_problem(certfile: str | None, keyfile: str | None, ca_certs: str | None) -> str | None:
+    """Why these TLS files cannot be served, found before migrating rather than when uvicorn loads them."""
+    if certfile is None:
+        return "--ssl-keyfile and --ssl-ca-certs need --ssl-certfile" if keyfile or ca_certs else None
+    if keyfile is None:
+        return "--ssl-certfile needs --ssl-keyfile"
+    for flag, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile), ("--ssl-ca-certs", ca_certs)):
+        if path is not None and not Path(path).is_file():
+            return f"{flag} {path}: no such file"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certfile, keyfile, password="")  # an encrypted key fails instead of prompting
+        if ca_certs:
+            context.load_verify_locations(ca_certs)
+    except OSError as exc:
+        return f"cannot load the TLS certificate, key or CA certificates: {exc}"
+    return None
+
+
+def _tls_1_2_or_later(_config: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    """uvicorn's own context, held at TLS 1.2 or later whatever the Python or OpenSSL defaults."""
+    context = default()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def uvicorn_tls_options(certfile: str | None, keyfile: str | None, ca_certs: str | None) -> dict[str, Any]:
+    """HTTPS when a certificate is given; with a CA, client certificates (system clients) are asked for and
+    verified, but optional: people come with a bearer token only."""
+    if certfile is None:
+        return {}
+    return {
+        "ssl_certfile": certfile,
+        "ssl_keyfile": keyfile,
+        "ssl_ca_certs": ca_certs,
+        "ssl_cert_reqs": ssl.CERT_OPTIONAL if ca_certs else ssl.CERT_NONE,
+        "ssl_context_factory": _tls_1_2_or_later,
+    }
+
+
+def uvicorn_proxy_options(settings: Settings) -> dict[str, Any]:
+    """Trust X-Forwarded-* from the TLS proxies, and only from them; from nobody when there are none."""
+    proxies = tls_proxies(settings)
+    return {"proxy_headers": True, "forwarded_allow_ips": proxies} if proxies else {"proxy_headers": False}
+
+
 def serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     host = args.host if args.host not in ("localhost",) else "127.0.0.1"
-    if settings.auth == "none" and not is_loopback(host):
-        print(f"fhir-node: FHIR_NODE_AUTH=none may only listen on a loopback address, not {host}", file=sys.stderr)
+    problem = tls_problem(args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certs) or startup_problem(
+        settings, host, tls=args.ssl_certfile is not None
+    )
+    if problem:
+        print(f"fhir-node: {problem}", file=sys.stderr)
         return 2
     from fhir_node.logs import configure
 
@@ -52,7 +132,8 @@ def serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         access_log=False,
         log_config=None,
-        proxy_headers=False,
+        **uvicorn_tls_options(args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certs),
+        **uvicorn_proxy_options(settings),
     )
     return 0
 
@@ -88,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--workers", type=int, default=1, help="worker processes (share one database)")
+    p.add_argument("--ssl-certfile", help="serve HTTPS (TLS 1.2 or later) with this PEM certificate (chain)")
+    p.add_argument("--ssl-keyfile", help="the certificate's PEM private key (not encrypted)")
+    p.add_argument("--ssl-ca-certs", help="PEM CA certificates: ask clients for a certificate and verify it")
     _add_setting_flags(p)
     p.set_defaults(run=serve)
     p = sub.add_parser("migrate", help="create or upgrade the database schema, store the published guide")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -24,9 +25,15 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve_node(
-    database_url: str, log_dir: Path, extra_env: dict[str, str] | None = None, workers: int = 1
+    database_url: str,
+    log_dir: Path,
+    extra_env: dict[str, str] | None = None,
+    workers: int = 1,
+    args: Sequence[str] = (),
+    verify: ssl.SSLContext | str | bool = True,
 ) -> Iterator[str]:
-    """Run `python -m fhir_node serve --host 127.0.0.1 --port N` until the block ends; yield the FHIR base.
+    """Run `python -m fhir_node serve --host 127.0.0.1 --port N [args]` until the block ends; yield the FHIR base,
+    https when `args` hold `--ssl-certfile` (`verify`: how the readiness check trusts that certificate).
     The server's pid goes to `log_dir/server.pid` (benchmarks read its memory)."""
     port = free_port()
     env = {**os.environ, "FHIR_NODE_DATABASE_URL": database_url, **(extra_env or {})}
@@ -43,12 +50,14 @@ def serve_node(
             str(port),
             "--workers",
             str(workers),
+            *args,
         ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    base = f"http://127.0.0.1:{port}/fhir"
+    scheme = "https" if "--ssl-certfile" in args else "http"
+    base = f"{scheme}://127.0.0.1:{port}/fhir"
     (log_dir / "server.pid").write_text(str(proc.pid))
     try:
         deadline = time.monotonic() + 30
@@ -56,7 +65,7 @@ def serve_node(
             if proc.poll() is not None:
                 raise RuntimeError(f"fhir-node serve exited: {(log_dir / 'server.log').read_text()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/metadata", timeout=1).status_code == 200:
+                if httpx.get(f"{base}/metadata", timeout=1, verify=verify).status_code == 200:
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError("fhir-node serve did not answer /fhir/metadata within 30 s")
