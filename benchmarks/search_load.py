@@ -221,6 +221,7 @@ def main() -> None:
     ap.add_argument("--load", choices=["http", "direct"], default="http")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--bundle", type=int, default=100, help="creates per transaction Bundle (--load http)")
+    ap.add_argument("--audit", choices=["on", "off"], default="on", help="FHIR_NODE_AUDIT: an AuditEvent per request")
     args = ap.parse_args()
 
     rng = random.Random(42)
@@ -232,7 +233,11 @@ def main() -> None:
             from fhir_node.store.database import Database
 
             Database(url).migrate()
-        env = {"FHIR_NODE_LOG_LEVEL": "WARNING", "FHIR_NODE_ENFORCE_PROFILES": "false"}
+        env = {
+            "FHIR_NODE_LOG_LEVEL": "WARNING",
+            "FHIR_NODE_ENFORCE_PROFILES": "false",
+            "FHIR_NODE_AUDIT": "true" if args.audit == "on" else "false",
+        }
         with serve_node(url, tmp, env, workers=args.workers) as base:
             host, port = "127.0.0.1", int(base.split(":")[2].split("/")[0])
             pid = server_pid(tmp)

@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from fhir_node.api.errors import HANDLERS
+from fhir_node.api.guard import Guard
 from fhir_node.api.middleware import RequestContext
 from fhir_node.api.routes import ROUTES
 from fhir_node.node import Node
@@ -39,7 +40,10 @@ def create_app(settings: Settings | None = None, node: Node | None = None) -> St
 
     app = Starlette(
         routes=[Route("/health", health, methods=["GET"]), *ROUTES],
-        middleware=[Middleware(RequestContext, loopback_only=settings.auth == "none")],
+        middleware=[
+            Middleware(RequestContext, loopback_only=settings.auth == "none"),
+            Middleware(Guard, node=node),
+        ],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
     )

@@ -24,6 +24,9 @@ from fhir_node.settings import Settings
 # The REST-core, search and bundle suites test base R4 with minimal resources: every Settings they build
 # (and every `fhir-node serve` they start) leaves profile enforcement off unless a test turns it on.
 os.environ.setdefault("FHIR_NODE_ENFORCE_PROFILES", "false")
+# Likewise they count versions and history entries exactly, so the node's own AuditEvents are off there;
+# the security and audit suites (and test_audit_on) turn them on.
+os.environ.setdefault("FHIR_NODE_AUDIT", "false")
 
 
 @pytest.fixture(scope="session")

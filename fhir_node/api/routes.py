@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from fhir_node.api.negotiate import HTTP_PARAMETERS, negotiate, prefer, read_body
 from fhir_node.api.responses import fhir_response, not_modified, version_headers, written_response
+from fhir_node.conformance import smart
 from fhir_node.conformance.capability import capability_statement
 from fhir_node.interactions import bundle, history, patch, read, search, write
 from fhir_node.interactions.incoming import parse_body
@@ -56,6 +57,13 @@ async def metadata(request: Request) -> Response:
     neg = negotiate(request)
     body = capability_statement(node_of(request).settings, base_of(request))
     return fhir_response(neg, orjson.dumps(body))
+
+
+async def smart_configuration(request: Request) -> Response:
+    body = smart.smart_configuration(node_of(request).settings)
+    if body is None:
+        raise fail(404, "not-found", "This node takes no tokens (FHIR_NODE_AUTH=none)")
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 async def read_instance(request: Request) -> Response:
@@ -237,6 +245,7 @@ _ALL = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 ROUTES = [
     Route("/fhir/metadata", only(metadata, "GET"), methods=_ALL),
+    Route("/fhir/.well-known/smart-configuration", only(smart_configuration, "GET"), methods=_ALL),
     Route("/fhir/_history", only(history_endpoint, "GET"), methods=_ALL),
     Route("/fhir/{type}/_history", only(history_endpoint, "GET"), methods=_ALL),
     Route("/fhir/{type}/{id}/_history/{vid}", only(vread_instance, "GET"), methods=_ALL),

@@ -6,6 +6,7 @@ from typing import Any
 
 from fhir_node import FHIR_VERSION, __version__
 from fhir_node.api.negotiate import SUPPORTED_FORMATS
+from fhir_node.conformance.smart import rest_security
 from fhir_node.operations.terminology import OPERATIONS
 from fhir_node.operations.validate import DEFINITION as VALIDATE_DEFINITION
 from fhir_node.registry import KINDS, ResourceKind
@@ -32,6 +33,7 @@ def capability_statement(settings: Settings, base: str) -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
+                "security": rest_security(settings),
                 "documentation": f"Authentication: {settings.auth}"
                 + (" (node operator, loopback only)" if settings.auth == "none" else ""),
                 "resource": [_resource(k) for k in KINDS.values()],

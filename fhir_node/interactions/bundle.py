@@ -25,6 +25,7 @@ from fhir_node.interactions.patch import patch, patch_in
 from fhir_node.node import Node
 from fhir_node.outcome import FHIRError, Issue, fail, operation_outcome
 from fhir_node.registry import kind, require
+from fhir_node.security.access import current
 from fhir_node.store import repository
 from fhir_node.store.batch import batched
 from fhir_node.store.repository import Version, instant
@@ -74,6 +75,9 @@ def process(node: Node, base: str, body: Any, representation: bool) -> bytes:
             f"The Bundle has {len(raw)} entries; this node takes at most {node.settings.max_bundle_entries}",
             "Bundle.entry",
         )
+    record = current().record
+    if record is not None:
+        record.interaction = btype
     if btype == "transaction":
         responses = _transaction(node, base, [_parse_entry(i, e, base) for i, e in enumerate(raw)], representation)
     else:
@@ -255,7 +259,7 @@ def _write_entry(conn: Connection, e: Entry, representation: bool, enforce: bool
     if e.method == "MATCHED":
         found = repository.current(conn, e.res_type, e.target or "")
         assert found is not None
-        return _response(200, found, representation)
+        return _response(200, write.existing(conn, found), representation)
     if e.method == "DELETE":
         require(kind(e.res_type), "delete")
         if e.target is None:

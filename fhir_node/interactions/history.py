@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+from sqlalchemy import ColumnElement, Connection, and_, or_, true
+
+from fhir_node.audit import trail
 from fhir_node.bundles import bundle, history_entry
 from fhir_node.datetimes import parse_instant
 from fhir_node.interactions.incoming import check_id
 from fhir_node.node import Node
 from fhir_node.outcome import fail
 from fhir_node.registry import KINDS, kind, require
+from fhir_node.security import policy
 from fhir_node.store import repository
+from fhir_node.store.schema import resources
 
 #: `_cursor` is ours: the seq below which the next page starts, carried in the next link (no server state).
 PARAMETERS = ("_since", "_count", "_cursor")
@@ -31,11 +36,24 @@ def history(
     count = min(_positive(values.get("_count"), "_count") or node.settings.default_count, node.settings.max_count)
     cursor = _positive(values.get("_cursor"), "_cursor")
     with node.db.read() as conn:
-        if res_type is not None and res_id is not None and repository.current(conn, res_type, res_id) is None:
-            raise fail(404, "not-found", f"{res_type}/{res_id} is not known")
+        if res_type is not None and res_id is not None:
+            policy.require(res_type, "r")
+            trail.note(conn, [(res_type, res_id)])
+            if repository.current(conn, res_type, res_id) is None:
+                raise fail(404, "not-found", f"{res_type}/{res_id} is not known")
+            if policy.reach(res_type, "r") != "all":
+                policy.readable(conn, res_type, res_id, full=True)
         versions = repository.history(
-            conn, res_type, res_id, since=since, before_seq=cursor, limit=count + 1, hidden=_NO_HISTORY
+            conn,
+            res_type,
+            res_id,
+            since=since,
+            before_seq=cursor,
+            limit=count + 1,
+            hidden=_NO_HISTORY,
+            allowed=None if res_id is not None else _allowed(conn, res_type),
         )
+        trail.note(conn, list(dict.fromkeys((v.res_type, v.res_id) for v in versions if not v.deleted)))
     path = "/".join(p for p in (base, res_type, res_id, "_history") if p)
     kept = {k: v for k, v in values.items() if k != "_cursor"}
     kept["_count"] = str(count)
@@ -44,6 +62,21 @@ def history(
         versions = versions[:count]
         links["next"] = f"{path}?{urlencode(kept | {'_cursor': str(versions[-1].seq)})}"
     return bundle("history", [history_entry(base, v) for v in versions], links)
+
+
+def _allowed(conn: Connection, res_type: str | None) -> ColumnElement[bool] | None:
+    """Type and system history show only the resources the caller may search, in full (no redacted
+    versions); None: everything."""
+    types = [res_type] if res_type is not None else [t for t in KINDS if t not in _NO_HISTORY and policy.reach(t, "s")]
+    if res_type is None and not types:
+        raise policy.forbidden()
+    conditions = {t: policy.condition(conn, t, "s", full=True) for t in types}
+    if res_type is None and len(types) == len(KINDS) - len(_NO_HISTORY) and all(c is None for c in conditions.values()):
+        return None
+    if res_type is not None and conditions[res_type] is None:
+        return None
+    r = resources
+    return or_(*(and_(r.c.res_type == t, c if c is not None else true()) for t, c in conditions.items()))
 
 
 def _single_values(params: list[tuple[str, str]]) -> dict[str, str]:

@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlencode
 import orjson
 from sqlalchemy import ColumnElement, Connection, Select, Table, and_, false, func, or_, select, true
 
+from fhir_node.audit import trail
 from fhir_node.bundles import bundle
 from fhir_node.node import Node
 from fhir_node.outcome import FHIRError, error, fail, operation_outcome
@@ -22,6 +23,8 @@ from fhir_node.search import elements as shaping
 from fhir_node.search.parse import Criterion, Parsed, SearchError, parse
 from fhir_node.search.registry import registry
 from fhir_node.search.sql import driver, probe
+from fhir_node.security import policy
+from fhir_node.security.rules import REDACTED_PARAMS
 from fhir_node.store.schema import INDEX_TABLES, idx_reference, resources
 
 #: Sort key columns per parameter type: ascending sorts on the lowest value, descending on the highest.
@@ -47,6 +50,8 @@ class Page:
     base: str
     sort: list[tuple[str, bool, str]] = field(default_factory=list)  # (code, descending, param type)
     walk: tuple[Table, ColumnElement[bool], ColumnElement[bool]] | None = None
+    #: Per type, what the caller may see of it (the access policy's condition; None: everything).
+    allowed: dict[str, ColumnElement[bool] | None] = field(default_factory=dict)
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -55,7 +60,7 @@ class Page:
     @cached_property
     def where(self) -> ColumnElement[bool]:
         """Every criterion of every type, for scans, sorts and counts (built only when one needs it)."""
-        return or_(*(_type_condition(t, p, self.base) for t, p in self.parsed.items()))
+        return or_(*(_type_condition(t, p, self.base, self.allowed.get(t)) for t, p in self.parsed.items()))
 
 
 def search(node: Node, base: str, res_type: str | None, params: list[tuple[str, str]], lenient: bool = False) -> bytes:
@@ -67,10 +72,23 @@ def search(node: Node, base: str, res_type: str | None, params: list[tuple[str, 
     result = parsed.result
     count = _count(result, node)
     page = Page(parsed_by_type, base, _sort(parsed, types))
-    if node.db.is_sqlite and len(types) == 1 and not page.sort:
-        page.walk = _walk(types[0], parsed, base)
-    if page.walk is None:
-        page.where  # noqa: B018 - built now, so a bad value is refused before anything is read
+    trail.note_query(urlencode(params))
+    with node.db.read() as conn:
+        _authorise(conn, page)
+        if node.db.is_sqlite and len(types) == 1 and not page.sort:
+            page.walk = _walk(types[0], parsed, base, page.allowed.get(types[0]))
+        if page.walk is None:
+            page.where  # noqa: B018 - built now, so a bad value is refused before anything is read
+        return _answer(conn, reg, page, node, res_type, params, count)
+
+
+def _answer(
+    conn: Connection, reg: Any, page: Page, node: Node, res_type: str | None, params: list[tuple[str, str]], count: int
+) -> bytes:
+    """The page of results (and includes) of an authorised, parsed search."""
+    base = page.base
+    parsed = next(iter(page.parsed.values()))
+    result = parsed.result
     summary = _single(result, "_summary")
     if summary not in (None, "true", "false", "text", "data", "count"):
         raise fail(400, "value", f"_summary must be true, false, text, data or count, not '{summary}'", "_summary")
@@ -83,20 +101,25 @@ def search(node: Node, base: str, res_type: str | None, params: list[tuple[str, 
     elements = [e.strip() for v in result.get("_elements", []) for e in v.split(",") if e.strip()]
     cursor = _decode_cursor(_single(result, "_cursor"), page)
 
-    with node.db.read() as conn:
-        if summary == "count" or count == 0:
-            total = conn.execute(select(func.count()).select_from(resources).where(page.where)).scalar_one()
-            return bundle("searchset", [], {"self": _link(base, res_type, params, None)}, total=total)
-        rows, has_next, has_prev = _fetch(conn, page, cursor, count)
-        total = _total(conn, page, total_mode, cursor, rows, has_next)
-        included = _includes(conn, reg, rows, result, base)
+    if summary == "count" or count == 0:
+        total = conn.execute(select(func.count()).select_from(resources).where(page.where)).scalar_one()
+        return bundle("searchset", [], {"self": _link(base, res_type, params, None)}, total=total)
+    rows, has_next, has_prev = _fetch(conn, page, cursor, count)
+    total = _total(conn, page, total_mode, cursor, rows, has_next)
+    shown = [policy.shown(conn, r.res_type, r.content) for r in rows]
+    unredacted = [r for r, (_, redacted) in zip(rows, shown, strict=True) if not redacted]
+    included = _includes(conn, reg, unredacted, result, base)
+    trail.note(conn, [(r.res_type, r.res_id) for r in rows] + [(t, i) for t, i, _ in included])
 
     links = {"self": _link(base, res_type, params, _single(result, "_cursor"))}
     if has_next:
         links["next"] = _link(base, res_type, params, _encode_cursor("n", rows[-1], page))
     if has_prev:
         links["previous"] = _link(base, res_type, params, _encode_cursor("p", rows[0], page))
-    entries = [_entry(base, r.res_type, r.res_id, r.content, "match", summary, elements) for r in rows]
+    entries = [
+        _entry(base, r.res_type, r.res_id, content, "match", summary, elements)
+        for r, (content, _) in zip(rows, shown, strict=True)
+    ]
     entries += [_entry(base, t, i, c, "include", summary, elements) for t, i, c in included]
     if parsed.ignored:
         oo = orjson.dumps(operation_outcome(parsed.ignored))
@@ -121,6 +144,7 @@ def matching(conn: Connection, res_type: str, query: str, limit: int = 2) -> lis
 
 
 def _types(res_type: str | None, params: list[tuple[str, str]]) -> tuple[str, ...]:
+    """The types searched; a system search without `_type` covers those the caller may search."""
     if res_type is not None:
         kind(res_type)
         if any(k == "_type" for k, _ in params):
@@ -129,7 +153,31 @@ def _types(res_type: str | None, params: list[tuple[str, str]]) -> tuple[str, ..
     named = [t.strip() for k, v in params if k == "_type" for t in v.split(",") if t.strip()]
     for t in named:
         kind(t)
-    return tuple(dict.fromkeys(named)) or tuple(KINDS)
+    searchable = tuple(t for t in KINDS if policy.reach(t, "s"))
+    if not named and not searchable:
+        raise policy.forbidden()
+    return tuple(dict.fromkeys(named)) or searchable
+
+
+def _authorise(conn: Connection, page: Page) -> None:
+    """What the caller may see of each type searched (403 for a type it may not search at all), and of
+    each type a chain or `_has` looks into. Criteria or sorts on what a redaction removes only match
+    what the caller sees in full."""
+    for res_type, parsed in page.parsed.items():
+        hidden = any(_reaches_hidden(c) for c in parsed.criteria) or any(
+            code not in REDACTED_PARAMS for code, _, _ in page.sort
+        )
+        page.allowed[res_type] = policy.condition(conn, res_type, "s", full=hidden)
+        policy.prepare(conn, {t for c in parsed.criteria for t in _inner_types(c)})
+
+
+def _reaches_hidden(c: Criterion) -> bool:
+    return bool(c.chain or c.has or c.param is None or c.param.code not in REDACTED_PARAMS)
+
+
+def _inner_types(c: Criterion) -> set[str]:
+    """Types a chain or reverse chain of `c` looks into, however deep."""
+    return {t for i in c.chain for t in (i.res_type, *_inner_types(i))}
 
 
 def _parse(reg: Any, res_type: str, params: list[tuple[str, str]], lenient: bool) -> Parsed:
@@ -139,9 +187,18 @@ def _parse(reg: Any, res_type: str, params: list[tuple[str, str]], lenient: bool
         raise FHIRError(400, [exc.issue]) from None
 
 
-def _type_condition(res_type: str, parsed: Parsed, base: str, skip: Criterion | None = None) -> ColumnElement[bool]:
-    """The criteria as SQL; a value only found wrong here (a bad date) is refused like an unknown parameter."""
+def _type_condition(
+    res_type: str,
+    parsed: Parsed,
+    base: str,
+    allowed: ColumnElement[bool] | None = None,
+    skip: Criterion | None = None,
+) -> ColumnElement[bool]:
+    """The criteria, and what the caller may see (`allowed`), as SQL; a value only found wrong here (a bad
+    date) is refused like an unknown parameter."""
     conds: list[ColumnElement[bool]] = [resources.c.res_type == res_type, resources.c.deleted == false()]
+    if allowed is not None:
+        conds.append(allowed)
     for c in parsed.criteria:
         if c is skip:
             continue
@@ -152,7 +209,9 @@ def _type_condition(res_type: str, parsed: Parsed, base: str, skip: Criterion | 
     return and_(*conds)
 
 
-def _walk(res_type: str, parsed: Parsed, base: str) -> tuple[Table, ColumnElement[bool], ColumnElement[bool]] | None:
+def _walk(
+    res_type: str, parsed: Parsed, base: str, allowed: ColumnElement[bool] | None = None
+) -> tuple[Table, ColumnElement[bool], ColumnElement[bool]] | None:
     """The most selective criterion whose index rows come in id order, if any (see `sql.driver`)."""
     ranked = []
     for i, c in enumerate(parsed.criteria):
@@ -165,7 +224,7 @@ def _walk(res_type: str, parsed: Parsed, base: str) -> tuple[Table, ColumnElemen
     if not ranked:
         return None
     _, _, chosen, (table, condition, _) = min(ranked, key=lambda x: (x[0], x[1]))
-    return table, condition, _type_condition(res_type, parsed, base, skip=chosen)
+    return table, condition, _type_condition(res_type, parsed, base, allowed, skip=chosen)
 
 
 def _refuse(parsed: Parsed, exc: SearchError) -> None:
@@ -190,7 +249,7 @@ def _count(result: dict[str, list[str]], node: Node) -> int:
         return node.settings.default_count
     if not raw.isdigit():
         raise fail(400, "value", f"_count must be a non-negative integer, not '{raw}'", "_count")
-    return min(int(raw), node.settings.max_count)
+    return policy.page_cap(int(raw), node.settings.max_count, node.settings.coordinator_max_count)
 
 
 def _sort(parsed: Parsed, types: tuple[str, ...]) -> list[tuple[str, bool, str]]:
@@ -400,13 +459,24 @@ def _includes(
         if not new:
             break
         seen |= new
-        frontier = new
+        shown: set[tuple[str, str]] = set()
         for t in sorted({t for t, _ in new}):
+            if policy.reach(t, "r") is None:
+                continue
             ids = [i for tt, i in new if tt == t]
+            allowed = policy.condition(conn, t, "r")
             q = select(resources.c.res_type, resources.c.res_id, resources.c.content).where(
-                resources.c.res_type == t, resources.c.res_id.in_(ids), resources.c.deleted == false()
+                resources.c.res_type == t,
+                resources.c.res_id.in_(ids),
+                resources.c.deleted == false(),
+                allowed if allowed is not None else true(),
             )
-            out += [(r.res_type, r.res_id, r.content) for r in conn.execute(q)]
+            for r in conn.execute(q):
+                content, redacted = policy.shown(conn, r.res_type, r.content)
+                out.append((r.res_type, r.res_id, content))
+                if not redacted:
+                    shown.add((r.res_type, r.res_id))
+        frontier = shown
     return out
 
 

@@ -12,11 +12,13 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
+from fhir_node.audit import trail
 from fhir_node.interactions.incoming import check_id, check_resource
 from fhir_node.interactions.search import matching
 from fhir_node.node import Node
 from fhir_node.outcome import FHIRError, error, fail
 from fhir_node.registry import kind, require
+from fhir_node.security import policy
 from fhir_node.store import repository
 from fhir_node.store.repository import ConcurrentWrite, Version
 
@@ -52,13 +54,34 @@ def create(node: Node, res_type: str, body: Any, if_none_exist: str | None = Non
             if ids:
                 found = repository.current(conn, res_type, ids[0])
                 if found is not None:
-                    return Written(found, 200)
+                    return Written(existing(conn, found), 200)
         return create_in(conn, res_type, resource)
+
+
+def existing(conn: Connection, found: Version) -> Version:
+    """The resource a conditional create matched, if the caller may see it. Matching ignores the access
+    policy (a caller must not create a duplicate of what it cannot see), so a match it may not read is a
+    403; except a Patient for whoever may declare one: it holds only the SSIN the caller just sent."""
+    policy.require(found.res_type, "c")
+    trail.note(conn, [(found.res_type, found.res_id)])
+    declaring = found.res_type == "Patient" and policy.reach("Patient", "c") == "declare"
+    if not declaring and not policy.visible(conn, found.res_type, found.res_id, full=True):
+        raise policy.forbidden()
+    return found
 
 
 def create_in(conn: Connection, res_type: str, resource: dict[str, Any], res_id: str | None = None) -> Written:
     """A new resource; `res_id` is one the caller assigned already (a transaction resolving urn:uuid)."""
-    return Written(repository.write(conn, res_type, res_id or repository.new_id(), resource, None, "POST"), 201)
+    policy.check_write(conn, res_type, "", None, resource)
+    written = repository.write(conn, res_type, res_id or repository.new_id(), resource, None, "POST")
+    _written(conn, written, "c")
+    return Written(written, 201)
+
+
+def _written(conn: Connection, written: Version, letter: str) -> None:
+    """After a write: the caller still reaches what it wrote (else 403, rolled back); audit notes it."""
+    policy.check_written(conn, written.res_type, written.res_id, letter)
+    trail.note(conn, [(written.res_type, written.res_id)])
 
 
 def update(node: Node, res_type: str, res_id: str, body: Any, if_match: str | None = None) -> Written:
@@ -73,8 +96,11 @@ def update(node: Node, res_type: str, res_id: str, body: Any, if_match: str | No
 
 def update_in(conn: Connection, res_type: str, res_id: str, resource: dict[str, Any], expected: int | None) -> Written:
     previous = repository.current(conn, res_type, res_id, for_update=True)
+    live = previous is not None and not previous.deleted
+    policy.check_write(conn, res_type, res_id, previous.content if previous and live else None, resource)
     _check_version(previous, expected, res_type, res_id)
     written = repository.write(conn, res_type, res_id, resource, previous, "PUT")
+    _written(conn, written, "u" if live else "c")
     return Written(written, written.status)
 
 
@@ -112,9 +138,14 @@ def delete_in(conn: Connection, res_type: str, res_id: str, expected: int | None
     previous = repository.current(conn, res_type, res_id, for_update=True)
     if previous is None:
         raise fail(404, "not-found", f"{res_type}/{res_id} is not known")
-    _check_version(previous, expected, res_type, res_id)
     if previous.deleted:
+        if policy.reach(res_type, "d") != "all":
+            raise policy.not_found(res_type, res_id)
+        _check_version(previous, expected, res_type, res_id)
         return None
+    policy.check_write(conn, res_type, res_id, previous.content, None)
+    _check_version(previous, expected, res_type, res_id)
+    trail.note(conn, [(res_type, res_id)])
     return repository.write(conn, res_type, res_id, None, previous, "DELETE")
 
 
@@ -151,5 +182,7 @@ def transaction(node: Node) -> Iterator[Connection]:
     try:
         with node.db.write() as conn:
             yield conn
+            trail.stage(conn)  # the request's AuditEvent commits with its writes, or not at all
     except (ConcurrentWrite, IntegrityError):
         raise FHIRError(409, [error("conflict", "A concurrent write changed this resource; retry")]) from None
+    trail.committed()

@@ -16,6 +16,7 @@ from fhir_node.interactions.incoming import check_id
 from fhir_node.node import Node
 from fhir_node.outcome import Issue, error, fail, operation_outcome
 from fhir_node.registry import kind
+from fhir_node.security import policy
 from fhir_node.store import repository
 from fhir_node.validation.validator import validate
 
@@ -58,6 +59,8 @@ def validate_operation(
             raise fail(400, "required", "$validate with mode=delete names the resource: [type]/[id]/$validate")
         with node.db.read() as conn:
             current = repository.current(conn, res_type, res_id)
+            if current is not None and not current.deleted:
+                policy.readable(conn, res_type, res_id, full=True)
         if current is None or current.deleted:
             issues.append(error("not-found", f"{res_type}/{res_id} does not exist: there is nothing to delete"))
         if not res_kind.allows("delete"):

@@ -64,9 +64,47 @@ def _walkable(expression: str) -> bool:
     return True
 
 
+_RESOLVED = re.compile(r"(.+)\.where\(resolve\(\) is ([A-Z][A-Za-z]+)\)")
+
+
+def _of_type(path: list[str], target: str) -> Evaluator:
+    """`Type.a.b.where(resolve() is T)`: the references along the path whose literal target is a T, which
+    is all that `resolve_literal` can tell the engine, without the engine's cost (~1 ms for 20 refs)."""
+    walk = _walk(path)
+
+    def evaluate(resource: dict[str, Any]) -> list[Any]:
+        out = []
+        for ref in walk(resource):
+            m = _LITERAL_REF.search(ref.get("reference", "")) if isinstance(ref, dict) else None
+            if m and m.group(1) == target:
+                out.append(ref)
+        return out
+
+    return evaluate
+
+
+def _fast(expression: str) -> Evaluator | None:
+    """A fast evaluator for a plain path, a path filtered by `where(resolve() is T)`, or a union of those."""
+    parts = [p.strip() for p in expression.split(" | ")]
+    evaluators: list[Evaluator] = []
+    for part in parts:
+        resolved = _RESOLVED.fullmatch(part)
+        if resolved and _walkable(resolved.group(1)):
+            evaluators.append(_of_type(resolved.group(1).split(".")[1:], resolved.group(2)))
+        elif _walkable(part):
+            evaluators.append(_walk(part.split(".")[1:]))
+        else:
+            return None
+    if len(evaluators) == 1:
+        return evaluators[0]
+    return lambda resource: [v for evaluate in evaluators for v in evaluate(resource)]
+
+
 def compile_expression(expression: str) -> Evaluator:
-    """An evaluator for `expression` on a resource; plain dotted paths skip the FHIRPath engine."""
-    if _walkable(expression):
-        return _walk(expression.split(".")[1:])
+    """An evaluator for `expression` on a resource; plain dotted paths (and their literal-reference type
+    filters) skip the FHIRPath engine."""
+    fast = _fast(expression)
+    if fast is not None:
+        return fast
     compiled = fhirpathpy.compile(expression, _MODEL, _OPTIONS)
     return lambda resource: compiled(resource, None)

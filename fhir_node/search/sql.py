@@ -15,6 +15,7 @@ from fhir_node.datetimes import date_range
 from fhir_node.outcome import error
 from fhir_node.search.parse import Criterion, SearchError, split_prefix, unescape
 from fhir_node.search.values import fold, number_range
+from fhir_node.security import policy
 from fhir_node.store.repository import now
 from fhir_node.store.schema import INDEX_TABLES, idx_reference, resources
 
@@ -26,8 +27,14 @@ _PROBED = {t.name: t.alias(f"probe_{t.name}") for t in INDEX_TABLES.values()}
 
 def matching_ids(c: Criterion, base: str) -> Select[tuple[str]]:
     """The ids of live resources of `c.res_type` that satisfy `c`: a self-contained subquery (never
-    correlated, even when the enclosing query reads the same index table)."""
-    return _ids(c, base).correlate(None)
+    correlated, even when the enclosing query reads the same index table). A chain or `_has` only looks
+    into what the caller may search (`policy.prepare`)."""
+    ids = _ids(c, base).correlate(None)
+    allowed = policy.prepared(c.res_type)
+    if allowed is None:
+        return ids
+    r = resources
+    return select(r.c.res_id).where(r.c.res_type == c.res_type, r.c.res_id.in_(ids), allowed).correlate(None)
 
 
 def _ids(c: Criterion, base: str) -> Select[tuple[str]]:

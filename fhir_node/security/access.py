@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_node.security.principal import LOCAL_OPERATOR, Principal
+from fhir_node.security.relationships import CareTeamRelationships, RelationshipSource
 
 
 @dataclass
@@ -40,9 +41,12 @@ class Access:
 
     principal: Principal
     request_id: str = ""
+    #: The FHIR base the request came to (the server agent's address).
+    server: str = ""
     client: str | None = None
     user_agent: str | None = None
     record: Record | None = None
+    relationships: RelationshipSource = field(default_factory=CareTeamRelationships)
     memo: dict[str, Any] = field(default_factory=dict)
 
 

@@ -66,8 +66,7 @@ class Database:
 
     def lock(self, conn: Connection, key: str) -> None:
         """Serialise writers on `key` until commit (PostgreSQL; SQLite writers are already serial)."""
-        if not self.is_sqlite:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(key.encode())})
+        lock(conn, key)
 
     def ping(self) -> bool:
         """True when the database answers a trivial query."""
@@ -90,6 +89,12 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def lock(conn: Connection, key: str) -> None:
+    """Serialise writers on `key` until `conn` commits (PostgreSQL; SQLite writers are already serial)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(key.encode())})
 
 
 def _tune_sqlite(engine: Engine) -> None:

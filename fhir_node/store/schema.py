@@ -127,3 +127,22 @@ INDEX_TABLES = {
     "number": idx_number,
     "quantity": idx_number,
 }
+
+audit_chain = Table(
+    "audit_chain",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("res_id", String(64), nullable=False, unique=True),
+    Column("hash", String(64), nullable=False),
+    comment="The node's own AuditEvents in the order written: each one's SHA-256; each event carries its "
+    "predecessor's hash, so a changed or removed event breaks the chain (fhir-node audit verify).",
+)
+
+audit_anchor = Table(
+    "audit_anchor",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("seq", SeqType, nullable=False),
+    Column("hash", String(64), nullable=False),
+    comment="Where verification starts once retention removed the oldest events: the last removed one.",
+)

@@ -1,0 +1,143 @@
+"""The one gate of the FHIR API: who asks (401 otherwise), the request's Access for the policy, and its
+AuditEvent committed before the answer's first byte leaves (503 instead when it cannot be written).
+Every FHIR URL passes here; only the discovery documents (metadata, SMART configuration) are public and
+carry no data, so they are neither authenticated nor audited."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import unquote
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fhir_node.audit import trail
+from fhir_node.node import Node
+from fhir_node.outcome import error, operation_outcome
+from fhir_node.security.access import Access, Record, serving
+from fhir_node.security.principal import LOCAL_OPERATOR
+from fhir_node.security.relationships import relationship_source
+from fhir_node.security.tokens import AuthError, TokenVerifier
+
+PUBLIC = ("/fhir/metadata", "/fhir/.well-known/smart-configuration")
+error_log = logging.getLogger("fhir_node.errors")
+
+
+class Guard:
+    """Authenticates, sets the Access, audits. Sits inside RequestContext (which owns the request id)."""
+
+    def __init__(self, app: ASGIApp, node: Node) -> None:
+        self.app = app
+        self.node = node
+        self.verifier = TokenVerifier(node.settings) if node.settings.auth == "jwt" else None
+        self.relationships = relationship_source(node.settings)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or not (path == "/fhir" or path.startswith("/fhir/")) or path in PUBLIC:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        access = Access(
+            LOCAL_OPERATOR,
+            request_id=scope.get("state", {}).get("request_id", ""),
+            server=_server(scope, headers, self.node.settings.base_url),
+            client=scope["client"][0] if scope.get("client") else None,
+            user_agent=headers.get(b"user-agent", b"").decode("latin-1")[:200] or None,
+            record=_record(scope) if self.node.settings.audit else None,
+            relationships=self.relationships,
+        )
+        with serving(access):
+            problem = None
+            if self.verifier is not None:
+                try:
+                    access.principal = await run_in_threadpool(self.verifier.verify, _bearer(headers))
+                except AuthError as exc:
+                    problem = exc
+            if problem is not None:
+                await self._unauthorised(problem, send)
+                return
+            await self.app(scope, receive, self._audited(send))
+
+    def _audited(self, send: Send) -> Send:
+        """`send`, with the request's AuditEvent flushed before the answer starts; if that fails the
+        client gets a 503 (and none of the answer it was not audited for)."""
+        refused = False
+
+        async def audited_send(message: Message) -> None:
+            nonlocal refused
+            if message["type"] == "http.response.start":
+                try:
+                    await self._flush(message["status"])
+                except Exception as exc:
+                    error_log.error("audit unavailable; request refused: %s", exc)
+                    refused = True
+                    await _answer(send, 503, "transient", "The audit log is unavailable; retry later")
+                    return
+            if not refused:
+                await send(message)
+
+        return audited_send
+
+    async def _flush(self, status: int) -> None:
+        if self.node.db.is_sqlite:
+            trail.flush(self.node.db, status)
+        else:
+            await run_in_threadpool(trail.flush, self.node.db, status)
+
+    async def _unauthorised(self, problem: AuthError, send: Send) -> None:
+        await self._flush(401)
+        challenge = 'Bearer realm="fhir-node"'
+        if problem.reason != "no bearer token":
+            challenge += f', error="invalid_token", error_description="{problem.reason}"'
+        await _answer(send, 401, "login", f"Authentication failed: {problem.reason}", challenge=challenge)
+
+
+def _bearer(headers: dict[bytes, bytes]) -> str:
+    value = headers.get(b"authorization", b"").decode("latin-1")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("no bearer token")
+    return token.strip()
+
+
+def _server(scope: Scope, headers: dict[bytes, bytes], configured: str | None) -> str:
+    if configured:
+        return configured.rstrip("/")
+    host = headers.get(b"host", b"").decode("latin-1") or "localhost"
+    return f"{scope.get('scheme', 'http')}://{host}/fhir"
+
+
+def _record(scope: Scope) -> Record:
+    """The interaction a FHIR URL performs, from its method and shape (bundles refine transaction/batch)."""
+    method: str = scope["method"]
+    parts = [unquote(p) for p in scope["path"].removeprefix("/fhir").split("/") if p]
+    query = scope.get("query_string", b"").decode("latin-1")
+    res_type = parts[0] if parts and parts[0][0].isupper() else None
+    res_id = parts[1] if len(parts) > 1 and parts[1][0] not in "_$" else None
+    if not parts:
+        interaction = "transaction" if method == "POST" else "search-system"
+    elif parts == ["_history"]:
+        interaction = "history-system"
+    elif any(p.startswith("$") for p in parts):
+        interaction = "operation"
+    elif parts[-1] == "_history":
+        interaction = "history-instance" if res_id else "history-type"
+    elif len(parts) == 4 and parts[2] == "_history":
+        interaction = "vread"
+    elif res_id is None:
+        by_method = {"POST": "create", "PUT": "update", "DELETE": "delete", "PATCH": "patch"}
+        interaction = "search-type" if parts[-1] == "_search" else by_method.get(method, "search-type")
+    else:
+        interaction = {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, "read")
+    return Record(method, scope["path"], query, interaction, res_type, res_id)
+
+
+async def _answer(send: Send, status: int, code: str, text: str, challenge: str = "") -> None:
+    body = orjson.dumps(operation_outcome([error(code, text)]))
+    headers = [(b"content-type", b"application/fhir+json"), (b"content-length", str(len(body)).encode())]
+    if challenge:
+        headers.append((b"www-authenticate", challenge.encode("latin-1")))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
