@@ -19,6 +19,7 @@ from fhir_node.settings import Settings
 NS = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem"
 SSIN, NIHDI = f"{NS}/ssin", f"{NS}/nihdi"
 STATUS = "https://fhir-node.be/fhir/CodeSystem/inclusion-status"
+CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
 
 PSI_A, PSI_B, PHARMACY = "90600473", "95286761", "60702204"
 DR_X, DR_Y = "18780485003", "15171887003"
@@ -52,7 +53,7 @@ def consent(patient: str, decision: str = "permit") -> dict[str, Any]:
     return {
         "resourceType": "Consent",
         "status": "active",
-        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "scope": {"coding": [{"system": CONSENT_SCOPE, "code": "patient-privacy"}]},
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
         "patient": {"reference": patient},
         "dateTime": "2024-02-01T10:00:00Z",

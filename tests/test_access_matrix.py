@@ -216,7 +216,8 @@ def test_a_patient_writes_only_their_own_consent(fresh: Secured) -> None:
     me = headers("patient")
     assert client.post("/fhir/Consent", json=consent(w.ref("P2")), headers=me).status_code == 403
     mine = client.get(f"/fhir/{w.ref('C1')}", headers=me).json()
-    assert client.put(f"/fhir/{w.ref('C1')}", json={**mine, "provision": {"type": "deny"}}, headers=me).status_code == 200
+    changed = {**mine, "provision": {"type": "deny"}}
+    assert client.put(f"/fhir/{w.ref('C1')}", json=changed, headers=me).status_code == 200
     theirs = {**consent(w.ref("P2")), "id": w.ids["C2"]}
     assert client.put(f"/fhir/{w.ref('C2')}", json=theirs, headers=me).status_code == 404
     # Moving one's consent to someone else is refused, and changes nothing.
