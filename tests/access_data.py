@@ -110,11 +110,11 @@ def load(client: TestClient) -> World:
 #: Each role's token: (sub, role, claims).
 CALLERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "patient": (P1, "patient", {}),
-    "provider": ("79121203395", "provider", {"nihdi": DR_X}),
-    "stranger": ("79121203395", "provider", {"nihdi": DR_Y}),
-    "pharmacist": ("68062302714", "pharmacist", {"nihdi": PHARMACY}),
-    "psi-admin": ("90010112390", "psi-admin", {"psi": PSI_A}),
-    "psi-coordinator": ("90010112390", "psi-coordinator", {"psi": PSI_A}),
+    "provider": ("79121203389", "provider", {"nihdi": DR_X}),
+    "stranger": ("79121203389", "provider", {"nihdi": DR_Y}),
+    "pharmacist": ("68062302774", "pharmacist", {"nihdi": PHARMACY}),
+    "psi-admin": ("90010112395", "psi-admin", {"psi": PSI_A}),
+    "psi-coordinator": ("90010112395", "psi-coordinator", {"psi": PSI_A}),
     "aggregator": ("bihr-central-index", "aggregator", {}),
     "operator": ("node-operator", "operator", {}),
 }

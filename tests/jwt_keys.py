@@ -3,12 +3,17 @@ the JWKS it verifies them with."""
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
+import hmac
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
@@ -95,3 +100,96 @@ def jwt_settings(jwks: str, **overrides: Any) -> dict[str, Any]:
     """`Settings(**jwt_settings(jwks))`: a node that trusts TestIssuer tokens, its keys from `jwks` (inline JSON,
     a file or a URL)."""
     return {"auth": "jwt", "jwt_jwks": jwks, "jwt_issuer": ISSUER, "jwt_audience": AUDIENCE, **overrides}
+
+
+# Tokens the node must refuse, each with the reason it gives: shared by the verifier's unit tests and the
+# HTTP tests (401, nothing changed, audited).
+SSIN = "85073003328"
+NIHDI = "10012345678"
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def segment(obj: dict[str, Any]) -> str:
+    return b64url(json.dumps(obj).encode())
+
+
+def parts(token: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """A token's header, claims and signature segment, none of it verified."""
+    signature = token.rsplit(".", 1)[1]
+    return jwt.get_unverified_header(token), jwt.decode(token, options={"verify_signature": False}), signature
+
+
+def claims_of(issuer: TestIssuer) -> dict[str, Any]:
+    """The claims of a token the node accepts."""
+    return parts(issuer.token(SSIN, "patient"))[1]
+
+
+def reheaded(token: str, **header: Any) -> str:
+    """`token` with header fields changed, its signature kept (so it no longer matches)."""
+    old, _, signature = parts(token)
+    return ".".join([segment({**old, **header}), token.split(".")[1], signature])
+
+
+def alg_none(issuer: TestIssuer) -> str:
+    """Unsigned, naming a key the node does not have: refused for its alg before any key is looked up."""
+    return f"{segment({'alg': 'none', 'typ': 'JWT', 'kid': 'no-such-key'})}.{segment(claims_of(issuer))}."
+
+
+def hs256_with_public_key(issuer: TestIssuer) -> str:
+    """The key-confusion attack: HS256 with the published RSA key's PEM as the HMAC secret."""
+    pem = jwt.PyJWK(issuer.jwks()["keys"][0]).key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    signing_input = f"{segment({'alg': 'HS256', 'typ': 'JWT', 'kid': 'rsa-1'})}.{segment(claims_of(issuer))}"
+    signature = hmac.new(pem, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64url(signature)}"
+
+
+def tampered(issuer: TestIssuer) -> str:
+    """A patient's token turned into the operator's, the patient's signature kept."""
+    header, _, signature = issuer.token(SSIN, "patient").split(".")
+    return f"{header}.{segment({**claims_of(issuer), 'fhir_node_role': 'operator'})}.{signature}"
+
+
+def unpublished_kid(issuer: TestIssuer) -> str:
+    """Signed with a key the issuer rotates in after the verifier read its JWKS."""
+    return issuer.token(SSIN, "patient", kid=issuer.rotate())
+
+
+def epoch_now() -> int:
+    return int(time.time())
+
+
+REFUSED: dict[str, tuple[Callable[[TestIssuer], str], str]] = {
+    "expired": (lambda i: i.token(SSIN, "patient", exp=epoch_now() - 3600), "token expired"),
+    "not yet valid": (lambda i: i.token(SSIN, "patient", nbf=epoch_now() + 3600), "token not yet valid"),
+    "issued in the future": (lambda i: i.token(SSIN, "patient", iat=epoch_now() + 3600), "token not yet valid"),
+    "wrong issuer": (lambda i: i.token(SSIN, "patient", iss="https://other-idp.test"), "wrong issuer"),
+    "wrong audience": (lambda i: i.token(SSIN, "patient", aud="https://other-node.test/fhir"), "wrong audience"),
+    "unknown kid": (unpublished_kid, "unknown signing key"),
+    "alg none": (alg_none, "algorithm not allowed"),
+    "HS256 with the public key": (hs256_with_public_key, "algorithm not allowed"),
+    "ES256 claiming the RSA key": (
+        lambda i: reheaded(i.token(SSIN, "patient", kid="ec-1"), kid="rsa-1"),
+        "algorithm not allowed",
+    ),
+    "RS256 claiming the EC key": (lambda i: reheaded(i.token(SSIN, "patient"), kid="ec-1"), "algorithm not allowed"),
+    "tampered payload": (tampered, "bad signature"),
+    "not a JWT": (lambda i: "not-a-token", "malformed token"),
+    "missing role": (lambda i: i.token(SSIN, "patient", fhir_node_role=None), "missing claim fhir_node_role"),
+    "unknown role": (lambda i: i.token(SSIN, "administrator"), "unknown role"),
+    "provider without nihdi": (lambda i: i.token(SSIN, "provider"), "missing claim nihdi"),
+    "pharmacist without nihdi": (lambda i: i.token(SSIN, "pharmacist"), "missing claim nihdi"),
+    "psi-admin without psi": (lambda i: i.token(SSIN, "psi-admin"), "missing claim psi"),
+    "psi-coordinator without psi": (lambda i: i.token(SSIN, "psi-coordinator", nihdi=NIHDI), "missing claim psi"),
+    "patient without SSIN": (lambda i: i.token("patient-42", "patient"), "patient sub is not an SSIN"),
+    "patient with 10 digits": (lambda i: i.token(SSIN[:10], "patient"), "patient sub is not an SSIN"),
+    "missing exp": (lambda i: i.token(SSIN, "patient", exp=None), "missing claim exp"),
+    "missing iat": (lambda i: i.token(SSIN, "patient", iat=None), "missing claim iat"),
+    "missing sub": (lambda i: i.sign({k: v for k, v in claims_of(i).items() if k != "sub"}), "missing claim sub"),
+    "empty sub": (lambda i: i.token("", "aggregator"), "missing claim sub"),
+    "scope not text": (lambda i: i.token(SSIN, "patient", scope={"Patient": "rs"}), "bad claim scope"),
+}

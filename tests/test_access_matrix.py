@@ -314,7 +314,7 @@ def test_a_patient_sees_who_accessed_their_data(fresh: Secured) -> None:
         agent.get("altId")
         for e in mine["entry"]
         for agent in e["resource"]["agent"]
-        if agent.get("who", {}).get("identifier", {}).get("value") == "79121203395"
+        if agent.get("who", {}).get("identifier", {}).get("value") == "79121203389"
     ]
     assert "18780485003" in readers
     theirs = search(client, "patient", f"AuditEvent?patient={w.ref('P2')}")

@@ -3,10 +3,7 @@ the identity provider's keys come from (inline, a file, a URL that rotates keys)
 
 from __future__ import annotations
 
-import base64
 import functools
-import hashlib
-import hmac
 import http.server
 import json
 import os
@@ -19,17 +16,14 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
-from jwt_keys import AUDIENCE, ISSUER, TestIssuer, jwt_settings
+from jwt_keys import AUDIENCE, ISSUER, NIHDI, REFUSED, SSIN, TestIssuer, claims_of, epoch_now, jwt_settings, reheaded
 
 from fhir_node.security.principal import Principal, Scopes
 from fhir_node.security.tokens import AuthError, KeySource, KeysUnavailable, TokenVerifier
 from fhir_node.settings import Settings
 
-SSIN = "85073003328"
-NIHDI = "10012345678"
 PSI = "10712345"
 
 
@@ -49,97 +43,10 @@ def verifier(issuer: TestIssuer) -> TokenVerifier:
     return _inline(issuer.jwks())
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _segment(obj: dict[str, Any]) -> str:
-    return _b64(json.dumps(obj).encode())
-
-
-def _parts(token: str) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """A token's header, claims and signature segment, none of it verified."""
-    signature = token.rsplit(".", 1)[1]
-    return jwt.get_unverified_header(token), jwt.decode(token, options={"verify_signature": False}), signature
-
-
-def _claims(issuer: TestIssuer) -> dict[str, Any]:
-    """The claims of a token the node accepts."""
-    return _parts(issuer.token(SSIN, "patient"))[1]
-
-
-def _reheaded(token: str, **header: Any) -> str:
-    """`token` with header fields changed, its signature kept (so it no longer matches)."""
-    old, _, signature = _parts(token)
-    return ".".join([_segment({**old, **header}), token.split(".")[1], signature])
-
-
-def _alg_none(issuer: TestIssuer) -> str:
-    """Unsigned, naming a key the node does not have: refused for its alg before any key is looked up."""
-    return f"{_segment({'alg': 'none', 'typ': 'JWT', 'kid': 'no-such-key'})}.{_segment(_claims(issuer))}."
-
-
-def _hs256_with_public_key(issuer: TestIssuer) -> str:
-    """The key-confusion attack: HS256 with the published RSA key's PEM as the HMAC secret."""
-    pem = jwt.PyJWK(issuer.jwks()["keys"][0]).key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    signing_input = f"{_segment({'alg': 'HS256', 'typ': 'JWT', 'kid': 'rsa-1'})}.{_segment(_claims(issuer))}"
-    signature = hmac.new(pem, signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{_b64(signature)}"
-
-
-def _tampered(issuer: TestIssuer) -> str:
-    """A patient's token turned into the operator's, the patient's signature kept."""
-    header, _, signature = issuer.token(SSIN, "patient").split(".")
-    return f"{header}.{_segment({**_claims(issuer), 'fhir_node_role': 'operator'})}.{signature}"
-
-
-def _unpublished_kid(issuer: TestIssuer) -> str:
-    """Signed with a key the issuer rotates in after the verifier read its JWKS."""
-    return issuer.token(SSIN, "patient", kid=issuer.rotate())
-
-
 def _refusal(verifier: TokenVerifier, token: str) -> AuthError:
     with pytest.raises(AuthError) as refused:
         verifier.verify(token)
     return refused.value
-
-
-def _now() -> int:
-    return int(time.time())
-
-
-REFUSED: dict[str, tuple[Callable[[TestIssuer], str], str]] = {
-    "expired": (lambda i: i.token(SSIN, "patient", exp=_now() - 3600), "token expired"),
-    "not yet valid": (lambda i: i.token(SSIN, "patient", nbf=_now() + 3600), "token not yet valid"),
-    "issued in the future": (lambda i: i.token(SSIN, "patient", iat=_now() + 3600), "token not yet valid"),
-    "wrong issuer": (lambda i: i.token(SSIN, "patient", iss="https://other-idp.test"), "wrong issuer"),
-    "wrong audience": (lambda i: i.token(SSIN, "patient", aud="https://other-node.test/fhir"), "wrong audience"),
-    "unknown kid": (_unpublished_kid, "unknown signing key"),
-    "alg none": (_alg_none, "algorithm not allowed"),
-    "HS256 with the public key": (_hs256_with_public_key, "algorithm not allowed"),
-    "ES256 claiming the RSA key": (
-        lambda i: _reheaded(i.token(SSIN, "patient", kid="ec-1"), kid="rsa-1"),
-        "algorithm not allowed",
-    ),
-    "RS256 claiming the EC key": (lambda i: _reheaded(i.token(SSIN, "patient"), kid="ec-1"), "algorithm not allowed"),
-    "tampered payload": (_tampered, "bad signature"),
-    "not a JWT": (lambda i: "not-a-token", "malformed token"),
-    "missing role": (lambda i: i.token(SSIN, "patient", fhir_node_role=None), "missing claim fhir_node_role"),
-    "unknown role": (lambda i: i.token(SSIN, "administrator"), "unknown role"),
-    "provider without nihdi": (lambda i: i.token(SSIN, "provider"), "missing claim nihdi"),
-    "pharmacist without nihdi": (lambda i: i.token(SSIN, "pharmacist"), "missing claim nihdi"),
-    "psi-admin without psi": (lambda i: i.token(SSIN, "psi-admin"), "missing claim psi"),
-    "psi-coordinator without psi": (lambda i: i.token(SSIN, "psi-coordinator", nihdi=NIHDI), "missing claim psi"),
-    "patient without SSIN": (lambda i: i.token("patient-42", "patient"), "patient sub is not an SSIN"),
-    "patient with 10 digits": (lambda i: i.token(SSIN[:10], "patient"), "patient sub is not an SSIN"),
-    "missing exp": (lambda i: i.token(SSIN, "patient", exp=None), "missing claim exp"),
-    "missing iat": (lambda i: i.token(SSIN, "patient", iat=None), "missing claim iat"),
-    "missing sub": (lambda i: i.sign({k: v for k, v in _claims(i).items() if k != "sub"}), "missing claim sub"),
-    "empty sub": (lambda i: i.token("", "aggregator"), "missing claim sub"),
-    "scope not text": (lambda i: i.token(SSIN, "patient", scope={"Patient": "rs"}), "bad claim scope"),
-}
 
 
 @pytest.mark.parametrize(("make", "reason"), REFUSED.values(), ids=REFUSED.keys())
@@ -163,7 +70,7 @@ def test_es256_psi_coordinator(issuer: TestIssuer, verifier: TokenVerifier) -> N
 
 
 def test_ps256_patient(issuer: TestIssuer, verifier: TokenVerifier) -> None:
-    claims = {**_claims(issuer), "scope": "patient/*.rs", "azp": "patient-portal"}
+    claims = {**claims_of(issuer), "scope": "patient/*.rs", "azp": "patient-portal"}
     token = issuer.sign(claims, alg="PS256")
     assert jwt.get_unverified_header(token)["alg"] == "PS256"
     assert verifier.verify(token) == Principal(
@@ -180,7 +87,7 @@ def test_system_caller_without_scope(issuer: TestIssuer, verifier: TokenVerifier
 
 def test_clock_skew_within_leeway(issuer: TestIssuer, verifier: TokenVerifier) -> None:
     """FHIR_NODE_JWT_LEEWAY_SECONDS (30 by default) forgives a few seconds either way."""
-    now = _now()
+    now = epoch_now()
     for claims in ({"exp": now - 10}, {"iat": now + 10}, {"nbf": now + 10}):
         assert verifier.verify(issuer.token(SSIN, "patient", **claims)).sub == SSIN
 
@@ -189,7 +96,7 @@ def test_key_without_kid() -> None:
     """A JWKS with a single key serves tokens that name no kid; with more keys, a token must name one."""
     key = ec.generate_private_key(ec.SECP256R1())
     single = {"keys": [ECAlgorithm.to_jwk(key.public_key(), as_dict=True)]}
-    now = _now()
+    now = epoch_now()
     claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": SSIN, "iat": now, "exp": now + 60}
     token = jwt.encode({**claims, "fhir_node_role": "patient"}, key, algorithm="ES256")
     assert _inline(single).verify(token).sub == SSIN
@@ -345,7 +252,7 @@ def test_unknown_kid_flood_fetches_once_per_interval(issuer: TestIssuer, endpoin
     token = issuer.token(SSIN, "patient")
 
     def flood() -> None:
-        tokens = [_reheaded(token, kid=f"unknown-{n}") for n in range(40)]
+        tokens = [reheaded(token, kid=f"unknown-{n}") for n in range(40)]
         with ThreadPoolExecutor(8) as pool:
             reasons = {refused.reason for refused in pool.map(functools.partial(_refusal, verifier), tokens)}
         assert reasons == {"unknown signing key"}

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from fhir_node.rules.check_digits import ssin_error
+
 Role = Literal["patient", "provider", "pharmacist", "psi-admin", "psi-coordinator", "aggregator", "operator"]
 ROLES: tuple[str, ...] = get_args(Role)
 
@@ -57,7 +59,7 @@ class Principal:
     @property
     def is_person(self) -> bool:
         """People act under their SSIN; the aggregator and the operator may be systems."""
-        return self.role not in ("aggregator", "operator") or bool(re.fullmatch(r"\d{11}", self.sub))
+        return self.role not in ("aggregator", "operator") or ssin_error(self.sub) is None
 
 
 #: FHIR_NODE_AUTH=none: the local operator, with every scope.

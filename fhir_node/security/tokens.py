@@ -23,7 +23,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.exceptions import InvalidSubjectError
 
+from fhir_node.rules.check_digits import ssin_error
 from fhir_node.security.principal import ROLES, Principal, Role, Scopes
 from fhir_node.settings import Settings
 
@@ -49,7 +49,8 @@ _ALGORITHMS = {"RS256": "RSA", "PS256": "RSA", "ES256": "EC"}
 _REFETCH_SECONDS = 10.0
 _FETCH_TIMEOUT_SECONDS = 5.0
 _REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
-_SSIN = re.compile(r"[0-9]{11}")
+#: Roles only people hold: they act under their SSIN (check digits and all), which the audit records.
+PEOPLE = ("patient", "provider", "pharmacist", "psi-admin", "psi-coordinator")
 #: The identifier each role acts under, besides its `sub`.
 _ROLE_CLAIM = {"provider": "nihdi", "pharmacist": "nihdi", "psi-admin": "psi", "psi-coordinator": "psi"}
 #: PyJWT's refusals as reasons for the caller, the more specific exception first.
@@ -219,8 +220,8 @@ def _principal(claims: dict[str, Any]) -> Principal:
         raise AuthError("missing claim fhir_node_role")
     if role not in ROLES:
         raise AuthError("unknown role")
-    if role == "patient" and not _SSIN.fullmatch(sub):
-        raise AuthError("patient sub is not an SSIN")
+    if role in PEOPLE and ssin_error(sub) is not None:
+        raise AuthError(f"{role} sub is not an SSIN")
     needed = _ROLE_CLAIM.get(role)
     if needed and _text(claims, needed) is None:
         raise AuthError(f"missing claim {needed}")
