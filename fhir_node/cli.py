@@ -15,6 +15,7 @@ import uvicorn
 
 from fhir_node import load, synth
 from fhir_node.api.middleware import is_loopback
+from fhir_node.audit import cli as audit_cli
 from fhir_node.conformance import package
 from fhir_node.settings import Settings
 from fhir_node.validation import cli as validation_cli
@@ -182,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(run=reindex)
     validation_cli.add_parser(sub)
     load.add_parser(sub)
+    audit_cli.add_parser(sub)
     synth.add_parser(sub)
     package.add_parser(sub)
     args = parser.parse_args(argv)
