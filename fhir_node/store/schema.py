@@ -136,6 +136,7 @@ audit_chain = Table(
     Column("hash", String(64), nullable=False),
     comment="The node's own AuditEvents in the order written: each one's SHA-256; each event carries its "
     "predecessor's hash, so a changed or removed event breaks the chain (fhir-node audit verify).",
+    sqlite_autoincrement=True,  # never reuse a position, even once retention emptied the table
 )
 
 audit_anchor = Table(

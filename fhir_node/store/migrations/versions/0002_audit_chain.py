@@ -23,6 +23,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("res_id"),
         comment="The node's own AuditEvents in the order written: each one's SHA-256; each event carries its "
         "predecessor's hash, so a changed or removed event breaks the chain (fhir-node audit verify).",
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "audit_anchor",
