@@ -58,6 +58,11 @@ KINDS: dict[str, ResourceKind] = {
         ResourceKind("Patient", documentation="Pseudonymised SSIN only: no name, no birth date are stored."),
         ResourceKind("Organization", documentation="Integrated-care projects, pharmacies (NIHDI, CBE numbers)."),
         ResourceKind("Practitioner", documentation="Declaring care providers (NIHDI number)."),
+        ResourceKind(
+            "CareTeam",
+            documentation="Therapeutic relationships the operator loads: a patient (subject) and the providers "
+            "(Practitioner) and pharmacies (Organization), by NIHDI number, with their periods.",
+        ),
         *(
             ResourceKind(name, READ_ONLY, f"Our published {name}s (profiles/, terminology/): read-only.")
             for name in CONFORMANCE_TYPES

@@ -1,7 +1,7 @@
 """The search suite's dataset and its oracle.
 
 `generate()` builds a small but varied, deterministic (seeded) set of Patients, Organizations,
-Practitioners, EpisodeOfCare, Consent and AuditEvent resources; `load()` writes it through the REST API
+Practitioners, EpisodeOfCare, Consent, AuditEvent and CareTeam resources; `load()` writes it through the REST API
 and keeps what the server answered (ids and meta.lastUpdated are the server's). Every node also serves our
 published guide (profiles/, terminology/) read-only: `guide()` reads those files as they are, and they
 are part of every dataset. Everything below
@@ -72,9 +72,10 @@ RECORDER = "https://www.ehealth.fgov.be/standards/fhir/core/StructureDefinition/
 CONSENT_PURPOSE = "https://fhir-node.be/fhir/CodeSystem/consent-purpose"
 EPISODE_IDS = "https://example.org/fhir/episode-id"
 CONSENT_IDS = "https://example.org/fhir/consent-id"
+CARE_TEAM_IDS = "https://example.org/fhir/care-team-id"
 
 SEED = 20240501
-ORDER = ("Organization", "Practitioner", "Patient", "EpisodeOfCare", "Consent", "AuditEvent")
+ORDER = ("Organization", "Practitioner", "Patient", "EpisodeOfCare", "Consent", "AuditEvent", "CareTeam")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -119,6 +120,9 @@ CONSENT_DATES: list[str | None] = [
 AUDIT_ACTIONS = ["C", "R", "U", "D", "E"]
 AUDIT_OUTCOMES = ["0", "4", "8", "12"]
 INTERACTIONS = ["read", "search-type", "create", "update"]
+CARE_TEAM_STATUSES = ["proposed", "active", "suspended", "inactive", "entered-in-error"]
+#: LOINC care team categories: longitudinal care coordination, episode of care.
+CARE_TEAM_CATEGORIES = [("LA28865-6", "Longitudinal care-coordination focused care team"), ("LA27977-0", None)]
 
 
 def _ref(res_type: str, res_id: str) -> dict[str, str]:
@@ -479,6 +483,44 @@ def _audit_agent(rng: random.Random, i: int, patients: list[dict]) -> dict[str, 
     return agent
 
 
+def _care_teams(rng: random.Random, patients: list[dict], practitioners: list[dict]) -> list[dict[str, Any]]:
+    """Therapeutic relationships: the subject a Patient (by reference, or by SSIN alone) or a Group; members
+    Practitioners and Organizations, by reference or by NIHDI number, with their periods."""
+    out = []
+    for i in range(12):
+        t: dict[str, Any] = {"resourceType": "CareTeam", "id": f"ct-{i:02d}", **_meta(rng, "careteam")}
+        if i % 4 != 3:
+            t["identifier"] = [{"system": CARE_TEAM_IDS, "value": f"T-{i:04d}"}]
+        if i % 6 != 5:
+            t["status"] = CARE_TEAM_STATUSES[i % 5]
+        if i % 3 != 2:
+            t["category"] = [_cc(LOINC, *CARE_TEAM_CATEGORIES[i % 2])]
+        patient = patients[i % 10]
+        if i == 11:
+            t["subject"] = _ref("Group", "grp-1")
+        elif i % 5 == 4:
+            t["subject"] = {"type": "Patient", "identifier": patient["identifier"][0]}
+        else:
+            t["subject"] = _ref("Patient", patient["id"])
+        if i % 4 == 1:
+            t["encounter"] = _ref("Encounter", f"enc-{i}")
+        period = _random_period(rng) if i % 3 != 2 else None
+        if period is not None:
+            t["period"] = period
+        if i != 7:
+            members = [_ref("Practitioner", f"prac-{i % 5}")]
+            if i % 2 == 0:
+                members.append(_ref("Organization", f"org-{i % 5}"))
+            if i % 5 == 2:
+                members.append({"type": "Practitioner", "identifier": practitioners[(i + 1) % 5]["identifier"][0]})
+            t["participant"] = [{"member": m} for m in members]
+            for p in t["participant"] if i % 2 else []:
+                if (period := _random_period(rng)) is not None:
+                    p["period"] = period
+        out.append(t)
+    return out
+
+
 def generate(seed: int = SEED) -> dict[str, list[dict[str, Any]]]:
     """The dataset, by type, in load order; the same seed always gives the same resources."""
     rng = random.Random(seed)
@@ -488,6 +530,7 @@ def generate(seed: int = SEED) -> dict[str, list[dict[str, Any]]]:
     episodes = _episodes(rng, patients)
     consents = _consents(rng, patients, episodes)
     audits = _audit_events(rng, patients, episodes, consents)
+    care_teams = _care_teams(rng, patients, practitioners)
     return {
         "Organization": organizations,
         "Practitioner": practitioners,
@@ -495,6 +538,7 @@ def generate(seed: int = SEED) -> dict[str, list[dict[str, Any]]]:
         "EpisodeOfCare": episodes,
         "Consent": consents,
         "AuditEvent": audits,
+        "CareTeam": care_teams,
     }
 
 
@@ -977,6 +1021,17 @@ PARAMS: dict[str, dict[str, tuple[str, Callable[[dict[str, Any]], list[Any]]]]] 
         "source": ("reference", at("source.observer")),
         "subtype": ("token", at("subtype")),
         "type": ("token", at("type")),
+    },
+    "CareTeam": {
+        **COMMON,
+        "category": ("token", at("category")),
+        "date": ("date", at("period")),
+        "encounter": ("reference", at("encounter")),
+        "identifier": ("token", at("identifier")),
+        "participant": ("reference", at("participant.member")),
+        "patient": ("reference", _to("Patient", "subject")),
+        "status": ("token", at("status")),
+        "subject": ("reference", at("subject")),
     },
     "StructureDefinition": {
         **COMMON,

@@ -23,7 +23,7 @@ from fhirpy.base.exceptions import ResourceNotFound
 from live_node import free_port
 
 FHIR_JSON = "application/fhir+json"
-SIX_TYPES = {"EpisodeOfCare", "Consent", "AuditEvent", "Patient", "Organization", "Practitioner"}
+SERVED_TYPES = {"EpisodeOfCare", "Consent", "AuditEvent", "Patient", "Organization", "Practitioner", "CareTeam"}
 GUIDE_TYPES = {
     "StructureDefinition",
     "ValueSet",
@@ -49,7 +49,7 @@ def test_fhirclient_reads_the_capability_statement(live_server):
     assert isinstance(capability, CapabilityStatement)
     assert capability.fhirVersion == "4.0.1"
     assert capability.kind == "instance"
-    assert {r.type for r in capability.rest[0].resource} == SIX_TYPES | GUIDE_TYPES
+    assert {r.type for r in capability.rest[0].resource} == SERVED_TYPES | GUIDE_TYPES
 
 
 def test_fhirclient_create_read_update_history_delete(live_server):

@@ -25,7 +25,7 @@ FHIR_JSON = "application/fhir+json"
 JSON_HEADERS = {"Content-Type": FHIR_JSON}
 BASE = f"{BASE_HOST}/fhir"
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
-SERVED_TYPES = {"EpisodeOfCare", "Consent", "AuditEvent", "Patient", "Organization", "Practitioner"}
+SERVED_TYPES = {"EpisodeOfCare", "Consent", "AuditEvent", "Patient", "Organization", "Practitioner", "CareTeam"}
 #: Our published guide, served read-only (tests/test_conformance_resources.py exercises them).
 GUIDE_TYPES = {
     "StructureDefinition",
@@ -69,6 +69,12 @@ RESOURCES: dict[str, Callable[[], dict[str, Any]]] = {
     "Patient": lambda: {"resourceType": "Patient", "active": True},
     "Organization": lambda: {"resourceType": "Organization", "name": "PSI Brussels"},
     "Practitioner": lambda: {"resourceType": "Practitioner", "active": True},
+    "CareTeam": lambda: {
+        "resourceType": "CareTeam",
+        "status": "active",
+        "subject": {"reference": "Patient/p1"},
+        "participant": [{"member": {"reference": "Practitioner/pr1"}}],
+    },
 }
 
 
