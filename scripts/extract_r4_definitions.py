@@ -37,7 +37,7 @@ EXAMPLE_TYPES = frozenset({"EpisodeOfCare", "Consent", "AuditEvent", "Patient", 
 CONFORMANCE_TYPES = frozenset(
     {"StructureDefinition", "ValueSet", "CodeSystem", "SearchParameter", "NamingSystem", "ImplementationGuide"}
 )
-SEARCH_BASES = EXAMPLE_TYPES | CONFORMANCE_TYPES | {"Resource", "DomainResource"}
+SEARCH_BASES = EXAMPLE_TYPES | CONFORMANCE_TYPES | {"CareTeam", "Resource", "DomainResource"}
 CORE_PREFIX = "http://hl7.org/fhir/StructureDefinition/"
 
 ROOT = Path(__file__).resolve().parents[1]
