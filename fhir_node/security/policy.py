@@ -13,15 +13,11 @@ from sqlalchemy import ColumnElement, Connection, Select, and_, false, or_, sele
 
 from fhir_node.outcome import FHIRError, fail
 from fhir_node.security.access import current
+from fhir_node.security.relationships import NIHDI_SYSTEMS, SSIN
 from fhir_node.security.rules import GRANTS, MUTABLE, PATIENT_PARAM, REDACTED_KEEPS, Reach
 from fhir_node.store.repository import now
 from fhir_node.store.schema import idx_reference, idx_token, resources
 
-SSIN = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/ssin"
-NIHDI_SYSTEMS = tuple(
-    f"https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/{n}"
-    for n in ("nihdi", "nihdi-organization", "nihdi-professional")
-)
 INCLUSION_STATUS = "https://fhir-node.be/fhir/CodeSystem/inclusion-status"
 #: The security label on a redacted resource (v3 ObservationValue REDACTED).
 REDACTED_LABEL = {
