@@ -16,11 +16,14 @@ from fhir_node.audit import trail
 from fhir_node.node import Node
 from fhir_node.outcome import error, operation_outcome
 from fhir_node.security.access import Access, Record, serving
-from fhir_node.security.principal import LOCAL_OPERATOR
+from fhir_node.security.principal import LOCAL_OPERATOR, Principal, Scopes
 from fhir_node.security.relationships import relationship_source
 from fhir_node.security.tokens import AuthError, TokenVerifier
 
 PUBLIC = ("/fhir/metadata", "/fhir/.well-known/smart-configuration")
+#: Whoever a refused token claimed to be: no one (an empty `sub`), so the 401's AuditEvent names the client
+#: by its address and user agent, not as the local operator. Nothing else runs for it.
+UNAUTHENTICATED = Principal("", "patient", Scopes())
 error_log = logging.getLogger("fhir_node.errors")
 
 
@@ -32,6 +35,7 @@ class Guard:
         self.node = node
         self.verifier = TokenVerifier(node.settings) if node.settings.auth == "jwt" else None
         self.relationships = relationship_source(node.settings)
+        self.audit = trail.Writer(node.db)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -56,12 +60,13 @@ class Guard:
                 except AuthError as exc:
                     problem = exc
             if problem is not None:
+                access.principal = UNAUTHENTICATED
                 await self._unauthorised(problem, send)
                 return
             await self.app(scope, receive, self._audited(send))
 
     def _audited(self, send: Send) -> Send:
-        """`send`, with the request's AuditEvent flushed before the answer starts; if that fails the
+        """`send`, with the request's AuditEvent committed before the answer starts; if that fails the
         client gets a 503 (and none of the answer it was not audited for)."""
         refused = False
 
@@ -81,10 +86,7 @@ class Guard:
         return audited_send
 
     async def _flush(self, status: int) -> None:
-        if self.node.db.is_sqlite:
-            trail.flush(self.node.db, status)
-        else:
-            await run_in_threadpool(trail.flush, self.node.db, status)
+        await self.audit.flush(status)
 
     async def _unauthorised(self, problem: AuthError, send: Send) -> None:
         await self._flush(401)

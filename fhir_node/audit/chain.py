@@ -1,10 +1,12 @@
 """Tamper evidence: the node's AuditEvents form one hash chain per node. Each carries the SHA-256 of
 its predecessor (extension CHAIN_EXTENSION), and `audit_chain` lists them in the order written with
 their own hash. Appends are serialised (SQLite's write lock; a PostgreSQL advisory lock held to commit),
-so several workers, or hosts, extend one chain. `verify` walks it and names the first break."""
+so several workers, or hosts, extend one chain; `extend` links many in one transaction (group commit).
+`verify` walks it and names the first break."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,8 +16,10 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, and_, delete, insert, select
 
-from fhir_node.audit.events import CHAIN_EXTENSION
+from fhir_node.audit.events import CHAIN_EXTENSION, INDEXED, index_rows
+from fhir_node.search.index import built_by, indexed_params
 from fhir_node.store import repository
+from fhir_node.store.batch import add_rows, batched
 from fhir_node.store.database import lock
 from fhir_node.store.schema import INDEX_TABLES, audit_anchor, audit_chain, resource_versions, resources
 
@@ -23,23 +27,55 @@ GENESIS = "0" * 64
 _LOCK = "audit-chain"
 
 
+# Built once: SQLAlchemy re-keys a statement built per call (7% of a group commit's CPU, measured).
+_LAST = select(audit_chain.c.hash).order_by(audit_chain.c.seq.desc()).limit(1)
+_ANCHOR = select(audit_anchor.c.hash).where(audit_anchor.c.id == 1)
+
+
 def head(conn: Connection) -> str:
     """The hash the next event must carry; takes the chain's lock until `conn` commits."""
     lock(conn, _LOCK)
-    last = conn.execute(select(audit_chain.c.hash).order_by(audit_chain.c.seq.desc()).limit(1)).scalar()
+    last = conn.execute(_LAST).scalar()
     if last is not None:
         return last
-    anchor = conn.execute(select(audit_anchor.c.hash).where(audit_anchor.c.id == 1)).scalar()
-    return anchor or GENESIS
+    return conn.execute(_ANCHOR).scalar() or GENESIS
 
 
 def append(conn: Connection, event: dict[str, Any]) -> str:
     """Store `event` (built on `head(conn)`) as a new AuditEvent and link it into the chain; its id."""
+    return _store(conn, event)[0]
+
+
+def extend(conn: Connection, events: list[dict[str, Any]]) -> list[str]:
+    """Store the node's `events` (from `events.build`, without their link) in this order at the head of the
+    chain, each linked to the one before, in `conn`'s transaction: one commit for the audits of many
+    requests. Their index rows are `events.index_rows` and their inserts are batched per table. Their ids."""
+    previous = head(conn)
+    ids = []
+    with batched(conn), _indexed(conn):
+        for event in events:
+            linked = {"extension": [{"url": CHAIN_EXTENSION, "valueString": previous}], **event}
+            res_id, previous = _store(conn, linked)
+            ids.append(res_id)
+    return ids
+
+
+def _indexed(conn: Connection) -> contextlib.AbstractContextManager[None]:
+    """The index rows `index_rows` reads off the node's AuditEvents, unless the registry now gives AuditEvent
+    parameters it does not know: then each is extracted like any resource's."""
+    if indexed_params("AuditEvent") == INDEXED:
+        return built_by(conn, "AuditEvent", index_rows)
+    return contextlib.nullcontext()
+
+
+def _store(conn: Connection, event: dict[str, Any]) -> tuple[str, str]:
+    """`event` as a new AuditEvent and its chain entry: (its id, its hash)."""
     res_id = repository.time_ordered_id()
     written = repository.write(conn, "AuditEvent", res_id, event, None, "POST")
     assert written.content is not None
-    conn.execute(insert(audit_chain).values(res_id=res_id, hash=digest(written.content)))
-    return res_id
+    hashed = digest(written.content)
+    add_rows(conn, audit_chain, [{"res_id": res_id, "hash": hashed}])
+    return res_id, hashed
 
 
 def digest(content: bytes) -> str:
@@ -61,7 +97,7 @@ class Break:
 def verify(conn: Connection) -> tuple[int, str, Break | None]:
     """(events checked, head hash, first break or None). Every event's stored bytes (current row and
     version 1) must hash to its chain entry and carry its predecessor's hash."""
-    expected = conn.execute(select(audit_anchor.c.hash).where(audit_anchor.c.id == 1)).scalar() or GENESIS
+    expected = conn.execute(_ANCHOR).scalar() or GENESIS
     checked = 0
     for position, res_id, stored_hash, current, first in _walk(conn):
         checked += 1

@@ -1,20 +1,29 @@
 """The audit trail of requests: interactions note what they touch as they run, and each request's
 AuditEvent is durable before its answer leaves. A write's AuditEvent commits in the write's own
-transaction (`stage`); anything else's is written when the answer starts (`flush`), and if it cannot
-be written the answer becomes a 503 (fail closed)."""
+transaction (`stage`); anything else's is handed to the process's `Writer` when the answer starts, which
+commits the AuditEvents of every request then waiting in one transaction (group commit) and only then
+lets their answers go; if they cannot be written, each of those answers becomes a 503 (fail closed)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import Connection, select
 
 from fhir_node.audit import chain
 from fhir_node.audit.events import build
-from fhir_node.security.access import Access, Record, current
+from fhir_node.security.access import current
 from fhir_node.security.rules import PATIENT_PARAM
 from fhir_node.store.database import Database
 from fhir_node.store.schema import idx_reference
+
+#: At most this many AuditEvents per transaction: a burst does not hold the write lock (which other
+#: workers' writes wait for) for long.
+GROUP_LIMIT = 200
 
 
 def note(conn: Connection, items: Iterable[tuple[str, str]]) -> None:
@@ -37,7 +46,9 @@ def note_query(query: str) -> None:
 
 
 def patients_of(conn: Connection, items: list[tuple[str, str]]) -> set[str]:
-    """Ids of the Patients these resources are, or belong to (one query per type)."""
+    """Ids of the Patients these resources are, or belong to (one query per type). The query names only
+    the columns of the resource key index and selects `url` too: given `target_type = 'Patient'` or a
+    covering index, SQLite (without statistics) scans every reference of the type to the target instead."""
     found = {i for t, i in items if t == "Patient"}
     by_type: dict[str, list[str]] = {}
     for t, i in items:
@@ -45,10 +56,10 @@ def patients_of(conn: Connection, items: list[tuple[str, str]]) -> set[str]:
             by_type.setdefault(t, []).append(i)
     ref = idx_reference.c
     for t, ids in by_type.items():
-        q = select(ref.target_id).where(
-            ref.res_type == t, ref.res_id.in_(ids), ref.param == PATIENT_PARAM[t], ref.target_type == "Patient"
+        q = select(ref.target_type, ref.target_id, ref.url).where(
+            ref.res_type == t, ref.res_id.in_(ids), ref.param == PATIENT_PARAM[t]
         )
-        found.update(x for x in conn.execute(q).scalars() if x)
+        found.update(row.target_id for row in conn.execute(q) if row.target_type == "Patient" and row.target_id)
     return found
 
 
@@ -56,7 +67,7 @@ def stage(conn: Connection) -> None:
     """Inside a write transaction, before it commits: the AuditEvent of what the request did so far."""
     access = current()
     if access.record is not None:
-        _append(conn, access, access.record, 200)
+        chain.extend(conn, [build(access, access.record, 200, access.server)])
 
 
 def committed() -> None:
@@ -69,16 +80,61 @@ def committed() -> None:
         record.patients.clear()
 
 
-def flush(db: Database, status: int) -> None:
-    """When the answer starts: the request's AuditEvent, unless a committed write already carried one."""
-    access = current()
-    record = access.record
-    if record is None or record.written:
-        return
-    with db.write() as conn:
-        _append(conn, access, record, status)
-    record.written = True
+class Writer:
+    """Group commit, one per process and database: requests hand over their AuditEvent and wait; one thread
+    (started on first use) appends everything handed over meanwhile in one write transaction, then
+    releases those requests, or fails them all. Nothing waits on the event loop for SQLite's write lock,
+    a commit or a checkpoint, and nothing outlives the commit, so workers and hosts share no state."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._queue: list[tuple[dict[str, Any], asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    async def flush(self, status: int) -> None:
+        """When the answer starts: the request's AuditEvent (unless a committed write carried one), committed
+        when this returns; raises what the commit raised."""
+        access = current()
+        record = access.record
+        if record is None or record.written:
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        event = build(access, record, status, access.server)
+        with self._wake:
+            self._queue.append((event, loop, done))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+        await done
+        record.written = True
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue:
+                    self._wake.wait()
+                group, self._queue = self._queue[:GROUP_LIMIT], self._queue[GROUP_LIMIT:]
+            error: Exception | None = None
+            try:
+                with self.db.write() as conn:
+                    chain.extend(conn, [event for event, _, _ in group])
+            except Exception as exc:
+                error = exc
+            waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+            for _, loop, done in group:
+                waiting.setdefault(loop, []).append(done)
+            for loop, futures in waiting.items():
+                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits there any more
+                    loop.call_soon_threadsafe(_settle, futures, error)
 
 
-def _append(conn: Connection, access: Access, record: Record, status: int) -> None:
-    chain.append(conn, build(access, record, status, access.server, chain.head(conn)))
+def _settle(futures: list[asyncio.Future[None]], error: Exception | None) -> None:
+    for done in futures:
+        if not done.done():  # a request cancelled (client gone) no longer waits
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
