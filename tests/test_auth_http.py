@@ -109,9 +109,13 @@ def test_every_audit_event_the_node_writes_conforms_to_its_profile(world: Secure
     for event in events:
         issues = validate(event, event.get("meta", {}).get("profile"))
         assert not has_errors(issues), (event, [i for i in issues if i.severity in ("error", "fatal")])
-    search = next(e for e in events if e["subtype"][0]["code"] == "search-type")
-    query = next(x for x in search["entity"] if x.get("role", {}).get("code") == "24")
-    assert base64.b64decode(query["query"]).decode().startswith("GET /fhir/EpisodeOfCare?status=active")
+    queries = {
+        base64.b64decode(x["query"]).decode(): e
+        for e in events
+        for x in e["entity"]
+        if x.get("role", {}).get("code") == "24"
+    }
+    search = queries["GET /fhir/EpisodeOfCare?status=active"]
     user = next(a for a in search["agent"] if a["type"]["coding"][0]["code"] == "IRCP")
     assert user["who"]["identifier"]["value"] == "79121203389" and user["altId"] == "18780485003"
     assert user["role"][0]["coding"][0]["code"] == "provider"
