@@ -269,6 +269,7 @@ def main() -> None:
                 "database": args.database,
                 "load": args.load,
                 "workers": args.workers,
+                "audit": args.audit,
                 "episodes": args.episodes,
                 "audit_events": args.audit_events,
                 "resources_loaded": loaded,
