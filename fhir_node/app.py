@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None, node: Node | None = None) -> St
     app = Starlette(
         routes=[Route("/health", health, methods=["GET"]), *ROUTES],
         middleware=[
-            Middleware(RequestContext, loopback_only=settings.auth == "none"),
+            Middleware(RequestContext),
             Middleware(Guard, node=node),
         ],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]

@@ -125,6 +125,13 @@ def test_auth_none_serves_loopback_only(tmp_path: Any) -> None:
     app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'n.db'}", audit=True))
     with TestClient(app, base_url=BASE_HOST, client=("192.0.2.10", 50000)) as remote:
         assert remote.get("/fhir/Patient").status_code == 403
+        assert remote.get("/health").status_code == 403
+        refused = audit_events(remote)
+        assert [(e["outcome"], e["outcomeDesc"]) for e in refused] == [("4", "HTTP 403")]
     with TestClient(app, base_url=BASE_HOST, client=("127.0.0.1", 50000)) as local:
         assert local.get("/fhir/Patient").status_code == 200
         assert local.get("/fhir/.well-known/smart-configuration").status_code == 404
+        created = local.post("/fhir/Patient", json={"resourceType": "Patient", "active": True})
+        assert local.delete(f"/fhir/Patient/{created.json()['id']}").status_code == 204
+        statuses = {e["subtype"][0]["code"]: e["outcomeDesc"] for e in audit_events(local)}
+        assert statuses["create"] == "HTTP 201" and statuses["delete"] == "HTTP 204"

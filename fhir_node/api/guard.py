@@ -8,19 +8,19 @@ from __future__ import annotations
 import logging
 from urllib.parse import unquote
 
-import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fhir_node.api.middleware import answer, database_lost, is_loopback
 from fhir_node.audit import trail
 from fhir_node.node import Node
-from fhir_node.outcome import error, operation_outcome
 from fhir_node.security.access import Access, Record, serving
 from fhir_node.security.principal import LOCAL_OPERATOR, Principal, Scopes
 from fhir_node.security.relationships import relationship_source
 from fhir_node.security.tokens import AuthError, TokenVerifier
 
 PUBLIC = ("/fhir/metadata", "/fhir/.well-known/smart-configuration")
+_LOOPBACK_ONLY = "FHIR_NODE_AUTH=none serves loopback clients only"
 #: Whoever a refused token claimed to be: no one (an empty `sub`), so the 401's AuditEvent names the client
 #: by its address and user agent, not as the local operator. Nothing else runs for it.
 UNAUTHENTICATED = Principal("", "patient", Scopes())
@@ -28,7 +28,9 @@ error_log = logging.getLogger("fhir_node.errors")
 
 
 class Guard:
-    """Authenticates, sets the Access, audits. Sits inside RequestContext (which owns the request id)."""
+    """Authenticates (with FHIR_NODE_AUTH=none: loopback clients only), sets the Access, audits; a request
+    that fails unexpectedly is audited too. Sits inside RequestContext (which owns the request id and
+    answers such failures)."""
 
     def __init__(self, app: ASGIApp, node: Node) -> None:
         self.app = app
@@ -36,10 +38,15 @@ class Guard:
         self.verifier = TokenVerifier(node.settings) if node.settings.auth == "jwt" else None
         self.relationships = relationship_source(node.settings)
         self.audit = trail.Writer(node.db)
+        self.loopback_only = node.settings.auth == "none"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
-        if scope["type"] != "http" or not (path == "/fhir" or path.startswith("/fhir/")) or path in PUBLIC:
+        fhir = scope["type"] == "http" and (path == "/fhir" or path.startswith("/fhir/")) and path not in PUBLIC
+        if not fhir:
+            if scope["type"] == "http" and self.loopback_only and not _from_loopback(scope):
+                await answer(send, 403, "forbidden", _LOOPBACK_ONLY)
+                return
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
@@ -63,7 +70,25 @@ class Guard:
                 access.principal = UNAUTHENTICATED
                 await self._unauthorised(problem, send)
                 return
-            await self.app(scope, receive, self._audited(send))
+            if self.loopback_only and not _from_loopback(scope):
+                await self._flush(403)
+                await answer(send, 403, "forbidden", _LOOPBACK_ONLY)
+                return
+            try:
+                await self.app(scope, receive, self._audited(send))
+            except Exception as exc:
+                await self._flush_failure(access, exc)
+                raise  # RequestContext answers it (503 or 500) and logs it
+
+    async def _flush_failure(self, access: Access, exc: Exception) -> None:
+        """A request that failed before answering is audited too (best effort: the failure may be the
+        database itself, and then there is nothing to write to)."""
+        if access.record is None or access.record.written:
+            return
+        try:
+            await self._flush(503 if database_lost(exc) else 500)
+        except Exception as audit_exc:
+            error_log.error("could not audit a failed request: %s", audit_exc)
 
     def _audited(self, send: Send) -> Send:
         """`send`, with the request's AuditEvent committed before the answer starts; if that fails the
@@ -78,7 +103,7 @@ class Guard:
                 except Exception as exc:
                     error_log.error("audit unavailable; request refused: %s", exc)
                     refused = True
-                    await _answer(send, 503, "transient", "The audit log is unavailable; retry later")
+                    await answer(send, 503, "transient", "The audit log is unavailable; retry later")
                     return
             if not refused:
                 await send(message)
@@ -93,7 +118,12 @@ class Guard:
         challenge = 'Bearer realm="fhir-node"'
         if problem.reason != "no bearer token":
             challenge += f', error="invalid_token", error_description="{problem.reason}"'
-        await _answer(send, 401, "login", f"Authentication failed: {problem.reason}", challenge=challenge)
+        await answer(send, 401, "login", f"Authentication failed: {problem.reason}", challenge=challenge)
+
+
+def _from_loopback(scope: Scope) -> bool:
+    client = scope.get("client")
+    return is_loopback(client[0] if client else None)
 
 
 def _bearer(headers: dict[bytes, bytes]) -> str:
@@ -134,12 +164,3 @@ def _record(scope: Scope) -> Record:
     else:
         interaction = {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, "read")
     return Record(method, scope["path"], query, interaction, res_type, res_id)
-
-
-async def _answer(send: Send, status: int, code: str, text: str, challenge: str = "") -> None:
-    body = orjson.dumps(operation_outcome([error(code, text)]))
-    headers = [(b"content-type", b"application/fhir+json"), (b"content-length", str(len(body)).encode())]
-    if challenge:
-        headers.append((b"www-authenticate", challenge.encode("latin-1")))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

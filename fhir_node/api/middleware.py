@@ -1,4 +1,5 @@
-"""Raw ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware): request id, access log, loopback guard."""
+"""Raw ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware): request id, access log, and the
+answer to what nothing else answered (a lost database, a bug)."""
 
 from __future__ import annotations
 
@@ -27,12 +28,10 @@ def is_loopback(host: str | None) -> bool:
 
 
 class RequestContext:
-    """Gives each request an id (the client's X-Request-Id when sane), echoes it, logs one JSON line,
-    and, when `loopback_only`, refuses anyone not on a loopback address (403)."""
+    """Gives each request an id (the client's X-Request-Id when sane), echoes it, logs one JSON line."""
 
-    def __init__(self, app: ASGIApp, loopback_only: bool) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.loopback_only = loopback_only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,11 +52,7 @@ class RequestContext:
             await send(message)
 
         try:
-            client = scope.get("client")
-            if self.loopback_only and not is_loopback(client[0] if client else None):
-                await _answer(send_with_id, 403, "forbidden", "FHIR_NODE_AUTH=none serves loopback clients only")
-            else:
-                await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, send_with_id)
         except Exception as exc:
             if started:  # nothing more can be said to the client
                 raise
@@ -74,21 +69,29 @@ class RequestContext:
             access_log.info("request", extra={"fields": fields})
 
 
+def database_lost(exc: Exception) -> bool:
+    """A lost database (503, the client may retry), not a bug of ours (500)."""
+    return isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+
+
 async def _unexpected(send: Send, exc: Exception, rid: str) -> None:
     """A lost database is a 503 the client may retry; anything else is our bug: a 500 with the request id
     to report, and the traceback in the log."""
-    if isinstance(exc, OperationalError | InterfaceError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    ):
+    if database_lost(exc):
         error_log.error("database unavailable in request %s: %s", rid, exc)
-        await _answer(send, 503, "transient", f"The database is unavailable; retry later (request id {rid})")
+        await answer(send, 503, "transient", f"The database is unavailable; retry later (request id {rid})")
         return
     error_log.exception("unhandled error in request %s", rid, exc_info=exc)
-    await _answer(send, 500, "exception", f"Internal error; request id {rid}")
+    await answer(send, 500, "exception", f"Internal error; request id {rid}")
 
 
-async def _answer(send: Send, status: int, code: str, text: str) -> None:
+async def answer(send: Send, status: int, code: str, text: str, challenge: str = "") -> None:
+    """A bare OperationOutcome answer, for the middleware layers (no Response object there)."""
     body = orjson.dumps(operation_outcome([error(code, text)]))
     headers = [(b"content-type", b"application/fhir+json"), (b"content-length", str(len(body)).encode())]
+    if challenge:
+        headers.append((b"www-authenticate", challenge.encode("latin-1")))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -26,11 +26,14 @@ from fhir_node.store.schema import idx_reference
 GROUP_LIMIT = 200
 
 
-def note(conn: Connection, items: Iterable[tuple[str, str]]) -> None:
-    """Record that the current request touched these resources (and so their patients)."""
+def note(conn: Connection, items: Iterable[tuple[str, str]], status: int | None = None) -> None:
+    """Record that the current request touched these resources (and so their patients); a write also
+    gives the status it answers."""
     record = current().record
     if record is None:
         return
+    if status is not None:
+        record.status = status
     items = list(items)
     if not items:
         return
@@ -66,8 +69,10 @@ def patients_of(conn: Connection, items: list[tuple[str, str]]) -> set[str]:
 def stage(conn: Connection) -> None:
     """Inside a write transaction, before it commits: the AuditEvent of what the request did so far."""
     access = current()
-    if access.record is not None:
-        chain.extend(conn, [build(access, access.record, 200, access.server)])
+    record = access.record
+    if record is not None:
+        status = 200 if record.interaction in ("transaction", "batch") else record.status
+        chain.extend(conn, [build(access, record, status, access.server)])
 
 
 def committed() -> None:

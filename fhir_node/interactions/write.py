@@ -81,7 +81,7 @@ def create_in(conn: Connection, res_type: str, resource: dict[str, Any], res_id:
 def _written(conn: Connection, written: Version, letter: str) -> None:
     """After a write: the caller still reaches what it wrote (else 403, rolled back); audit notes it."""
     policy.check_written(conn, written.res_type, written.res_id, letter)
-    trail.note(conn, [(written.res_type, written.res_id)])
+    trail.note(conn, [(written.res_type, written.res_id)], written.status)
 
 
 def update(node: Node, res_type: str, res_id: str, body: Any, if_match: str | None = None) -> Written:
@@ -145,7 +145,7 @@ def delete_in(conn: Connection, res_type: str, res_id: str, expected: int | None
         return None
     policy.check_write(conn, res_type, res_id, previous.content, None)
     _check_version(previous, expected, res_type, res_id)
-    trail.note(conn, [(res_type, res_id)])
+    trail.note(conn, [(res_type, res_id)], 204)
     return repository.write(conn, res_type, res_id, None, previous, "DELETE")
 
 

@@ -31,6 +31,8 @@ class Record:
     entities: list[tuple[str, str]] = field(default_factory=list)
     #: Ids of the Patients whose data the request touched.
     patients: set[str] = field(default_factory=set)
+    #: The status a write answers (201 created, 204 deleted...), for an AuditEvent staged with the write.
+    status: int = 200
     #: Set once an AuditEvent for this request committed (with a write), so none is written twice.
     written: bool = False
 
