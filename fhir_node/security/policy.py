@@ -5,11 +5,11 @@ write checks (before and after the write, in its transaction), and the PSI redac
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, Select, and_, false, or_, select
+from sqlalchemy import ColumnElement, Connection, FromClause, Select, Table, and_, false, or_, select
 
 from fhir_node.outcome import FHIRError, fail
 from fhir_node.security.access import current
@@ -186,18 +186,18 @@ def _about(res_type: str, patients: Select[Any] | Collection[str]) -> ColumnElem
     param = PATIENT_PARAM.get(res_type)
     if param is None:
         return false()
-    ref = idx_reference.alias()
-    return (
-        select(ref.c.res_id)
-        .where(
-            ref.c.res_type == r.c.res_type,
-            ref.c.res_id == r.c.res_id,
-            ref.c.param == param,
-            ref.c.target_type == "Patient",
-            ref.c.target_id.in_(patients),
-        )
-        .exists()
-    )
+    return _indexed(idx_reference, param, lambda ref: (ref.c.target_type == "Patient", ref.c.target_id.in_(patients)))
+
+
+def _indexed(
+    table: Table, param: str, conditions: Callable[[FromClause], tuple[ColumnElement[bool], ...]]
+) -> ColumnElement[bool]:
+    """The enclosing `resources` row has an index row of `param` in `table` that meets `conditions` (an
+    alias of the table: never correlated with one the enclosing query walks)."""
+    alias = table.alias()
+    r = resources
+    own = (alias.c.res_type == r.c.res_type, alias.c.res_id == r.c.res_id, alias.c.param == param)
+    return select(alias.c.res_id).where(*own, *conditions(alias)).exists()
 
 
 def _own_patients() -> Select[Any]:
@@ -236,18 +236,9 @@ def _in_project(res_type: str, conn: Connection) -> ColumnElement[bool]:
     """The project's own inclusions, or resources of patients included in the project."""
     if res_type != "EpisodeOfCare":
         return _about(res_type, _project_patients(conn))
-    ref = idx_reference.alias()
-    r = resources
-    return (
-        select(ref.c.res_id)
-        .where(
-            ref.c.res_type == r.c.res_type,
-            ref.c.res_id == r.c.res_id,
-            ref.c.param == "organization",
-            ref.c.target_type == "Organization",
-            ref.c.target_id.in_(_project_organizations(conn)),
-        )
-        .exists()
+    orgs = _project_organizations(conn)
+    return _indexed(
+        idx_reference, "organization", lambda ref: (ref.c.target_type == "Organization", ref.c.target_id.in_(orgs))
     )
 
 
@@ -270,16 +261,4 @@ def _project_patients(conn: Connection) -> Select[Any]:
 
 def _principal_inclusion() -> ColumnElement[bool]:
     """EpisodeOfCare rows typed as a principal inclusion."""
-    t = idx_token.alias()
-    r = resources
-    return (
-        select(t.c.res_id)
-        .where(
-            t.c.res_type == r.c.res_type,
-            t.c.res_id == r.c.res_id,
-            t.c.param == "type",
-            t.c.system == INCLUSION_STATUS,
-            t.c.code == "principal",
-        )
-        .exists()
-    )
+    return _indexed(idx_token, "type", lambda t: (t.c.system == INCLUSION_STATUS, t.c.code == "principal"))
