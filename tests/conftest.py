@@ -105,3 +105,18 @@ def searched(search_database_url: str) -> Iterator[object]:
 
     with loaded_node(search_database_url) as env:
         yield env
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The access-control world (tests/access_data.py) served with FHIR_NODE_AUTH=jwt, loaded once per
+    backend and module, for tests that only read (or only add what they check themselves)."""
+    from access_data import secured
+
+    if request.param == "sqlite":
+        with secured(f"sqlite:///{tmp_path_factory.mktemp('world') / 'node.db'}") as env:
+            yield env
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    with server.fresh_database() as url, secured(url) as env:
+        yield env

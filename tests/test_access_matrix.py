@@ -14,18 +14,6 @@ from starlette.testclient import TestClient
 Secured = tuple[TestClient, World]
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
-    """One loaded world per backend for the tests that only read."""
-    if request.param == "sqlite":
-        with secured(f"sqlite:///{tmp_path_factory.mktemp('access') / 'node.db'}") as env:
-            yield env
-        return
-    server = request.getfixturevalue("postgres_server")
-    with server.fresh_database() as url, secured(url) as env:
-        yield env
-
-
 @pytest.fixture
 def fresh(database_url: str) -> Iterator[Secured]:
     """A world of its own, for tests that write."""

@@ -16,7 +16,7 @@ from unittest import mock
 
 import orjson
 import pytest
-from access_data import ISSUER, World, episode, headers, secured
+from access_data import ISSUER, World, episode, headers
 from jwt_keys import REFUSED
 from live_node import BASE_HOST
 from sqlalchemy import select
@@ -128,17 +128,6 @@ def test_index_rows_are_those_generic_extraction_gives(case: str) -> None:
 def test_index_rows_cover_every_audit_event_search_parameter() -> None:
     """Else `chain.extend` falls back to generic extraction (correct, but the cost this avoids)."""
     assert indexed_params("AuditEvent") == INDEXED
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
-    if request.param == "sqlite":
-        with secured(f"sqlite:///{tmp_path_factory.mktemp('writer') / 'node.db'}") as env:
-            yield env
-        return
-    server = request.getfixturevalue("postgres_server")
-    with server.fresh_database() as url, secured(url) as env:
-        yield env
 
 
 def test_the_index_rows_stored_for_each_audit_event_are_those_of_its_content(world: Secured) -> None:

@@ -4,12 +4,12 @@ nothing and is itself audited; discovery documents are public; FHIR_NODE_AUTH=no
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
-from access_data import ISSUER, World, episode, headers, secured
+from access_data import ISSUER, World, episode, headers
 from jwt_keys import ISSUER as ISSUER_URL
 from jwt_keys import REFUSED, TestIssuer
 from live_node import BASE_HOST
@@ -22,17 +22,6 @@ from fhir_node.store.schema import resources
 from fhir_node.validation.validator import has_errors, validate
 
 Secured = tuple[TestClient, World]
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
-    if request.param == "sqlite":
-        with secured(f"sqlite:///{tmp_path_factory.mktemp('auth') / 'node.db'}") as env:
-            yield env
-        return
-    server = request.getfixturevalue("postgres_server")
-    with server.fresh_database() as url, secured(url) as env:
-        yield env
 
 
 def audit_events(client: TestClient) -> list[dict[str, Any]]:
