@@ -307,3 +307,17 @@ def test_a_patient_sees_who_accessed_their_data(fresh: Secured) -> None:
     assert "18780485003" in readers
     theirs = search(client, "patient", f"AuditEvent?patient={w.ref('P2')}")
     assert theirs.get("entry", []) == []
+
+
+@pytest.mark.parametrize("caller", ["provider", "psi-admin", "patient"])
+def test_versions_and_validate_by_id_answer_404_for_what_the_caller_may_not_see(world: Secured, caller: str) -> None:
+    client, w = world
+    hidden, seen, h = "B2", "A1", headers(caller)
+    assert client.get(f"/fhir/{w.ref(seen)}/_history/1", headers=h).status_code == 200
+    assert client.get(f"/fhir/{w.ref(hidden)}/_history/1", headers=h).status_code == 404
+    assert client.get(f"/fhir/{w.ref(hidden)}/_history", headers=h).status_code == 404
+    validate = f"/fhir/{w.ref(hidden)}/$validate?mode=delete"
+    assert client.post(validate, headers=h).status_code == 404
+    form = {**h, "Content-Type": "application/x-www-form-urlencoded"}
+    posted = client.post("/fhir/EpisodeOfCare/_search", content=b"_count=100", headers=form).json()
+    assert w.ids[hidden] not in {e["resource"]["id"] for e in posted.get("entry", [])}
