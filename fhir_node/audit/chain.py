@@ -6,7 +6,6 @@ so several workers, or hosts, extend one chain; `extend` links many in one trans
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,8 +15,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, and_, delete, insert, select
 
-from fhir_node.audit.events import CHAIN_EXTENSION, INDEXED, index_rows
-from fhir_node.search.index import built_by, indexed_params
+from fhir_node.audit.events import CHAIN_EXTENSION
 from fhir_node.store import repository
 from fhir_node.store.batch import add_rows, batched
 from fhir_node.store.database import lock
@@ -41,31 +39,18 @@ def head(conn: Connection) -> str:
     return conn.execute(_ANCHOR).scalar() or GENESIS
 
 
-def append(conn: Connection, event: dict[str, Any]) -> str:
-    """Store `event` (built on `head(conn)`) as a new AuditEvent and link it into the chain; its id."""
-    return _store(conn, event)[0]
-
-
 def extend(conn: Connection, events: list[dict[str, Any]]) -> list[str]:
     """Store the node's `events` (from `events.build`, without their link) in this order at the head of the
     chain, each linked to the one before, in `conn`'s transaction: one commit for the audits of many
-    requests. Their index rows are `events.index_rows` and their inserts are batched per table. Their ids."""
+    requests, inserts batched per table. Their ids."""
     previous = head(conn)
     ids = []
-    with batched(conn), _indexed(conn):
+    with batched(conn):
         for event in events:
             linked = {"extension": [{"url": CHAIN_EXTENSION, "valueString": previous}], **event}
             res_id, previous = _store(conn, linked)
             ids.append(res_id)
     return ids
-
-
-def _indexed(conn: Connection) -> contextlib.AbstractContextManager[None]:
-    """The index rows `index_rows` reads off the node's AuditEvents, unless the registry now gives AuditEvent
-    parameters it does not know: then each is extracted like any resource's."""
-    if indexed_params("AuditEvent") == INDEXED:
-        return built_by(conn, "AuditEvent", index_rows)
-    return contextlib.nullcontext()
 
 
 def _store(conn: Connection, event: dict[str, Any]) -> tuple[str, str]:
@@ -116,8 +101,7 @@ def verify(conn: Connection) -> tuple[int, str, Break | None]:
 
 def _walk(conn: Connection) -> Iterator[tuple[int, str, str, bytes | None, bytes | None]]:
     """Chain entries in order with both stored copies of each event, in pages (bounded memory). All of
-    them, not those after the anchor's seq: purge removes every entry up to the anchor, and once it removed
-    them all SQLite numbers the next entry 1 again (INTEGER PRIMARY KEY without AUTOINCREMENT)."""
+    them: purge removes every entry up to the anchor, so the first left follows the anchor's hash."""
     c, r, v = audit_chain.c, resources.c, resource_versions.c
     after = 0
     while True:

@@ -1,21 +1,14 @@
 """AuditEvents built by the node, by construction conformant to our `bihr-audit-*` profiles (IHE BALP
-RESTful interactions and their patient variants): tests validate them, requests do not pay for it. Their
-search index rows are read off that known shape too (`index_rows`), not extracted by FHIRPath."""
+RESTful interactions and their patient variants): tests validate them, requests do not pay for it."""
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 from typing import Any
 
-import orjson
-
-from fhir_node.search.fhirpath import resolve_literal
-from fhir_node.search.values import EXTRACTORS, unwrap_extension
 from fhir_node.security.access import Access, Record
-from fhir_node.security.policy import SSIN
+from fhir_node.security.relationships import SSIN
 from fhir_node.store.repository import instant, now
-from fhir_node.store.schema import INDEX_TABLES
 
 CANONICAL = "https://fhir-node.be/fhir/StructureDefinition"
 #: The hash (SHA-256, hex) of the node's previous AuditEvent: the chain `fhir-node audit verify` walks.
@@ -151,118 +144,3 @@ def _entities(access: Access, record: Record, profile: str | None, patients: lis
 
 def _concept(coding: tuple[str, str]) -> dict[str, Any]:
     return {"coding": [{"system": coding[0], "code": coding[1]}]}
-
-
-IndexRows = dict[str, list[dict[str, Any]]]
-
-
-def index_rows(event: dict[str, Any]) -> IndexRows:
-    """The search index rows of an AuditEvent `build` made, in its stored form (id and meta set), per
-    parameter type, every column filled: what `search.index.rows` extracts from it (tests hold them equal),
-    read off the shape built here instead of evaluating each AuditEvent search parameter."""
-    found = _Found(event)
-    for param, (kind, select) in _PARAMS.items():
-        found.add(kind, param, select(found))
-    return found.rows
-
-
-class _Found:
-    """One AuditEvent's parts and the index rows found so far, each once per parameter (as `rows` removes
-    duplicates). Values are converted by values.py's extractors, each distinct value once."""
-
-    def __init__(self, event: dict[str, Any]) -> None:
-        self.event = event
-        self.meta: dict[str, Any] = event["meta"]
-        self.agents: list[dict[str, Any]] = event.get("agent", [])
-        self.entities: list[dict[str, Any]] = event.get("entity", [])
-        self.source: dict[str, Any] = event.get("source", {})
-        self.whos = _each(self.agents, "who")
-        self.whats = _each(self.entities, "what")
-        self.rows: IndexRows = {}
-        self._key = ("AuditEvent", event["id"])
-        self._seen: set[tuple[Any, ...]] = set()
-        self._converted: dict[str, dict[str | bytes, list[tuple[Any, ...]]]] = {kind: {} for kind in _COLUMNS}
-
-    def add(self, kind: str, param: str, values: list[Any]) -> None:
-        columns = _COLUMNS[kind]
-        prefix = (*self._key, param)
-        for value in values:
-            for converted in self._convert(kind, value):
-                row = prefix + converted
-                if row not in self._seen:
-                    self._seen.add(row)
-                    self.rows.setdefault(kind, []).append(dict(zip(columns, row, strict=False)))
-
-    def _convert(self, kind: str, value: Any) -> list[tuple[Any, ...]]:
-        """The value columns `kind`'s extractor gives `value`, worked out once per distinct value."""
-        converted = self._converted[kind]
-        memo = value if isinstance(value, str) else orjson.dumps(value)
-        found = converted.get(memo)
-        if found is None:
-            columns = _COLUMNS[kind][3:]
-            extracted = EXTRACTORS[kind](unwrap_extension(value))
-            found = converted[memo] = [tuple(map(r.get, columns)) for r in extracted]
-        return found
-
-    def patients(self) -> list[Any]:
-        """`where(resolve() is Patient)` on agent.who and entity.what: for a relative `Type/id`, the local
-        target of its first reference row (identifier rows have no target_id); any other reference asks
-        `resolve_literal`, as the index expression does."""
-        out = []
-        for value in self.whos + self.whats:
-            ref = value.get("reference") if isinstance(value, dict) else None
-            if not isinstance(ref, str):
-                continue
-            if ref.count("/") == 1:
-                first = self._convert("reference", value)[:1]
-                patient = bool(first) and first[0][0] == "Patient" and first[0][1] is not None
-            else:
-                patient = any(node.data["resourceType"] == "Patient" for node in resolve_literal([value]))
-            if patient:
-                out.append(value)
-        return out
-
-
-def _each(items: list[dict[str, Any]], key: str) -> list[Any]:
-    """`items.key`, arrays flattened, as a FHIRPath path step gives it."""
-    out: list[Any] = []
-    for item in items:
-        value = item.get(key)
-        if isinstance(value, list):
-            out.extend(value)
-        elif value is not None:
-            out.append(value)
-    return out
-
-
-#: The AuditEvent search parameters the index holds: (type, the values its expression selects).
-_PARAMS: dict[str, tuple[str, Callable[[_Found], list[Any]]]] = {
-    "action": ("token", lambda f: _each([f.event], "action")),
-    "address": ("string", lambda f: _each(_each(f.agents, "network"), "address")),
-    "agent": ("reference", lambda f: f.whos),
-    "agent-name": ("string", lambda f: _each(f.agents, "name")),
-    "agent-role": ("token", lambda f: _each(f.agents, "role")),
-    "altid": ("token", lambda f: _each(f.agents, "altId")),
-    "date": ("date", lambda f: _each([f.event], "recorded")),
-    "entity": ("reference", lambda f: f.whats),
-    "entity-name": ("string", lambda f: _each(f.entities, "name")),
-    "entity-role": ("token", lambda f: _each(f.entities, "role")),
-    "entity-type": ("token", lambda f: _each(f.entities, "type")),
-    "outcome": ("token", lambda f: _each([f.event], "outcome")),
-    "patient": ("reference", _Found.patients),
-    "policy": ("uri", lambda f: _each(f.agents, "policy")),
-    "site": ("token", lambda f: _each([f.source], "site")),
-    "source": ("reference", lambda f: _each([f.source], "observer")),
-    "subtype": ("token", lambda f: _each([f.event], "subtype")),
-    "type": ("token", lambda f: _each([f.event], "type")),
-    "_id": ("token", lambda f: _each([f.event], "id")),
-    "_lastUpdated": ("date", lambda f: _each([f.meta], "lastUpdated")),
-    "_profile": ("uri", lambda f: _each([f.meta], "profile")),
-    "_security": ("token", lambda f: _each([f.meta], "security")),
-    "_source": ("uri", lambda f: _each([f.meta], "source")),
-    "_tag": ("token", lambda f: _each([f.meta], "tag")),
-}
-#: Index columns per parameter type, in table order: res_type, res_id, param, then the values.
-_COLUMNS = {kind: tuple(c.name for c in table.columns) for kind, table in INDEX_TABLES.items()}
-#: What `index_rows` covers: when the registry gives AuditEvent other parameters, `rows` is used instead.
-INDEXED = frozenset(_PARAMS)

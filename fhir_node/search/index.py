@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
 from functools import cache
 from typing import Any
 
@@ -17,11 +15,6 @@ from fhir_node.store.schema import INDEX_TABLES
 
 _TABLES = {id(t): t for t in INDEX_TABLES.values()}
 _COLUMNS = {t.name: [c.name for c in t.columns] for t in INDEX_TABLES.values()}
-_BUILDERS = "fhir_node.index_builders"
-
-#: A writer's own extraction for resources it built itself: `rows` per parameter type, every column filled
-#: (res_type and res_id too), ready to insert.
-RowBuilder = Callable[[dict[str, Any]], dict[str, list[dict[str, Any]]]]
 
 
 @cache
@@ -30,11 +23,6 @@ def _plan(res_type: str) -> tuple[tuple[SearchParam, Evaluator], ...]:
     return tuple(
         (p, compile_expression(p.expression)) for p in registry().of(res_type).values() if p.type in EXTRACTORS
     )
-
-
-def indexed_params(res_type: str) -> frozenset[str]:
-    """The codes of the parameters `rows` extracts for `res_type`."""
-    return frozenset(p.code for p, _ in _plan(res_type))
 
 
 def rows(res_type: str, resource: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -52,30 +40,12 @@ def rows(res_type: str, resource: dict[str, Any]) -> dict[str, list[dict[str, An
     return out
 
 
-@contextlib.contextmanager
-def built_by(conn: Connection, res_type: str, build: RowBuilder) -> Iterator[None]:
-    """Inside the block, `res_type` resources written on `conn` are indexed by `build`, not by evaluating
-    every search parameter: for a writer that knows exactly what it wrote (the node's AuditEvents). Its rows
-    must be those `rows` gives (tests hold them equal), or searches would find other results."""
-    builders: dict[str, RowBuilder] = conn.info.setdefault(_BUILDERS, {})
-    builders[res_type] = build
-    try:
-        yield
-    finally:
-        del builders[res_type]
-
-
 def write_index(conn: Connection, res_type: str, res_id: str, resource: dict[str, Any] | None, replace: bool) -> None:
     """Index `resource` (None: a deletion leaves no rows); `replace` drops the previous version's rows."""
     if replace:
         for table in _TABLES.values():
             conn.execute(delete(table).where(table.c.res_type == res_type, table.c.res_id == res_id))
     if resource is None:
-        return
-    build = conn.info.get(_BUILDERS, {}).get(res_type)
-    if build is not None:
-        for param_type, found in build(resource).items():
-            add_rows(conn, INDEX_TABLES[param_type], found)
         return
     for param_type, found in rows(res_type, resource).items():
         table = INDEX_TABLES[param_type]
