@@ -41,8 +41,7 @@ def history(
             trail.note(conn, [(res_type, res_id)])
             if repository.current(conn, res_type, res_id) is None:
                 raise fail(404, "not-found", f"{res_type}/{res_id} is not known")
-            if policy.reach(res_type, "r") != "all":
-                policy.readable(conn, res_type, res_id, full=True)
+            policy.readable(conn, res_type, res_id, full=True)
         versions = repository.history(
             conn,
             res_type,
@@ -67,13 +66,12 @@ def history(
 def _allowed(conn: Connection, res_type: str | None) -> ColumnElement[bool] | None:
     """Type and system history show only the resources the caller may search, in full (no redacted
     versions); None: everything."""
-    types = [res_type] if res_type is not None else [t for t in KINDS if t not in _NO_HISTORY and policy.reach(t, "s")]
-    if res_type is None and not types:
+    wanted = [res_type] if res_type is not None else [t for t in KINDS if t not in _NO_HISTORY]
+    types = [t for t in wanted if res_type is not None or policy.reach(t, "s")]
+    if not types:
         raise policy.forbidden()
     conditions = {t: policy.condition(conn, t, "s", full=True) for t in types}
-    if res_type is None and len(types) == len(KINDS) - len(_NO_HISTORY) and all(c is None for c in conditions.values()):
-        return None
-    if res_type is not None and conditions[res_type] is None:
+    if types == wanted and all(c is None for c in conditions.values()):
         return None
     r = resources
     return or_(*(and_(r.c.res_type == t, c if c is not None else true()) for t, c in conditions.items()))

@@ -24,7 +24,7 @@ def read(node: Node, res_type: str, res_id: str) -> Version:
         policy.require(res_type, "r")
         trail.note(conn, [(res_type, res_id)])
         found = repository.current(conn, res_type, res_id)
-        if found is not None and found.deleted and policy.reach(res_type, "r") != "all":
+        if found is not None and found.deleted and not policy.unrestricted(res_type, "r"):
             raise policy.not_found(res_type, res_id)  # that it existed is not theirs to know either
         return _as_shown(conn, _present(found, res_type, res_id))
 

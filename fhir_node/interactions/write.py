@@ -72,7 +72,7 @@ def existing(conn: Connection, found: Version) -> Version:
 
 def create_in(conn: Connection, res_type: str, resource: dict[str, Any], res_id: str | None = None) -> Written:
     """A new resource; `res_id` is one the caller assigned already (a transaction resolving urn:uuid)."""
-    policy.check_write(conn, res_type, "", None, resource)
+    policy.require(res_type, "c")
     written = repository.write(conn, res_type, res_id or repository.new_id(), resource, None, "POST")
     _written(conn, written, "c")
     return Written(written, 201)
@@ -97,7 +97,10 @@ def update(node: Node, res_type: str, res_id: str, body: Any, if_match: str | No
 def update_in(conn: Connection, res_type: str, res_id: str, resource: dict[str, Any], expected: int | None) -> Written:
     previous = repository.current(conn, res_type, res_id, for_update=True)
     live = previous is not None and not previous.deleted
-    policy.check_write(conn, res_type, res_id, previous.content if previous and live else None, resource)
+    if live and previous is not None:
+        policy.check_write(conn, res_type, res_id, previous.content or b"", resource)
+    else:
+        policy.require(res_type, "c")
     _check_version(previous, expected, res_type, res_id)
     written = repository.write(conn, res_type, res_id, resource, previous, "PUT")
     _written(conn, written, "u" if live else "c")
@@ -139,11 +142,11 @@ def delete_in(conn: Connection, res_type: str, res_id: str, expected: int | None
     if previous is None:
         raise fail(404, "not-found", f"{res_type}/{res_id} is not known")
     if previous.deleted:
-        if policy.reach(res_type, "d") != "all":
+        if not policy.unrestricted(res_type, "d"):
             raise policy.not_found(res_type, res_id)
         _check_version(previous, expected, res_type, res_id)
         return None
-    policy.check_write(conn, res_type, res_id, previous.content, None)
+    policy.check_write(conn, res_type, res_id, previous.content or b"", None)
     _check_version(previous, expected, res_type, res_id)
     trail.note(conn, [(res_type, res_id)], 204)
     return repository.write(conn, res_type, res_id, None, previous, "DELETE")

@@ -47,6 +47,11 @@ def reach(res_type: str, letter: str) -> Reach | None:
     return GRANTS[principal.role].get(res_type, {}).get(letter)
 
 
+def unrestricted(res_type: str, letter: str) -> bool:
+    """Whether the caller reaches every resource of the type (the operator; the aggregator's reads)."""
+    return reach(res_type, letter) == "all"
+
+
 def require(res_type: str, letter: str) -> Reach:
     """The reach, or a 403."""
     found = reach(res_type, letter)
@@ -126,14 +131,11 @@ def shown(conn: Connection, res_type: str, content: bytes) -> tuple[bytes, bool]
 
 
 def check_write(
-    conn: Connection, res_type: str, res_id: str, previous_content: bytes | None, resource: dict[str, Any] | None
+    conn: Connection, res_type: str, res_id: str, previous_content: bytes, resource: dict[str, Any] | None
 ) -> None:
-    """Before a write: an existing resource must be visible (else 404) and within the caller's reach for
-    the change (else 403), and an update may only change what the role may change. `previous_content`
-    None: a create (or update-as-create); `resource` None: a delete."""
-    if previous_content is None:
-        require(res_type, "c")
-        return
+    """Before changing an existing resource: it must be visible (else 404) and within the caller's reach
+    for the change (else 403), and an update may only change what the role may change. `resource` None: a
+    delete. (A create needs only `require(res_type, "c")` before and `check_written` after.)"""
     readable(conn, res_type, res_id)
     letter = "d" if resource is None else "u"
     if not visible(conn, res_type, res_id, letter, full=True):
