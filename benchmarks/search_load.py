@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import datetime
 import http.client
+import os
 import random
 import statistics
 import sys
@@ -166,6 +167,17 @@ def rss_kb(pid: int) -> int:
     return total
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by the server process and its children (uvicorn workers):
+    on a shared machine the CPU per search moves much less from run to run than searches/s."""
+    total = 0
+    for p in [pid, *_children(pid)]:
+        with contextlib.suppress(FileNotFoundError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -263,7 +275,9 @@ def main() -> None:
                     f"/fhir/EpisodeOfCare?organization=Organization/{org_ids[i % len(org_ids)]}&_count=50",
                 ]
             run_gets(host, port, queries, min(100, args.searches), args.clients)  # warm-up
+            cpu0 = cpu_seconds(pid)
             wall, lat = run_gets(host, port, queries, args.searches, args.clients)
+            cpu = cpu_seconds(pid) - cpu0
             lat.sort()
             report = {
                 "database": args.database,
@@ -278,6 +292,7 @@ def main() -> None:
                 "searches_per_s": round(args.searches / wall, 1),
                 "p50_ms": round(statistics.median(lat), 2),
                 "p95_ms": round(lat[int(len(lat) * 0.95) - 1], 2),
+                "server_cpu_us_per_search": round(cpu / args.searches * 1e6),
                 "server_rss_mib": round(rss_kb(pid) / 1024, 1),
             }
             print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())

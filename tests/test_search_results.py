@@ -205,6 +205,26 @@ def test_summary_count(searched: Loaded) -> None:
     assert "entry" not in bundle
 
 
+COUNTED = [
+    ("EpisodeOfCare", "status=active"),
+    ("EpisodeOfCare", "status=active,finished&date=ge2024-01-01T00:30:00+02:00"),  # a walk and a probe
+    ("EpisodeOfCare", "patient=Patient/pat-01&status=active"),
+    ("EpisodeOfCare", "patient.name=dup"),  # a chain: no walk
+    ("Patient", f"identifier={SSIN}|{DATA['Patient'][3]['identifier'][0]['value']}&gender=female,male"),
+    ("Patient", "_id=pat-01,pat-05,nobody"),
+    ("Consent", "scope=research&status:not=active"),
+    ("Organization", "_has:Patient:organization:gender=female"),
+]
+
+
+@pytest.mark.parametrize(("res_type", "params"), COUNTED, ids=str)
+@pytest.mark.parametrize("shape", ["_summary=count", "_total=accurate&_count=1", "_total=estimate&_count=1"])
+def test_counts_are_exact(searched: Loaded, res_type: str, params: str, shape: str) -> None:
+    """However the node counts (over the walked index or the resources), the total is the matches'."""
+    bundle = search(searched.client, res_type, f"{params}&{shape}")
+    assert bundle["total"] == len(searched.oracle.ids(res_type, params))
+
+
 def test_count_zero_counts_only(searched: Loaded) -> None:
     bundle = search(searched.client, "Consent", "scope=research&_count=0")
     assert bundle["total"] == len(searched.oracle.ids("Consent", "scope=research")) and "entry" not in bundle

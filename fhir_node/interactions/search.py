@@ -4,6 +4,7 @@ links, `_total`, `_include`/`_revinclude`, `_summary`, `_elements`; conditional 
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -12,7 +13,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, Select, Table, and_, false, func, or_, select, true
+from sqlalchemy import ColumnElement, Connection, FromClause, Select, Table, and_, false, func, or_, select, true
 
 from fhir_node.audit import trail
 from fhir_node.bundles import bundle
@@ -41,15 +42,32 @@ _TOTAL_BOUND = 10_000
 _ITERATE_LIMIT = 4
 
 
+@dataclass(frozen=True)
+class Walk:
+    """An index to walk in id order instead of scanning the type: its rows for the chosen criterion, and
+    the other criteria on the resource row (`rest`), or, when the access policy adds no condition
+    (`policy_free`), on the index row itself (`bare`: index rows exist only for live resources, so a count
+    needs no resource row)."""
+
+    table: Table
+    condition: ColumnElement[bool]
+    rest: ColumnElement[bool]
+    chosen: Criterion
+    policy_free: bool
+
+    def bare(self, parsed: Parsed, base: str) -> ColumnElement[bool]:
+        """The other criteria on the index row (any refused under lenient handling was reported with `rest`)."""
+        return and_(true(), *_probes(parsed, base, self.chosen, self.table, lambda exc: None))
+
+
 @dataclass
 class Page:
-    """The query shape every page of one search shares. `walk`, when set, is an index to walk in id order
-    instead of scanning the type: (index table, its condition, the other criteria)."""
+    """The query shape every page of one search shares; `walk`, when set, the index that finds it."""
 
     parsed: dict[str, Parsed]
     base: str
     sort: list[tuple[str, bool, str]] = field(default_factory=list)  # (code, descending, param type)
-    walk: tuple[Table, ColumnElement[bool], ColumnElement[bool]] | None = None
+    walk: Walk | None = None
     #: Per type, what the caller may see of it (the access policy's condition; None: everything).
     allowed: dict[str, ColumnElement[bool] | None] = field(default_factory=dict)
 
@@ -102,7 +120,7 @@ def _answer(
     cursor = _decode_cursor(_single(result, "_cursor"), page)
 
     if summary == "count" or count == 0:
-        total = conn.execute(select(func.count()).select_from(resources).where(page.where)).scalar_one()
+        total = _count_all(conn, page)
         return bundle("searchset", [], {"self": _link(base, res_type, params, None)}, total=total)
     rows, has_next, has_prev = _fetch(conn, page, cursor, count)
     total = _total(conn, page, total_mode, cursor, rows, has_next)
@@ -199,19 +217,24 @@ def _type_condition(
     conds: list[ColumnElement[bool]] = [resources.c.res_type == res_type, resources.c.deleted == false()]
     if allowed is not None:
         conds.append(allowed)
+    return and_(*conds, *_probes(parsed, base, skip, resources, lambda exc: _refuse(parsed, exc)))
+
+
+def _probes(
+    parsed: Parsed, base: str, skip: Criterion | None, row: FromClause, refuse: Callable[[SearchError], None]
+) -> list[ColumnElement[bool]]:
+    conds = []
     for c in parsed.criteria:
         if c is skip:
             continue
         try:
-            conds.append(probe(c, base))
+            conds.append(probe(c, base, row))
         except SearchError as exc:
-            _refuse(parsed, exc)
-    return and_(*conds)
+            refuse(exc)
+    return conds
 
 
-def _walk(
-    res_type: str, parsed: Parsed, base: str, allowed: ColumnElement[bool] | None = None
-) -> tuple[Table, ColumnElement[bool], ColumnElement[bool]] | None:
+def _walk(res_type: str, parsed: Parsed, base: str, allowed: ColumnElement[bool] | None = None) -> Walk | None:
     """The most selective criterion whose index rows come in id order, if any (see `sql.driver`)."""
     ranked = []
     for i, c in enumerate(parsed.criteria):
@@ -224,7 +247,9 @@ def _walk(
     if not ranked:
         return None
     _, _, chosen, (table, condition, _) = min(ranked, key=lambda x: (x[0], x[1]))
-    return table, condition, _type_condition(res_type, parsed, base, allowed, skip=chosen)
+    return Walk(
+        table, condition, _type_condition(res_type, parsed, base, allowed, skip=chosen), chosen, allowed is None
+    )
 
 
 def _refuse(parsed: Parsed, exc: SearchError) -> None:
@@ -354,11 +379,11 @@ def _in_id_order(page: Page, *cols: Any) -> tuple[Select[Any], ColumnElement[str
     r = resources
     if page.walk is None:
         return select(*cols).where(page.where), r.c.res_id
-    table, condition, rest = page.walk
-    joined = table.join(r, and_(r.c.res_type == table.c.res_type, r.c.res_id == table.c.res_id))
+    w = page.walk
+    joined = w.table.join(r, and_(r.c.res_type == w.table.c.res_type, r.c.res_id == w.table.c.res_id))
     # A resource with two index rows for the value (same code, other systems) must come once; SQLite
     # keeps walking the index when grouped by its column alone.
-    return select(*cols).select_from(joined).where(condition, rest).group_by(table.c.res_id), table.c.res_id
+    return select(*cols).select_from(joined).where(w.condition, w.rest).group_by(w.table.c.res_id), w.table.c.res_id
 
 
 def _after(keys: list[tuple[Any, bool]], values: list[Any], backwards: bool) -> ColumnElement[bool]:
@@ -422,12 +447,26 @@ def _total(conn: Connection, page: Page, mode: str, cursor: Any, rows: list[Any]
     if cursor is None and not has_next:
         return len(rows)
     if mode == "accurate":
-        return conn.execute(select(func.count()).select_from(resources).where(page.where)).scalar_one()
+        return _count_all(conn, page)
     if mode == "estimate":
-        bounded = select(resources.c.res_id).where(page.where).limit(_TOTAL_BOUND + 1).subquery()
-        n = conn.execute(select(func.count()).select_from(bounded)).scalar_one()
+        n = _count_all(conn, page, _TOTAL_BOUND + 1)
         return n if n <= _TOTAL_BOUND else None
     return None
+
+
+def _count_all(conn: Connection, page: Page, bound: int | None = None) -> int:
+    """How many resources match (at most `bound`), counted the way the page is found: over the walked
+    index when there is one (its rows for the value, probing the other criteria), not by testing every
+    resource of the type (11-125x slower at 100,000 resources)."""
+    w = page.walk
+    if w is not None and w.policy_free:
+        bare = w.bare(page.parsed[page.types[0]], page.base)
+        q = select(w.table.c.res_id).where(w.condition, bare).group_by(w.table.c.res_id)
+    else:
+        q, _ = _in_id_order(page, resources.c.res_id)
+    if bound is not None:
+        q = q.limit(bound)
+    return conn.execute(select(func.count()).select_from(q.subquery())).scalar_one()
 
 
 def _includes(

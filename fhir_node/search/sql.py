@@ -74,10 +74,10 @@ def _live(res_type: str, keep: Callable[[Any], ColumnElement[bool]]) -> Select[t
     return select(live.c.res_id).where(live.c.res_type == res_type, live.c.deleted == false(), keep(live.c.res_id))
 
 
-def probe(c: Criterion, base: str) -> ColumnElement[bool]:
-    """`c` as a condition on the enclosing query's `resources` row: an EXISTS that looks the row up in the
-    index by (type, id, param), so a walk in id order can stop as soon as a page is full."""
-    r = resources
+def probe(c: Criterion, base: str, r: FromClause = resources) -> ColumnElement[bool]:
+    """`c` as a condition on the enclosing query's row `r` (a `resources` row, or an index row standing for
+    its resource): an EXISTS that looks the row up in the index by (type, id, param), so a walk in id
+    order can stop as soon as a page is full."""
     ref = _PROBED["idx_reference"]
     if c.has is not None:
         ref_type, ref_code = c.has
