@@ -455,10 +455,14 @@ def _total(conn: Connection, page: Page, mode: str, cursor: Any, rows: list[Any]
 
 
 def _count_all(conn: Connection, page: Page, bound: int | None = None) -> int:
-    """How many resources match (at most `bound`), counted the way the page is found: over the walked
-    index when there is one (its rows for the value, probing the other criteria), not by testing every
-    resource of the type (11-125x slower at 100,000 resources)."""
+    """How many resources match (at most `bound`): over the most selective id-ordered index when there is
+    one and the policy adds no condition (its rows for the value, probing the other criteria on the
+    index row), on either database and whatever the sort, not by testing every resource of the type
+    (11-125x slower at 100,000 resources)."""
     w = page.walk
+    if w is None and len(page.types) == 1:
+        res_type = page.types[0]
+        w = _walk(res_type, page.parsed[res_type], page.base, page.allowed.get(res_type))
     if w is not None and w.policy_free:
         bare = w.bare(page.parsed[page.types[0]], page.base)
         q = select(w.table.c.res_id).where(w.condition, bare).group_by(w.table.c.res_id)
