@@ -19,6 +19,8 @@ ALL_INTERACTIONS = (
     "create",
     "search-type",
 )
+#: SystemRestfulInteraction codes we implement ([base] level).
+SYSTEM_INTERACTIONS = ("transaction", "batch", "search-system", "history-system")
 APPEND_ONLY = ("read", "vread", "history-instance", "history-type", "create", "search-type")
 #: Our published guide: the node itself writes it from profiles/ and terminology/ (fhir_node.conformance.published).
 READ_ONLY = ("read", "vread", "search-type")

@@ -20,6 +20,8 @@ JSON_FORMATS = {
 }
 _ANY = {"*/*", "application/*"}
 SUPPORTED_FORMATS = ("application/fhir+json", "json", "application/json")
+#: The one patch format PATCH takes (JSON Patch, RFC 6902).
+JSON_PATCH = "application/json-patch+json"
 #: Parameters this layer consumes; interactions never see them.
 HTTP_PARAMETERS = ("_format", "_pretty")
 

@@ -9,11 +9,12 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from fhir_node.api.negotiate import HTTP_PARAMETERS, negotiate, prefer, read_body
+from fhir_node.api.negotiate import HTTP_PARAMETERS, JSON_PATCH, negotiate, prefer, read_body
 from fhir_node.api.responses import fhir_response, not_modified, version_headers, written_response
 from fhir_node.conformance import smart
 from fhir_node.conformance.capability import capability_statement
@@ -84,12 +85,20 @@ async def vread_instance(request: Request) -> Response:
 
 
 async def create(request: Request) -> Response:
+    """POST [type]. Criteria in the URL (`POST /Patient?identifier=...`, what fhirpy's get_or_create sends)
+    make it a conditional create, as If-None-Exist does; a URL parameter is never ignored silently."""
     neg = negotiate(request)
     node = node_of(request)
     body = parse_body(await read_body(request, node.settings.max_body_bytes))
     res_type = request.path_params["type"]
-    done = await run_in_threadpool(write.create, node, res_type, body, request.headers.get("if-none-exist"))
-    message = "Created" if done.status == 201 else "An existing resource matched If-None-Exist; nothing created"
+    criteria = request.headers.get("if-none-exist")
+    in_url = urlencode(_query(request))
+    if in_url:
+        if criteria is not None:
+            raise fail(400, "invalid", "Give conditional-create criteria once: in If-None-Exist or in the URL")
+        criteria = in_url
+    done = await run_in_threadpool(write.create, node, res_type, body, criteria)
+    message = "Created" if done.status == 201 else "An existing resource matched the criteria; nothing created"
     return written_response(neg, done.version, done.status, base_of(request), message)
 
 
@@ -158,8 +167,8 @@ async def patch_instance(request: Request) -> Response:
     neg = negotiate(request)
     node = node_of(request)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/json-patch+json":
-        raise fail(415, "not-supported", f"PATCH takes application/json-patch+json, not '{ctype or '(none)'}'")
+    if ctype != JSON_PATCH:
+        raise fail(415, "not-supported", f"PATCH takes {JSON_PATCH}, not '{ctype or '(none)'}'")
     operations = parse_body(await read_body(request, node.settings.max_body_bytes, form=True))
     p = request.path_params
     done = await run_in_threadpool(patch.patch, node, p["type"], p["id"], operations, request.headers.get("if-match"))
@@ -227,6 +236,33 @@ async def history_endpoint(request: Request) -> Response:
     return fhir_response(neg, body)
 
 
+class OperationName(Convertor[str]):
+    """A path segment naming an operation (`$expand`), for routes that must not read it as a type or id."""
+
+    regex = r"\$[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("operation", OperationName())
+
+
+async def unknown_operation(request: Request) -> Response:
+    """Any operation the routes above do not serve, at system, type or instance level: a 404 naming it
+    (not "'$expand' is not a valid id"). The CapabilityStatement lists the ones the node has."""
+    negotiate(request)
+    p = request.path_params
+    if "type" in p:
+        kind(p["type"])
+    where = f" on {p['type']}" if "type" in p else " at the system level"
+    where += " instances" if "id" in p else ""
+    raise fail(404, "not-supported", f"Unknown operation '{p['name']}'{where}; GET /metadata lists the operations")
+
+
 def only(handler: Endpoint, *allowed: str) -> Endpoint:
     """An endpoint that answers other methods with a FHIR 405, so they never fall through to a broader
     route (PUT /fhir/metadata must not reach PUT /fhir/{type})."""
@@ -263,6 +299,9 @@ ROUTES = [
             ("/fhir/CodeSystem/$lookup", terminology.lookup),
         )
     ),
+    Route("/fhir/{name:operation}", unknown_operation, methods=_ALL),
+    Route("/fhir/{type}/{name:operation}", unknown_operation, methods=_ALL),
+    Route("/fhir/{type}/{id}/{name:operation}", unknown_operation, methods=_ALL),
     Route("/fhir/{type}/{id}", instance, methods=_ALL),
     Route("/fhir/{type}", type_level, methods=_ALL),
     Route("/fhir", only(system_level, "GET", "POST"), methods=_ALL),

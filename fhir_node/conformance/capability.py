@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_node import FHIR_VERSION, __version__
-from fhir_node.api.negotiate import SUPPORTED_FORMATS
+from fhir_node.api.negotiate import JSON_PATCH, SUPPORTED_FORMATS
+from fhir_node.conformance.package import canonical_base
+from fhir_node.conformance.published import published
 from fhir_node.conformance.smart import rest_security
 from fhir_node.operations.terminology import OPERATIONS
 from fhir_node.operations.validate import DEFINITION as VALIDATE_DEFINITION
-from fhir_node.registry import KINDS, ResourceKind
-from fhir_node.search.registry import SearchParam, registry
+from fhir_node.registry import KINDS, SYSTEM_INTERACTIONS, ResourceKind
+from fhir_node.search.registry import MODIFIERS, SearchParam, registry
 from fhir_node.search.values import EXTRACTORS
 from fhir_node.settings import Settings
 from fhir_node.validation.definitions import registry as profiles
@@ -20,8 +22,13 @@ _RELEASED = "2026-11-24"  # the date of this software version, the same on every
 
 def capability_statement(settings: Settings, base: str) -> dict[str, Any]:
     """The node's CapabilityStatement (kind `instance`) for clients that reach it at `base`."""
+    guide = _guide()
     return {
         "resourceType": "CapabilityStatement",
+        "url": f"{canonical_base(guide)}/CapabilityStatement/fhir-node",
+        "version": __version__,
+        "name": "FhirNode",
+        "title": "fhir-node: a BIHR data-holder FHIR node",
         "status": "active",
         "date": _RELEASED,
         "publisher": "fhir-node",
@@ -30,6 +37,8 @@ def capability_statement(settings: Settings, base: str) -> dict[str, Any]:
         "implementation": {"description": "BIHR data-holder FHIR node", "url": base},
         "fhirVersion": FHIR_VERSION,
         "format": list(SUPPORTED_FORMATS),
+        "patchFormat": [JSON_PATCH],
+        "implementationGuide": [guide["url"]],
         "rest": [
             {
                 "mode": "server",
@@ -37,7 +46,7 @@ def capability_statement(settings: Settings, base: str) -> dict[str, Any]:
                 "documentation": f"Authentication: {settings.auth}"
                 + (" (node operator, loopback only)" if settings.auth == "none" else ""),
                 "resource": [_resource(k) for k in KINDS.values()],
-                "interaction": [{"code": "history-system"}, {"code": "search-system"}],
+                "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
                 "searchParam": [_param(p) for p in _common()],
             }
         ],
@@ -49,7 +58,7 @@ def _resource(res_kind: ResourceKind) -> dict[str, Any]:
         "type": res_kind.name,
         "documentation": res_kind.documentation,
         "interaction": [{"code": code} for code in res_kind.interactions],
-        "versioning": "versioned-update",
+        "versioning": "versioned-update" if res_kind.allows("update") else "versioned",
         "readHistory": True,
         "updateCreate": res_kind.allows("update"),
         "conditionalCreate": res_kind.allows("create"),
@@ -90,4 +99,18 @@ def _common() -> list[SearchParam]:
 
 
 def _param(p: SearchParam) -> dict[str, Any]:
-    return {"name": p.code, "definition": p.url, "type": p.type, "documentation": p.documentation or p.code}
+    """R4's CapabilityStatement has no element for modifiers: the documentation names those honoured."""
+    modifiers = ", ".join(f":{m}" for m in modifiers_of(p))
+    documentation = f"{(p.documentation or p.code).rstrip('.')}. Modifiers: {modifiers}."
+    return {"name": p.code, "definition": p.url, "type": p.type, "documentation": documentation}
+
+
+def modifiers_of(p: SearchParam) -> list[str]:
+    """The modifiers a search with `p` accepts: `:missing`, its type's, and for a reference its target types."""
+    targets = [t for t in KINDS if not p.targets or t in p.targets] if p.type == "reference" else []
+    return ["missing", *sorted(MODIFIERS.get(p.type, ())), *targets]
+
+
+def _guide() -> dict[str, Any]:
+    """Our ImplementationGuide, whose canonical the CapabilityStatement names."""
+    return next(r for (t, _), r in published().items() if t == "ImplementationGuide")

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection, false, select
 
 from fhir_node.conformance.package import load_sources
@@ -22,8 +21,6 @@ from fhir_node.registry import CONFORMANCE_TYPES
 from fhir_node.store import repository
 from fhir_node.store.database import Database
 from fhir_node.store.schema import resources
-
-_SERVER_META = ("versionId", "lastUpdated")
 
 
 @dataclass
@@ -48,7 +45,7 @@ def synchronise(db: Database) -> Synchronised:
         db.lock(conn, "published-guide")
         for key, resource in wanted.items():
             previous = repository.current(conn, *key)
-            if previous is None or previous.deleted or _as_published(previous) != resource:
+            if previous is None or previous.deleted or not repository.unchanged(previous, resource):
                 repository.write(conn, *key, resource, previous, "PUT")
                 done.written.append("/".join(key))
         for key in _stored(conn) - wanted.keys():
@@ -63,9 +60,3 @@ def _stored(conn: Connection) -> set[tuple[str, str]]:
     rows = conn.execute(select(t.res_type, t.res_id).where(t.res_type.in_(CONFORMANCE_TYPES), t.deleted == false()))
     return {(row.res_type, row.res_id) for row in rows}
 
-
-def _as_published(version: repository.Version) -> dict[str, Any]:
-    """A stored version without what the server added (versionId, lastUpdated), to compare with its file."""
-    resource = orjson.loads(version.content or b"{}")
-    meta = {k: v for k, v in resource.pop("meta", {}).items() if k not in _SERVER_META}
-    return {**resource, "meta": meta} if meta else resource

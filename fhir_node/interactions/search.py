@@ -21,7 +21,7 @@ from fhir_node.node import Node
 from fhir_node.outcome import FHIRError, error, fail, operation_outcome
 from fhir_node.registry import KINDS, kind
 from fhir_node.search import elements as shaping
-from fhir_node.search.parse import Criterion, Parsed, SearchError, parse
+from fhir_node.search.parse import VENDOR_TOTALS, Criterion, Parsed, SearchError, parse
 from fhir_node.search.registry import registry
 from fhir_node.search.sql import driver, probe
 from fhir_node.security import policy
@@ -57,7 +57,7 @@ class Walk:
 
     def bare(self, parsed: Parsed, base: str) -> ColumnElement[bool]:
         """The other criteria on the index row (any refused under lenient handling was reported with `rest`)."""
-        return and_(true(), *_probes(parsed, base, self.chosen, self.table, lambda exc: None))
+        return and_(true(), *_probes(parsed, base, self.chosen, self.table, lambda exc, given: None))
 
 
 @dataclass
@@ -110,15 +110,14 @@ def _answer(
     summary = _single(result, "_summary")
     if summary not in (None, "true", "false", "text", "data", "count"):
         raise fail(400, "value", f"_summary must be true, false, text, data or count, not '{summary}'", "_summary")
-    total_mode = _single(result, "_total") or "none"
-    if total_mode not in ("none", "estimate", "accurate"):
-        raise fail(400, "value", f"_total must be none, estimate or accurate, not '{total_mode}'", "_total")
+    total_mode = _total_mode(result)
     contained = _single(result, "_contained")
     if contained not in (None, "false") or "_containedType" in result:
         raise fail(400, "not-supported", "Searching contained resources is not supported", "_contained")
     elements = [e.strip() for v in result.get("_elements", []) for e in v.split(",") if e.strip()]
     cursor = _decode_cursor(_single(result, "_cursor"), page)
 
+    params = _used(params, page)
     if summary == "count" or count == 0:
         total = _count_all(conn, page)
         return bundle("searchset", [], {"self": _link(base, res_type, params, None)}, total=total)
@@ -217,11 +216,15 @@ def _type_condition(
     conds: list[ColumnElement[bool]] = [resources.c.res_type == res_type, resources.c.deleted == false()]
     if allowed is not None:
         conds.append(allowed)
-    return and_(*conds, *_probes(parsed, base, skip, resources, lambda exc: _refuse(parsed, exc)))
+    return and_(*conds, *_probes(parsed, base, skip, resources, lambda exc, given: _refuse(parsed, exc, given)))
 
 
 def _probes(
-    parsed: Parsed, base: str, skip: Criterion | None, row: FromClause, refuse: Callable[[SearchError], None]
+    parsed: Parsed,
+    base: str,
+    skip: Criterion | None,
+    row: FromClause,
+    refuse: Callable[[SearchError, tuple[str, str]], None],
 ) -> list[ColumnElement[bool]]:
     conds = []
     for c in parsed.criteria:
@@ -230,7 +233,7 @@ def _probes(
         try:
             conds.append(probe(c, base, row))
         except SearchError as exc:
-            refuse(exc)
+            refuse(exc, (c.name, c.raw))
     return conds
 
 
@@ -252,9 +255,9 @@ def _walk(res_type: str, parsed: Parsed, base: str, allowed: ColumnElement[bool]
     )
 
 
-def _refuse(parsed: Parsed, exc: SearchError) -> None:
+def _refuse(parsed: Parsed, exc: SearchError, given: tuple[str, str] | None = None) -> None:
     try:
-        parsed.refuse(exc)
+        parsed.refuse(exc, given)
     except SearchError:
         raise FHIRError(400, [exc.issue]) from None
 
@@ -266,6 +269,22 @@ def _single(result: dict[str, list[str]], name: str) -> str | None:
     if len(values) > 1:
         raise fail(400, "invalid", f"{name} may appear only once", name)
     return values[0]
+
+
+def _total_mode(result: dict[str, list[str]]) -> str:
+    """`_total`, or the vendor `_totalMethod` it stands for (`count` asks for an exact total)."""
+    total = _single(result, "_total")
+    if total not in (None, "none", "estimate", "accurate"):
+        raise fail(400, "value", f"_total must be none, estimate or accurate, not '{total}'", "_total")
+    vendor = _single(result, "_totalMethod")
+    if vendor is None:
+        return total or "none"
+    mapped = VENDOR_TOTALS.get(vendor)
+    if mapped is None:
+        raise fail(400, "value", f"_totalMethod must be count, estimate or none, not '{vendor}'", "_totalMethod")
+    if total not in (None, mapped):
+        raise fail(400, "invalid", f"_total={total} contradicts _totalMethod={vendor}", "_totalMethod")
+    return mapped
 
 
 def _count(result: dict[str, list[str]], node: Node) -> int:
@@ -581,6 +600,22 @@ def _entry(
         + mode.encode()
         + b'"}}'
     )
+
+
+def _used(params: list[tuple[str, str]], page: Page) -> list[tuple[str, str]]:
+    """The parameters the search honoured, for its links (R4: `self` shows only those): without what
+    lenient handling ignored for every type searched, `_sort` reduced to the keys it sorted by."""
+    dropped = set.intersection(*(p.dropped for p in page.parsed.values()))
+    sort = ",".join(("-" if desc else "") + code for code, desc, _ in page.sort)
+    kept = []
+    for k, v in params:
+        if k == "_sort":
+            if sort:
+                kept.append((k, sort))
+            sort = ""  # one _sort, where the first one was
+        elif (k, v) not in dropped:
+            kept.append((k, v))
+    return kept
 
 
 def _link(base: str, res_type: str | None, params: list[tuple[str, str]], cursor: str | None) -> str:

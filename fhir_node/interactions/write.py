@@ -102,6 +102,9 @@ def update_in(conn: Connection, res_type: str, res_id: str, resource: dict[str, 
     else:
         policy.require(res_type, "c")
     _check_version(previous, expected, res_type, res_id)
+    if live and previous is not None and repository.unchanged(previous, resource):
+        trail.note(conn, [(res_type, res_id)], 200)  # as mainstream servers do: no new version for no change
+        return Written(previous, 200)
     written = repository.write(conn, res_type, res_id, resource, previous, "PUT")
     _written(conn, written, "u" if live else "c")
     return Written(written, written.status)

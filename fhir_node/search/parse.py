@@ -25,8 +25,13 @@ RESULT_PARAMETERS = frozenset(
         "_containedType",
         "_cursor",
         "_type",
+        "_totalMethod",  # a vendor parameter: see VENDOR_TOTALS
     }
 )
+#: Result-shaping parameters of popular clients' vendors that the node understands: each shapes the answer
+#: like the standard parameter it maps to, and narrows nothing. (Aidbox's `_totalMethod`, which fhirpy's
+#: `.count()` sends, is `_total` under another name: count -> accurate.)
+VENDOR_TOTALS = {"count": "accurate", "estimate": "estimate", "none": "none"}
 #: `_include:iterate` and the like: result parameters too, kept under their full name.
 INCLUDE_MODIFIERS = ("iterate", "recurse")
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
@@ -48,23 +53,28 @@ class Criterion:
     target_types: tuple[str, ...] = ()
     has: tuple[str, str] | None = None
     missing: bool | None = None
+    raw: str = ""  # the value as given (set on top-level criteria), for links that repeat the search
 
 
 @dataclass
 class Parsed:
-    """Filters (AND'ed), result parameters (raw), and what lenient handling chose to ignore."""
+    """Filters (AND'ed), result parameters (raw), and what lenient handling chose to ignore: the issues to
+    report, and the (name, value) pairs dropped, which links to the search leave out."""
 
     criteria: list[Criterion] = field(default_factory=list)
     result: dict[str, list[str]] = field(default_factory=dict)
     ignored: list[Issue] = field(default_factory=list)
+    dropped: set[tuple[str, str]] = field(default_factory=set)
     lenient: bool = False
 
-    def refuse(self, exc: SearchError) -> None:
+    def refuse(self, exc: SearchError, given: tuple[str, str] | None = None) -> None:
         """A parameter the node cannot honour: an error, or under lenient handling a warning to report."""
         if not self.lenient:
             raise exc
         issue = exc.issue
         self.ignored.append(Issue("warning", issue.code, f"Ignored: {issue.diagnostics}", issue.expression))
+        if given is not None:
+            self.dropped.add(given)
 
 
 class SearchError(Exception):
@@ -99,9 +109,12 @@ def parse(registry: Registry, res_type: str, params: list[tuple[str, str]], leni
             out.result.setdefault(name, []).append(raw)
             continue
         try:
-            out.criteria.append(criterion(registry, res_type, name, raw))
+            found = criterion(registry, res_type, name, raw)
         except SearchError as exc:
-            out.refuse(exc)
+            out.refuse(exc, (name, raw))
+            continue
+        found.raw = raw
+        out.criteria.append(found)
     return out
 
 

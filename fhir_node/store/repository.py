@@ -73,6 +73,17 @@ def stored_form(resource: dict[str, Any], res_id: str, version_id: int, ts: date
     return body
 
 
+def unchanged(previous: Version, resource: dict[str, Any]) -> bool:
+    """Whether `resource` says exactly what the stored `previous` says (server-owned meta aside)."""
+    return previous.content is not None and _comparable(orjson.loads(previous.content)) == _comparable(resource)
+
+
+def _comparable(resource: dict[str, Any]) -> dict[str, Any]:
+    meta = {k: v for k, v in resource.get("meta", {}).items() if k not in ("versionId", "lastUpdated")}
+    body = {k: v for k, v in resource.items() if k not in ("id", "meta")}
+    return {**body, "meta": meta} if meta else body
+
+
 # Statements built once: SQLAlchemy then skips re-building and re-keying them on every write (~40% of a
 # create's CPU before).
 _CURRENT = select(resources).where(resources.c.res_type == bindparam("t"), resources.c.res_id == bindparam("i"))
