@@ -183,7 +183,8 @@ def test_update_answers_200_with_version_2_and_new_etag(client):
 
 def test_update_ignores_client_meta_version_and_last_updated(client):
     rid = created_id(create(client, episode()))
-    r = put(client, "EpisodeOfCare", rid, episode(meta={"versionId": "1", "lastUpdated": "2001-01-01T00:00:00Z"}))
+    stale_meta = {"versionId": "1", "lastUpdated": "2001-01-01T00:00:00Z"}
+    r = put(client, "EpisodeOfCare", rid, episode(status="finished", meta=stale_meta))
     assert r.status_code == 200
     assert r.json()["meta"]["versionId"] == "2"
     assert not r.json()["meta"]["lastUpdated"].startswith("2001")

@@ -1,8 +1,9 @@
 """`fhir-node validate FILE_OR_DIR... [--profile URL]`: offline validation for vendors and testers.
 
 Each file is a resource, a Bundle (each entry's resource is judged on its own, as a transaction would
-store it) or NDJSON (one resource a line); a folder is searched for *.json and *.ndjson. The checks are
-those a write to a node enforcing profiles makes, plus the asked profiles. Every issue is printed as
+store it) or NDJSON (one resource a line); a folder is searched for *.json and *.ndjson, and a JSON file
+in it without a resourceType (a manifest) is skipped with a note; a file named on its own is always
+judged. The checks are those a write to a node enforcing profiles makes, plus the asked profiles. Every issue is printed as
 `file[#entry or :line]: severity expression: message`; the exit code is 1 when any error was found.
 """
 
@@ -31,13 +32,19 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.set_defaults(run=run)
 
 
-def _files(paths: list[str]) -> Iterator[Path]:
+def _files(paths: list[str]) -> Iterator[tuple[Path, bool]]:
+    """(file, named): files named on the command line, and those found in the folders named (not named)."""
     for name in paths:
         path = Path(name)
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.suffix in _SUFFIXES and p.is_file())
+            yield from ((p, False) for p in sorted(path.rglob("*")) if p.suffix in _SUFFIXES and p.is_file())
         else:
-            yield path
+            yield path, True
+
+
+def _not_a_resource(data: Any) -> bool:
+    """JSON found in a folder that is no FHIR resource at all (a manifest, a package.json): not judged."""
+    return isinstance(data, dict) and "resourceType" not in data
 
 
 def _resources(path: Path) -> Iterator[tuple[str, Any]]:
@@ -78,8 +85,11 @@ def _judge(resource: Any, profiles: list[str]) -> list[Issue]:
 def run(args: argparse.Namespace) -> int:
     """Print every issue of every resource; 1 when any is an error, else 0."""
     errors = checked = 0
-    for path in _files(args.paths):
+    for path, named in _files(args.paths):
         for where, resource in _resources(path):
+            if not named and where == str(path) and _not_a_resource(resource):
+                print(f"{where}: note: not a FHIR resource (no resourceType), skipped")
+                continue
             checked += 1
             for issue in _judge(resource, args.profile):
                 errors += issue.severity in ERRORS

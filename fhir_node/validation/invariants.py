@@ -1,8 +1,9 @@
 """Constraint (invariant) evaluation: each FHIRPath expression compiled once, evaluated per element.
 
-fhirpathpy lacks a few functions the R4 invariants use; `hasValue()` is added here and `resolve()` comes
-from the search engine. An expression fhirpathpy cannot evaluate (`htmlChecks()`, `conformsTo()`...)
-is reported once in the log and skipped: it never turns into a false error.
+fhirpathpy lacks a few functions the R4 invariants use; `hasValue()` is added here, `resolve()` comes
+from the search engine and `htmlChecks()` (txt-1, txt-2) from narrative.py. An expression fhirpathpy
+cannot evaluate (`conformsTo()`...) is reported once in the log and skipped: it never turns into a
+false error.
 
 `ele-1` sits on every element of every definition, and the engine would dominate validation time with
 it, so that one expression is answered natively (same meaning: a value, or some child other than id).
@@ -19,6 +20,7 @@ from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.models import models
 
 from fhir_node.search.fhirpath import resolve_literal
+from fhir_node.validation.narrative import narrative_problems
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,14 @@ def _value_or_children(value: Any, twin: dict[str, Any] | None) -> bool:
     return value is not None or any(k != "id" for k in twin or {})
 
 
+def _safe_narrative(value: Any, twin: dict[str, Any] | None) -> bool:
+    """txt-1 and txt-2 (`htmlChecks()`, which fhirpathpy lacks): the narrative rules of narrative.py."""
+    return not isinstance(value, str) or not narrative_problems(value)
+
+
 _NATIVE: dict[str, Callable[[Any, dict[str, Any] | None], bool]] = {
     "hasValue() or (children().count() > id.count())": _value_or_children,
+    "htmlChecks()": _safe_narrative,
 }
 
 

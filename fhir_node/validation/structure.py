@@ -6,9 +6,9 @@ objects may not be empty, that `null` is forbidden (except as a placeholder in a
 `_name` twin carries an extension), required primitives (they may appear as `_status` alone, so the
 schema never lists them), at-most-one choice variant, the required bindings it has no (or a stale)
 enum for, `_name` twins of canonical elements, real calendar days, 32-bit integers, base64, the
-narrative div. Those come from structure-rules.json, which scripts/extract_r4_definitions.py derives
-from the official StructureDefinitions, and are added to an in-memory copy of the schema as custom
-keywords, so one jsonschema pass reports everything with paths.
+narrative div (its shape; txt-1/txt-2 in narrative.py). Those come from structure-rules.json, which
+scripts/extract_r4_definitions.py derives from the official StructureDefinitions, and are added to an
+in-memory copy of the schema as custom keywords, so one jsonschema pass reports everything with paths.
 
 Contained (and Bundle / Parameters) resources are dispatched on their resourceType instead of the
 schema's 146-way `oneOf`, which would be slow and would report every wrong alternative.
@@ -27,6 +27,7 @@ import orjson
 from jsonschema import Draft6Validator, ValidationError, validators
 
 from fhir_node.outcome import Issue, error
+from fhir_node.validation.narrative import narrative_problems
 
 _DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "r4"
 _RULES: dict[str, Any] = orjson.loads((_DATA_DIR / "structure-rules.json").read_bytes())
@@ -100,6 +101,8 @@ def _primitive(name: str, schema: dict[str, Any]) -> dict[str, Any]:
             out["pattern"] = _anchored(pattern)
         if name in _CALENDAR_TYPES:
             out["fhirCalendar"] = True
+        if name == "xhtml":
+            out["fhirNarrative"] = True
     return out
 
 
@@ -259,6 +262,13 @@ def _check_calendar(validator: Any, _: Any, instance: Any, schema: Any) -> Itera
             yield ValidationError(f"Invalid {schema['fhirType']} value {instance!r}: no such calendar day")
 
 
+def _check_narrative(validator: Any, _: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    """txt-1 and txt-2 on a narrative div: no script, event handler or external reference (see narrative)."""
+    if isinstance(instance, str):
+        for problem in narrative_problems(instance):
+            yield ValidationError(problem)
+
+
 def _check_resource(validator: Any, _: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
     """A resource inside a resource (contained, Bundle.entry.resource): validate it as its own type."""
     if not isinstance(instance, dict):
@@ -278,6 +288,7 @@ _Validator = validators.extend(
         "fhirPrimitiveArrays": _check_primitive_arrays,
         "fhirNullable": _check_nullable,
         "fhirCalendar": _check_calendar,
+        "fhirNarrative": _check_narrative,
         "fhirResource": _check_resource,
     },
 )
@@ -287,6 +298,7 @@ _CUSTOM_CODES = {
     "fhirChoices": "structure",
     "fhirPrimitiveArrays": "structure",
     "fhirCalendar": "value",
+    "fhirNarrative": "invariant",
 }
 
 
