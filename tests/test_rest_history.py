@@ -285,7 +285,7 @@ def follow(client, first: dict[str, Any], between_pages) -> tuple[list[tuple[str
 def test_paging_with_count_neither_repeats_nor_skips_while_others_write(client, level):
     main = create(client, patient())["id"]
     for n in range(5):
-        update(client, patient(n % 2 == 0), main)
+        update(client, patient(n % 2 == 1), main)  # each one a change
     others = [create(client, patient())["id"] for _ in range(3)]
     for _ in range(2):
         create(client, episode())
