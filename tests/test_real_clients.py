@@ -213,3 +213,108 @@ def test_serve_refuses_a_non_loopback_host_with_auth_none(tmp_path, host):
     assert proc.returncode != 0
     assert "loopback" in stderr.lower()
     assert host in stderr
+
+
+# --- what fhirpy and fhirclient send that the node once got wrong ------------------------------------
+
+SSIN = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/ssin"
+
+
+def test_fhirpy_get_or_create_creates_once_and_count_counts(live_server):
+    """fhirpy's get_or_create is `POST /Patient?identifier=...`: a conditional create, never a duplicate;
+    its `.count()` sends `_count=0&_totalMethod=count`."""
+    client = SyncFHIRClient(live_server)
+    patients = client.resources("Patient").search(identifier=f"{SSIN}|85073003328")
+    patient = client.resource("Patient", identifier=[{"system": SSIN, "value": "85073003328"}])
+    first, created = patients.get_or_create(patient)
+    again, created_again = patients.get_or_create(patient)
+    assert (created, created_again) == (True, False)
+    assert again.id == first.id
+    assert patients.count() == 1
+    assert client.resources("Patient").count() == 1
+
+
+def test_a_post_with_other_query_parameters_is_refused_and_creates_nothing(live_server):
+    body = {"resourceType": "Patient", "active": True}
+    for query, named in (("bogus=1", "bogus"), ("_count=5", "_count"), ("_sort=_id", "_sort")):
+        r = httpx.post(f"{live_server}/Patient?{query}", json=body, headers={"Content-Type": FHIR_JSON})
+        assert r.status_code == 400, r.text
+        assert named in r.json()["issue"][0]["diagnostics"]
+    both = httpx.post(
+        f"{live_server}/Patient?active=true",
+        json=body,
+        headers={"Content-Type": FHIR_JSON, "If-None-Exist": "active=true"},
+    )
+    assert both.status_code == 400
+    assert SyncFHIRClient(live_server).resources("Patient").count() == 0
+
+
+def test_fhirpy_count_reports_an_exact_total_past_the_first_page(live_server):
+    client = SyncFHIRClient(live_server)
+    for _ in range(3):
+        client.resource("EpisodeOfCare", status="active", patient={"reference": "Patient/p1"}).save()
+    assert client.resources("EpisodeOfCare").search(status="active").count() == 3
+    paged = httpx.get(f"{live_server}/EpisodeOfCare", params={"_count": "1", "_totalMethod": "count"}).json()
+    assert paged["total"] == 3
+    wrong = httpx.get(f"{live_server}/EpisodeOfCare", params={"_totalMethod": "guess"})
+    assert wrong.status_code == 400
+
+
+def test_lenient_self_link_shows_only_the_parameters_used(live_server):
+    client = SyncFHIRClient(live_server, extra_headers={"Prefer": "handling=lenient"})
+    client.resource("EpisodeOfCare", status="active", patient={"reference": "Patient/p1"}).save()
+    bundle = client.resources("EpisodeOfCare").search(status="active", bogus="1", date="not-a-date").fetch_raw()
+    (self_link,) = [link["url"] for link in bundle["link"] if link["relation"] == "self"]
+    assert "status=active" in self_link
+    assert "bogus" not in self_link
+    assert "date" not in self_link
+    ignored = [e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
+    assert {i["expression"][0] for i in ignored[0]["issue"]} == {"bogus", "date"}
+    assert httpx.get(self_link).json()["total"] == bundle["total"] == 1
+
+
+def test_fhirclient_identical_update_keeps_the_version(live_server):
+    _, server = fhirclient_server(live_server)
+    created = EpisodeOfCare({"status": "active", "patient": {"reference": "Patient/p1"}}).create(server)
+    episode = EpisodeOfCare.read(created["id"], server)
+    assert episode.update(server)["meta"]["versionId"] == "1"
+    episode.status = "finished"
+    assert episode.update(server)["meta"]["versionId"] == "2"
+    assert episode.update(server)["meta"]["versionId"] == "2"
+    history = Bundle.read_from(f"EpisodeOfCare/{created['id']}/_history", server)
+    assert len(history.entry) == 2
+
+
+def test_fhirclient_unknown_operation_is_named(live_server):
+    _, server = fhirclient_server(live_server)
+    with pytest.raises(FHIRNotFoundException) as unknown:
+        server.request_json("CodeSystem/$expand?url=x")
+    response = unknown.value.response
+    assert response.json()["resourceType"] == "OperationOutcome"
+    assert "Unknown operation '$expand'" in response.json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize(
+    "div",
+    [
+        '<div xmlns="http://www.w3.org/1999/xhtml"><script>alert(1)</script>hi</div>',
+        '<div xmlns="http://www.w3.org/1999/xhtml"><p onclick="steal()">hi</p></div>',
+        '<div xmlns="http://www.w3.org/1999/xhtml"><a href="javascript:steal()">hi</a></div>',
+        '<div xmlns="http://www.w3.org/1999/xhtml"><img src="https://tracker.example/p.png"/>hi</div>',
+        '<div xmlns="http://www.w3.org/1999/xhtml"><iframe src="x"></iframe>hi</div>',
+        '<div xmlns="http://www.w3.org/1999/xhtml"> </div>',
+    ],
+)
+def test_fhirclient_narrative_carrying_script_is_refused(live_server, div):
+    _, server = fhirclient_server(live_server)
+    patient = {"resourceType": "Patient", "active": True, "text": {"status": "generated", "div": div}}
+    with pytest.raises(requests.HTTPError) as refused:
+        server.post_json("Patient", patient)
+    assert refused.value.response.status_code == 400
+    issue = refused.value.response.json()["issue"][0]
+    assert issue["expression"] == ["Patient.text.div"]
+    assert issue["diagnostics"].startswith(("txt-1", "txt-2"))
+    assert Bundle.read_from("Patient", server).total == 0
+    safe = '<div xmlns="http://www.w3.org/1999/xhtml"><p>Patient <b>85073003328</b></p></div>'
+    stored = server.post_json("Patient", {**patient, "text": {"status": "generated", "div": safe}})
+    assert stored.status_code == 201
