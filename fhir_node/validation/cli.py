@@ -3,8 +3,9 @@
 Each file is a resource, a Bundle (each entry's resource is judged on its own, as a transaction would
 store it) or NDJSON (one resource a line); a folder is searched for *.json and *.ndjson, and a JSON file
 in it without a resourceType (a manifest) is skipped with a note; a file named on its own is always
-judged. The checks are those a write to a node enforcing profiles makes, plus the asked profiles. Every issue is printed as
-`file[#entry or :line]: severity expression: message`; the exit code is 1 when any error was found.
+judged. The checks are those a write to a node enforcing profiles makes, plus the asked profiles. Every
+issue is printed as `file[#entry or :line]: severity expression: message`; the exit code is 1 when any
+error was found.
 """
 
 from __future__ import annotations

@@ -121,7 +121,11 @@ def _complex(name: str, schema: dict[str, Any]) -> tuple[dict[str, Any], dict[st
         if prop in choice_of:
             item = {"$ref": f"#/definitions/{choice_of[prop][1]}"}
         binding = {} if prop.startswith("_") else bindings.get(prop, {})
-        if "enum" in item or "codes" in binding:
+        if "enum" in item and not binding:
+            # The schema lists codes for non-required bindings too (Expression.language is extensible):
+            # only a required binding limits the codes.
+            item = {"$ref": "#/definitions/code"}
+        elif "enum" in item or "codes" in binding:
             item = {
                 "enum": binding.get("codes") or item["enum"],
                 "fhirType": "code",

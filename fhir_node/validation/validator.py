@@ -1,4 +1,5 @@
-"""The one validation entry point: base-R4 structure, then core invariants, then each profile.
+"""The one validation entry point: base-R4 structure, the rules R4 states in prose, then core invariants,
+then each profile.
 
 Structure errors stop there (the later passes assume a well-formed resource). Profiles are the ones the
 resource declares in `meta.profile` and the ones asked for, each checked against its snapshot; an
@@ -19,6 +20,7 @@ from fhir_node.outcome import Issue
 from fhir_node.validation.definitions import Registry, registry
 from fhir_node.validation.invariants import Invariants
 from fhir_node.validation.profile import fits, validate_core, validate_profile
+from fhir_node.validation.prose_rules import prose_rules
 from fhir_node.validation.structure import validate_structure
 from fhir_node.validation.terminology import terminology
 
@@ -50,6 +52,7 @@ def validate(
     issues = validate_structure(resource)
     if has_errors(issues):
         return issues
+    issues += prose_rules(resource)
     if required:
         return issues + conformance(resource, profiles, definitions)
     return issues + _profiles(resource, profiles or [], definitions or registry())
