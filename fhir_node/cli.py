@@ -17,6 +17,7 @@ from fhir_node import load, synth
 from fhir_node.api.middleware import is_loopback
 from fhir_node.audit import cli as audit_cli
 from fhir_node.conformance import package
+from fhir_node.federation import cli as federation_cli
 from fhir_node.settings import Settings
 from fhir_node.validation import cli as validation_cli
 
@@ -186,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     audit_cli.add_parser(sub)
     synth.add_parser(sub)
     package.add_parser(sub)
+    federation_cli.add_parser(sub)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["federate"]:
+        return federation_cli.main(argv[1:])  # its own parser: a usage error is exit 1 there, 2 means partial
     args = parser.parse_args(argv)
     return args.run(args)
 
