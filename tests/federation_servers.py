@@ -5,12 +5,15 @@ node behind a fault (slow, busy, broken, garbage)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import shutil
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -19,7 +22,7 @@ import jwt
 import orjson
 import uvicorn
 from jwt_keys import ISSUER, TestIssuer, jwt_settings
-from live_node import free_port
+from live_node import free_port, serve_node
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -174,17 +177,39 @@ class FaultProxy:
         url = f"{route['target']}/{request.path_params['path']}"
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "accept")}
         async with httpx.AsyncClient() as client:
-            answer = await client.request(
-                request.method, url, params=request.query_params, headers=headers
-            )
+            answer = await client.request(request.method, url, params=request.query_params, headers=headers)
         return Response(answer.content, answer.status_code, media_type=answer.headers.get("content-type"))
 
 
-def load_episodes(database_url: str, episodes: dict[str, str]) -> None:
-    """A fresh node database holding one Patient and the EpisodeOfCare `{id: status}` (written through the
-    node's own transaction processing, before the node serves)."""
+@contextlib.contextmanager
+def serve_nodes(folders: dict[str, Path], envs: dict[str, dict[str, str]]) -> Iterator[dict[str, str]]:
+    """`fhir-node serve` on each `folders[name]/node.db` with `envs[name]`, started side by side (each start
+    migrates and stores the guide: seconds); yields {name: FHIR base}."""
+    with contextlib.ExitStack() as stack:
+        starts = {
+            name: serve_node(f"sqlite:///{folder / 'node.db'}", folder, envs[name]) for name, folder in folders.items()
+        }
+        with concurrent.futures.ThreadPoolExecutor(len(starts)) as pool:
+            started = {name: pool.submit(start.__enter__) for name, start in starts.items()}
+            for start in starts.values():
+                stack.push(start.__exit__)
+            bases = {name: future.result() for name, future in started.items()}
+        yield bases
+
+
+def node_databases(folders: dict[str, Path], data: dict[str, dict[str, str]]) -> None:
+    """`folders[name]/node.db` for each node, holding one Patient and the EpisodeOfCare `data[name]` ({id: status}),
+    written through the node's own transaction processing. The schema and guide are stored once and copied."""
     from fhir_node.load import DatabaseTarget
 
+    template = next(iter(folders.values())) / "template.db"
+    DatabaseTarget(f"sqlite:///{template}").close()
+    for name, folder in folders.items():
+        shutil.copyfile(template, folder / "node.db")
+        _load_episodes(DatabaseTarget(f"sqlite:///{folder / 'node.db'}"), data[name])
+
+
+def _load_episodes(target: Any, episodes: dict[str, str]) -> None:
     entries: list[dict[str, Any]] = [
         _put({"resourceType": "Patient", "id": "p1", "identifier": [{"system": SSIN_SYSTEM, "value": "85073003328"}]})
     ]
@@ -192,7 +217,6 @@ def load_episodes(database_url: str, episodes: dict[str, str]) -> None:
         _put({"resourceType": "EpisodeOfCare", "id": rid, "status": status, "patient": {"reference": "Patient/p1"}})
         for rid, status in episodes.items()
     ]
-    target = DatabaseTarget(database_url)
     try:
         answer = target.post(orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries}))
         assert answer.status == 200, answer.body

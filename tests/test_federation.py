@@ -19,8 +19,8 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from federation_servers import FaultProxy, TokenServer, load_episodes, serve_asgi
-from live_node import free_port, serve_node
+from federation_servers import FaultProxy, TokenServer, node_databases, serve_asgi, serve_nodes
+from live_node import free_port
 
 from fhir_node.cli import main
 from fhir_node.federation import Federation, load_nodes
@@ -83,13 +83,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with ExitStack() as stack:
         tokens.base = stack.enter_context(serve_asgi(tokens.app()))
         proxy_base = stack.enter_context(serve_asgi(proxy.app()))
-        bases = {}
-        for name, episodes in DATA.items():
-            folder = tmp_path_factory.mktemp(name)
-            database_url = f"sqlite:///{folder / 'node.db'}"
-            load_episodes(database_url, episodes)
-            env = {**tokens.node_env(name), "FHIR_NODE_AUDIT": "true", "FHIR_NODE_LOG_LEVEL": "WARNING"}
-            bases[name] = stack.enter_context(serve_node(database_url, folder, env))
+        folders = {name: tmp_path_factory.mktemp(name) for name in DATA}
+        node_databases(folders, DATA)
+        env = {"FHIR_NODE_AUDIT": "true", "FHIR_NODE_LOG_LEVEL": "WARNING"}
+        bases = stack.enter_context(serve_nodes(folders, {name: {**tokens.node_env(name), **env} for name in DATA}))
         bases["west"] = f"http://127.0.0.1:{free_port()}/fhir"  # a node that is down: nothing listens there
         proxy.routes["slow-east"] = {"target": bases["east"], "delay": SLOW_SECONDS}
         yield World(tokens, proxy, proxy_base, bases, keys)
