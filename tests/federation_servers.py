@@ -11,7 +11,7 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,19 +182,26 @@ class FaultProxy:
 
 
 @contextlib.contextmanager
-def serve_nodes(folders: dict[str, Path], envs: dict[str, dict[str, str]]) -> Iterator[dict[str, str]]:
+def serve_nodes(
+    folders: dict[str, Path], envs: dict[str, dict[str, str]], stopped: Collection[str] = ()
+) -> Iterator[dict[str, str]]:
     """`fhir-node serve` on each `folders[name]/node.db` with `envs[name]`, started side by side (each start
-    migrates and stores the guide: seconds); yields {name: FHIR base}."""
-    with contextlib.ExitStack() as stack:
-        starts = {
-            name: serve_node(f"sqlite:///{folder / 'node.db'}", folder, envs[name]) for name, folder in folders.items()
-        }
-        with concurrent.futures.ThreadPoolExecutor(len(starts)) as pool:
-            started = {name: pool.submit(start.__enter__) for name, start in starts.items()}
-            for start in starts.values():
-                stack.push(start.__exit__)
-            bases = {name: future.result() for name, future in started.items()}
+    migrates and stores the guide: seconds); those named in `stopped` are stopped again at once (nodes that are
+    down). Yields {name: FHIR base}."""
+    starts = {
+        name: serve_node(f"sqlite:///{folder / 'node.db'}", folder, envs[name]) for name, folder in folders.items()
+    }
+    with concurrent.futures.ThreadPoolExecutor(len(starts)) as pool:
+        started = {name: pool.submit(start.__enter__) for name, start in starts.items()}
+    running = {name: starts[name] for name, future in started.items() if future.exception() is None}
+    try:
+        bases = {name: future.result() for name, future in started.items()}  # the first failure, if any
+        for name in stopped:
+            running.pop(name).__exit__(None, None, None)
         yield bases
+    finally:
+        for start in running.values():
+            start.__exit__(None, None, None)
 
 
 def node_databases(folders: dict[str, Path], data: dict[str, dict[str, str]]) -> None:

@@ -20,7 +20,6 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from federation_servers import FaultProxy, TokenServer, node_databases, serve_asgi, serve_nodes
-from live_node import free_port
 
 from fhir_node.cli import main
 from fhir_node.federation import Federation, load_nodes
@@ -33,6 +32,7 @@ DATA = {
     "north": {"ep-1": "active", "ep-2": "active", "ep-3": "active", "ep-4": "finished"},
     "south": {"ep-1": "active", "ep-2": "active"},
     "east": {"ep-1": "active", "ep-2": "active", "ep-3": "active", "ep-4": "active"},
+    "west": {"ep-1": "active"},  # stopped once started
 }
 SLOW_SECONDS = 4.0
 
@@ -86,8 +86,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         folders = {name: tmp_path_factory.mktemp(name) for name in DATA}
         node_databases(folders, DATA)
         env = {"FHIR_NODE_AUDIT": "true", "FHIR_NODE_LOG_LEVEL": "WARNING"}
-        bases = stack.enter_context(serve_nodes(folders, {name: {**tokens.node_env(name), **env} for name in DATA}))
-        bases["west"] = f"http://127.0.0.1:{free_port()}/fhir"  # a node that is down: nothing listens there
+        envs = {name: {**tokens.node_env(name), **env} for name in DATA}
+        bases = stack.enter_context(serve_nodes(folders, envs, stopped={"west"}))
         proxy.routes["slow-east"] = {"target": bases["east"], "delay": SLOW_SECONDS}
         yield World(tokens, proxy, proxy_base, bases, keys)
 
