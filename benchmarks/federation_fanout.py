@@ -1,6 +1,6 @@
-"""Fan-out benchmark (issue 14): the same query to N local nodes at once, each a real `fhir-node serve` (SQLite,
-FHIR_NODE_AUTH=jwt with tokens from a SMART token server on loopback, audit on unless `--audit off`) holding its own EpisodeOfCare,
-optionally one of them behind a proxy that delays every answer. Reports, per query:
+"""Fan-out benchmark (issue 14): the same query to N local nodes at once, each a real `fhir-node serve`
+(SQLite, FHIR_NODE_AUTH=jwt with tokens from a SMART token server on loopback, audit on unless `--audit off`)
+holding its own EpisodeOfCare, optionally one of them behind a proxy that delays every answer. Per query:
 
 - `fanout_ms`: one federated query, start to merged answer (p50, p95), one at a time;
 - `slowest_node_ms`: in the same fan-outs, the slowest node's time as the report gives it (p50, p95);
