@@ -14,7 +14,7 @@ import uuid
 import httpx
 import jwt
 
-from fhir_node.federation.calls import Failure, json_body, send, why
+from fhir_node.federation.calls import CONNECTION_ERRORS, Failure, json_body, send, why
 from fhir_node.federation.nodes import Auth, Node, checked_url
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -89,11 +89,14 @@ class TokenSource:
         self, client: httpx.AsyncClient, token_url: str, deadline: float, retries: int
     ) -> tuple[str, float]:
         """(access token, seconds it lives)."""
-        response = await send(
-            lambda timeout: client.post(token_url, data=self._form(token_url), headers=_JSON, timeout=timeout),
-            deadline,
-            retries,
-        )
+        try:
+            response = await send(
+                lambda timeout: client.post(token_url, data=self._form(token_url), headers=_JSON, timeout=timeout),
+                deadline,
+                retries,
+            )
+        except CONNECTION_ERRORS as exc:
+            raise Failure(f"token endpoint {token_url}: cannot connect: {exc or type(exc).__name__}") from exc
         if response.status_code != 200:
             raise Failure(f"token endpoint: {why(response)}", response.status_code)
         body = json_body(response)

@@ -36,7 +36,11 @@ def _positive(kind: type[int] | type[float]) -> Any:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="fhir-node federate", description=DESCRIPTION)
+    p = _Parser(
+        prog="fhir-node federate",
+        description=DESCRIPTION,
+        epilog="exit status: 0 every node answered, 2 a partial answer (see the report), 1 a usage error",
+    )
     p.add_argument(
         "query", help="a search relative to each node's base, e.g. 'EpisodeOfCare?status=active&_summary=count'"
     )

@@ -165,7 +165,7 @@ class Federation:
             error = f"no answer within {timeout:g} s"
         except CONNECTION_ERRORS as exc:
             error = f"cannot connect: {exc or type(exc).__name__}"
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # whatever else one node's answer did, the others' answer stands
             error = f"{type(exc).__name__}: {exc}"
         seconds = time.monotonic() - start
         return NodeReport(node.name, error is None, status, error, seconds), got
