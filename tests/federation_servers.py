@@ -183,15 +183,15 @@ class FaultProxy:
 
 @contextlib.contextmanager
 def serve_nodes(
-    folders: dict[str, Path], envs: dict[str, dict[str, str]], stopped: Collection[str] = ()
+    folders: dict[str, Path], envs: dict[str, dict[str, str]], stopped: Collection[str] = (), at_once: int = 4
 ) -> Iterator[dict[str, str]]:
-    """`fhir-node serve` on each `folders[name]/node.db` with `envs[name]`, started side by side (each start
-    migrates and stores the guide: seconds); those named in `stopped` are stopped again at once (nodes that are
-    down). Yields {name: FHIR base}."""
+    """`fhir-node serve` on each `folders[name]/node.db` with `envs[name]`, `at_once` starting side by side (a
+    start takes seconds of CPU); those named in `stopped` are stopped again at once (nodes that are down).
+    Yields {name: FHIR base}."""
     starts = {
         name: serve_node(f"sqlite:///{folder / 'node.db'}", folder, envs[name]) for name, folder in folders.items()
     }
-    with concurrent.futures.ThreadPoolExecutor(len(starts)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(at_once) as pool:
         started = {name: pool.submit(start.__enter__) for name, start in starts.items()}
     running = {name: starts[name] for name, future in started.items() if future.exception() is None}
     try:
