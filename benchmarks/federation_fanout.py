@@ -120,10 +120,13 @@ def main() -> None:
             }
             for name in names
         }
+        slow = names[-1]
+        if args.slow_ms:  # behind the proxy, as behind a gateway: the node's links name the public base
+            envs[slow]["FHIR_NODE_BASE_URL"] = f"{proxy_base}/slow"
         bases = stack.enter_context(serve_nodes(folders, envs))
         if args.slow_ms:
-            proxy.routes["slow"] = {"target": bases[names[-1]], "delay": args.slow_ms / 1000}
-            bases[names[-1]] = f"{proxy_base}/slow"
+            proxy.routes["slow"] = {"target": bases[slow], "delay": args.slow_ms / 1000}
+            bases[slow] = f"{proxy_base}/slow"
         nodes = [Node(name=name, url=bases[name], auth=auth) for name in names]
         report = {
             "nodes": args.nodes,

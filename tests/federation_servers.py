@@ -183,7 +183,7 @@ class FaultProxy:
 
 @contextlib.contextmanager
 def serve_nodes(
-    folders: dict[str, Path], envs: dict[str, dict[str, str]], stopped: Collection[str] = (), at_once: int = 4
+    folders: dict[str, Path], envs: dict[str, dict[str, str]], stopped: Collection[str] = (), at_once: int = 2
 ) -> Iterator[dict[str, str]]:
     """`fhir-node serve` on each `folders[name]/node.db` with `envs[name]`, `at_once` starting side by side (a
     start takes seconds of CPU); those named in `stopped` are stopped again at once (nodes that are down).

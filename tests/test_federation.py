@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
+import email.utils
 import json
 import time
 from collections.abc import Iterator
@@ -22,7 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from federation_servers import FaultProxy, TokenServer, node_databases, serve_asgi, serve_nodes
 
 from fhir_node.cli import main
-from fhir_node.federation import Federation, load_nodes
+from fhir_node.federation import Federation, NodesFileError, QueryError, load_nodes
+from fhir_node.federation.calls import retry_after
+from fhir_node.federation.fanout import parse_query
 from fhir_node.federation.nodes import thumbprint
 
 COUNT = "EpisodeOfCare?status=active&_summary=count"
@@ -226,6 +230,8 @@ def test_busy_nodes_are_retried_as_retry_after_says_within_the_timeout(world: Wo
 def test_failures_that_retrying_cannot_mend_are_reported_at_once(world: World) -> None:
     world.proxy.routes["broken"] = {"target": world.bases["south"], "broken": True}
     world.proxy.routes["garbage"] = {"target": world.bases["south"], "garbage": True}
+    # Behind a gateway without FHIR_NODE_BASE_URL, the node's next links name its own address, not the gateway's.
+    world.proxy.routes["misconfigured"] = {"target": world.bases["north"]}
     answer = search(
         world,
         ACTIVE,
@@ -233,6 +239,7 @@ def test_failures_that_retrying_cannot_mend_are_reported_at_once(world: World) -
         world.node("south", via="broken", key="ec"),
         world.node("south", via="garbage", key="ec"),
         world.node("south", key="stranger"),
+        world.node("north", via="misconfigured"),
     )
     reports = {n.name: (n.ok, n.status, n.error) for n in answer.nodes}
     assert reports["north"] == (True, 200, None)
@@ -240,6 +247,15 @@ def test_failures_that_retrying_cannot_mend_are_reported_at_once(world: World) -
     assert reports["garbage"] == (False, 200, "the answer is not a FHIR searchset Bundle")
     assert reports["south"][:2] == (False, 401) and reports["south"][2].startswith(
         "token endpoint: HTTP 401: invalid_client"
+    )
+    assert reports["misconfigured"][:2] == (False, 200)
+    assert (
+        reports["misconfigured"][2]
+        == (
+            f"the next page link leaves the node's base {world.proxy_base}/misconfigured: "
+            f"{world.bases['north']}/EpisodeOfCare?status=active&_count=2&_cursor="
+        )
+        + reports["misconfigured"][2].rsplit("_cursor=", 1)[1]
     )
     assert world.proxy.hits["broken"] == 1 and world.proxy.hits["garbage"] == 1
     assert [e["fullUrl"] for _, e in answer.entries] == [
@@ -291,3 +307,44 @@ def test_usage_errors_exit_1_naming_the_problem(
         main(["federate", *(a.format(**files) for a in args)])
     assert exit_.value.code == 1
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("query", "is_count"),
+    [
+        (COUNT, True),
+        ("Patient?_summary=count&_has:Consent:patient:status=active", True),
+        ("EpisodeOfCare?status=active", False),
+        ("?_type=Patient,Organization&_summary=count", True),
+        ("EpisodeOfCare/_history?_summary=count", True),
+    ],
+)
+def test_a_query_is_a_search_relative_to_each_base(query: str, is_count: bool) -> None:
+    assert parse_query(query) == (query, is_count)
+
+
+@pytest.mark.parametrize(
+    "query", ["", "https://evil.example/fhir/Patient", "/fhir/Patient", "EpisodeOfCare/../x", "a b"]
+)
+def test_anything_else_is_refused_before_any_node_is_asked(query: str) -> None:
+    with pytest.raises(QueryError):
+        parse_query(query)
+
+
+def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
+    later = email.utils.format_datetime(datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=30), True)
+    waits = [retry_after(httpx.Response(503, headers={"Retry-After": v})) for v in ("7", later, "soon")]
+    assert waits[0] == 7 and 28 <= (waits[1] or 0) <= 30 and waits[2] is None
+    assert retry_after(httpx.Response(503)) is None
+
+
+def test_a_p256_key_is_refused_smart_asks_for_rs384_or_es384(tmp_path: Path) -> None:
+    _pem(tmp_path / "p256.pem", ec.generate_private_key(ec.SECP256R1()))
+    nodes = tmp_path / "nodes.yaml"
+    auth = {"client_id": "c", "private_key": "p256.pem"}
+    nodes.write_text(yaml.safe_dump({"nodes": [{"name": "a", "url": "https://a.example/fhir/", "auth": auth}]}))
+    with pytest.raises(NodesFileError, match=r"nodes\[0\]\.auth\.private_key: an RSA \(RS384\) or EC P-384"):
+        load_nodes(nodes)
+    _pem(tmp_path / "p256.pem", ec.generate_private_key(ec.SECP384R1()))
+    (node,) = load_nodes(nodes)
+    assert node.url == "https://a.example/fhir" and node.auth and node.auth.algorithm == "ES384"
