@@ -249,13 +249,9 @@ def test_failures_that_retrying_cannot_mend_are_reported_at_once(world: World) -
         "token endpoint: HTTP 401: invalid_client"
     )
     assert reports["misconfigured"][:2] == (False, 200)
-    assert (
-        reports["misconfigured"][2]
-        == (
-            f"the next page link leaves the node's base {world.proxy_base}/misconfigured: "
-            f"{world.bases['north']}/EpisodeOfCare?status=active&_count=2&_cursor="
-        )
-        + reports["misconfigured"][2].rsplit("_cursor=", 1)[1]
+    assert (reports["misconfigured"][2] or "").startswith(
+        f"the next page link leaves the node's base {world.proxy_base}/misconfigured: "
+        f"{world.bases['north']}/EpisodeOfCare?status=active&_count=2&_cursor="
     )
     assert world.proxy.hits["broken"] == 1 and world.proxy.hits["garbage"] == 1
     assert [e["fullUrl"] for _, e in answer.entries] == [
