@@ -5,6 +5,7 @@ holding its own EpisodeOfCare, optionally one of them behind a proxy that delays
 - `fanout_ms`: one federated query, start to merged answer (p50, p95), one at a time;
 - `slowest_node_ms`: in the same fan-outs, the slowest node's time as the report gives it (p50, p95);
 - `sequential_ms`: the same nodes asked one after the other (p50 of the sum);
+- `client_cpu_ms_per_fanout`: the central index's own CPU per fan-out (this process: client, token server);
 - `fanouts_per_s` / `node_answers_per_s`: with `--concurrency` fan-outs in flight.
 
     python benchmarks/federation_fanout.py --nodes 10 --episodes 200 --queries 100 [--slow-ms 100] [--audit off]
@@ -52,11 +53,12 @@ async def measure(nodes: list[Node], query: str, rounds: int, concurrency: int) 
             await federation.search(query)
             for single in singles:
                 await single.search(query)
-        fanout, slowest, sequential = [], [], []
+        fanout, slowest, sequential, cpu = [], [], [], []
         for _ in range(rounds):
-            start = time.perf_counter()
+            start, used = time.perf_counter(), time.process_time()
             answer = await federation.search(query)
             fanout.append((time.perf_counter() - start) * 1000)
+            cpu.append((time.process_time() - used) * 1000)
             assert answer.complete, answer.as_json()["nodes"]
             slowest.append(max(n.seconds for n in answer.nodes) * 1000)
         for _ in range(max(5, rounds // 5)):
@@ -81,6 +83,7 @@ async def measure(nodes: list[Node], query: str, rounds: int, concurrency: int) 
         "slowest_node_ms": {"p50": percentile(slowest, 0.5), "p95": percentile(slowest, 0.95)},
         "fanout_over_slowest_p50_ms": round(statistics.median(f - s for f, s in zip(fanout, slowest, strict=True)), 1),
         "sequential_ms": {"p50": percentile(sequential, 0.5)},
+        "client_cpu_ms_per_fanout": round(statistics.mean(cpu), 1),
         "fanouts_per_s": round(done / wall, 1),
         "node_answers_per_s": round(done * len(nodes) / wall, 1),
         **({"total": answer.total} if answer.is_count else {"entries": entries}),
