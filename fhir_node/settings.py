@@ -35,6 +35,9 @@ class Settings(BaseSettings):
         "their X-Forwarded-* headers (and only theirs) are trusted.",
     )
     coordinator_max_count: int = Field(50, gt=0, description="Page size cap for psi-coordinator searches.")
+    small_cell_min: int = Field(
+        5, ge=0, description="The aggregator's counts below this are suppressed (Bundle.total masked); 0: never."
+    )
     audit: bool = Field(True, description="Write an AuditEvent for every FHIR request (fail closed).")
     audit_retention_days: int = Field(
         3653, gt=0, description="AuditEvents older than this are removed by `fhir-node audit purge`."
