@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, or_, select, union_all
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 
 from fhir_node.security.relationships import SSIN
 from fhir_node.store.schema import idx_date, idx_reference, idx_token, resources
@@ -32,89 +32,96 @@ DECISION_STATUSES = ("active", "inactive", "rejected")
 
 
 def consented(patient_id: ColumnElement[Any]) -> ColumnElement[bool]:
-    """SQL: the Patient with id `patient_id` (a column of the enclosing query) is consented for research."""
-    permit = _Decision(patient_id)
-    newer = _Decision(patient_id)
-    later = or_(
-        newer.at > permit.at,
-        and_(
-            newer.at == permit.at,
-            or_(
-                newer.written > permit.written,
-                and_(newer.written == permit.written, newer.consent.c.res_id > permit.consent.c.res_id),
-            ),
-        ),
+    """SQL: the Patient with id `patient_id` (a column of the enclosing query) is consented for research:
+    it has a decision in force that no other decision is later than. Decisions tie to the patient by
+    reference or by SSIN, each probed through its own index (an OR of both would scan)."""
+    kinds = ("reference", "ssin")
+    return or_(
+        *(
+            permit.select()
+            .where(
+                permit.has("status", "active"),
+                permit.has("provision-type", "permit"),
+                *(
+                    ~newer.select().where(newer.later_than(permit)).exists()
+                    for newer in (_Decision(patient_id, k) for k in kinds)
+                ),
+            )
+            .exists()
+            for permit in (_Decision(patient_id, k) for k in kinds)
+        )
     )
-    superseded = newer.select().where(later).exists()
-    status, kind = idx_token.alias(), idx_token.alias()
-    in_force = (
-        select(status.c.res_id).where(_own(status, permit, "status"), status.c.code == "active").exists(),
-        select(kind.c.res_id).where(_own(kind, permit, "provision-type"), kind.c.code == "permit").exists(),
-    )
-    return permit.select().where(*in_force, ~superseded).exists()
 
 
 class _Decision:
-    """One research decision of the patient, as a FROM clause of its own aliases: the Consent's row
-    (`written`: its last write), its `dateTime` (`at`), joined to the patient by reference or SSIN."""
+    """One research decision of the patient, as FROM clauses of its own: the index row tying a Consent to
+    the patient (`by` reference, or by the SSIN it carries: a Consent may name the patient by identifier
+    only), the Consent's row (`written`: its last write) and its `dateTime` (`at`)."""
 
-    def __init__(self, patient_id: ColumnElement[Any]) -> None:
+    def __init__(self, patient_id: ColumnElement[Any], by: str) -> None:
         self.patient_id = patient_id
+        self.by = by
+        self.link = idx_reference.alias()
         self.consent = resources.alias()
         self.date = idx_date.alias()
         self.at = self.date.c.low
         self.written = self.consent.c.last_updated
 
     def select(self) -> Select[Any]:
-        c, d = self.consent, self.date
-        purpose, status = idx_token.alias(), idx_token.alias()
-        return select(c.c.res_id).where(
-            c.c.res_type == "Consent",
-            c.c.res_id.in_(_consents_of(self.patient_id)),
-            d.c.res_type == "Consent",
-            d.c.res_id == c.c.res_id,
-            d.c.param == "date",
-            select(purpose.c.res_id)
+        link, c, d = self.link, self.consent, self.date
+        # Subqueries name what they take from outside: auto-correlation only looks one level up.
+        return (
+            select(link.c.res_id)
+            .correlate_except(link, c, d)
             .where(
-                _own(purpose, self, "purpose"),
-                or_(*(and_(purpose.c.system == s, purpose.c.code == code) for s, code in RESEARCH_PURPOSES)),
+                link.c.res_type == "Consent",
+                link.c.param == "patient",
+                *self._tied(),
+                c.c.res_type == "Consent",
+                c.c.res_id == link.c.res_id,
+                d.c.res_type == "Consent",
+                d.c.res_id == link.c.res_id,
+                d.c.param == "date",
+                self.has("purpose", *RESEARCH_PURPOSES),
+                self.has("status", *DECISION_STATUSES),
             )
-            .exists(),
-            select(status.c.res_id).where(_own(status, self, "status"), status.c.code.in_(DECISION_STATUSES)).exists(),
         )
 
-
-def _own(table: Any, decision: _Decision, param: str) -> ColumnElement[bool]:
-    """`table`'s row is an index row of `param` of the decision's Consent."""
-    return and_(table.c.res_type == "Consent", table.c.res_id == decision.consent.c.res_id, table.c.param == param)
-
-
-def _consents_of(patient_id: ColumnElement[Any]) -> Select[Any]:
-    """Ids of the Consents whose `patient` is this Patient: by reference, or by the SSIN it carries (a
-    Consent may name the patient by identifier only)."""
-    by_ref, by_ssin, token = idx_reference.alias(), idx_reference.alias(), idx_token.alias()
-    literal = select(by_ref.c.res_id).where(
-        by_ref.c.res_type == "Consent",
-        by_ref.c.param == "patient",
-        by_ref.c.target_type == "Patient",
-        by_ref.c.target_id == patient_id,
-    )
-    ssins = (
-        select(token.c.code)
-        .correlate_except(token)
-        .where(
-            token.c.res_type == "Patient",
-            token.c.res_id == patient_id,
-            token.c.param == "identifier",
-            token.c.system == SSIN,
+    def later_than(self, other: _Decision) -> ColumnElement[bool]:
+        """This decision comes after `other`: a later dateTime, then a later write, then a higher id."""
+        return or_(
+            self.at > other.at,
+            and_(
+                self.at == other.at,
+                or_(
+                    self.written > other.written,
+                    and_(self.written == other.written, self.link.c.res_id > other.link.c.res_id),
+                ),
+            ),
         )
-    )
-    logical = select(by_ssin.c.res_id).where(
-        by_ssin.c.res_type == "Consent",
-        by_ssin.c.param == "patient",
-        by_ssin.c.id_system == SSIN,
-        by_ssin.c.id_value.in_(ssins),
-        or_(by_ssin.c.target_type.is_(None), by_ssin.c.target_type == "Patient"),
-    )
-    # Members of a UNION are not correlated on their own: each names what it takes from outside.
-    return union_all(literal.correlate_except(by_ref), logical.correlate_except(by_ssin, token))
+
+    def _tied(self) -> tuple[ColumnElement[bool], ...]:
+        link = self.link
+        if self.by == "reference":
+            return (link.c.target_type == "Patient", link.c.target_id == self.patient_id)
+        token = idx_token.alias()
+        ssins = (
+            select(token.c.code)
+            .correlate_except(token)
+            .where(
+                token.c.res_type == "Patient",
+                token.c.res_id == self.patient_id,
+                token.c.param == "identifier",
+                token.c.system == SSIN,
+            )
+        )
+        # Only identifier-only references (with a literal one, the reference decides); tested through
+        # coalesce() so the planner walks the SSIN's index rows, not every row without a target.
+        return (link.c.id_value.in_(ssins), link.c.id_system == SSIN, func.coalesce(link.c.target_type, "") == "")
+
+    def has(self, param: str, *values: str | tuple[str, str]) -> ColumnElement[bool]:
+        """The Consent has a token of `param` among `values` (codes, or (system, code) pairs)."""
+        t = idx_token.alias()
+        match = [and_(t.c.system == v[0], t.c.code == v[1]) if isinstance(v, tuple) else t.c.code == v for v in values]
+        own = (t.c.res_type == "Consent", t.c.res_id == self.link.c.res_id, t.c.param == param)
+        return select(t.c.res_id).correlate_except(t).where(*own, or_(*match)).exists()

@@ -52,8 +52,16 @@ resource_versions = Table(
 )
 
 
-def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...], comment: str) -> Table:
-    """A search index table: one row per (resource, parameter, value) of the current version only."""
+def _index_table(
+    name: str,
+    *columns: Column,
+    indexes: tuple[tuple[str, ...], ...],
+    comment: str,
+    resource_extra: tuple[str, ...] = (),
+) -> Table:
+    """A search index table: one row per (resource, parameter, value) of the current version only; its
+    resource index (type, id, param) carries `resource_extra` too, so a lookup of a row's own values is
+    answered from the index alone (and planners without statistics pick it)."""
     return Table(
         name,
         metadata,
@@ -61,7 +69,7 @@ def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ..
         Column("res_id", String(64), nullable=False),
         Column("param", String(64), nullable=False),
         *columns,
-        Index(f"ix_{name}_resource", "res_type", "res_id", "param"),
+        Index(f"ix_{name}_resource", "res_type", "res_id", "param", *resource_extra),
         *(Index(f"ix_{name}_{'_'.join(cols)}", "res_type", "param", *cols) for cols in indexes),
         comment=comment,
     )
@@ -99,6 +107,7 @@ idx_reference = _index_table(
     Column("id_system", String(255), nullable=True),
     Column("id_value", String(255), nullable=True),
     indexes=(("target_type", "target_id", "res_id"), ("url", "res_id"), ("id_value", "res_id")),
+    resource_extra=("target_type", "target_id"),
     comment="reference: local targets as type/id; other URLs and canonicals in url; Reference.identifier",
 )
 idx_uri = _index_table(
