@@ -138,7 +138,14 @@ def secured(
     plain = Settings(database_url=database_url, enforce_profiles=False, audit=False)
     with TestClient(create_app(plain), base_url=BASE_HOST, client=("127.0.0.1", 50000)) as operator:
         world = loader(operator)
+    with serving_jwt(database_url, **settings) as client:
+        yield client, world
+
+
+@contextlib.contextmanager
+def serving_jwt(database_url: str, **settings: Any) -> Iterator[TestClient]:
+    """A node on this database with FHIR_NODE_AUTH=jwt trusting ISSUER, audited, for a remote client."""
     config = {"database_url": database_url, "enforce_profiles": False, "audit": True}
     config |= jwt_settings(ISSUER.jwks_json()) | settings
     with TestClient(create_app(Settings(**config)), base_url=BASE_HOST, client=("10.1.2.3", 50000)) as client:
-        yield client, world
+        yield client

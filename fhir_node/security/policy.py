@@ -15,7 +15,15 @@ from fhir_node.outcome import FHIRError, fail
 from fhir_node.rules.research_consent import consented
 from fhir_node.security.access import current
 from fhir_node.security.relationships import NIHDI_SYSTEMS, SSIN
-from fhir_node.security.rules import GRANTS, MUTABLE, PATIENT_PARAM, REDACTED_KEEPS, SUPPRESSED_COUNTS, Reach
+from fhir_node.security.rules import (
+    BULK_EXPORT,
+    GRANTS,
+    MUTABLE,
+    PATIENT_PARAM,
+    REDACTED_KEEPS,
+    SUPPRESSED_COUNTS,
+    Reach,
+)
 from fhir_node.store.repository import now
 from fhir_node.store.schema import idx_reference, idx_token, resources
 
@@ -160,6 +168,18 @@ def page_cap(requested: int, default_max: int, coordinator_max: int) -> int:
     if current().principal.role == "psi-coordinator" and requested > coordinator_max:
         raise fail(403, "forbidden", f"A psi-coordinator's pages hold at most {coordinator_max} resources", "_count")
     return min(requested, default_max)
+
+
+def require_export() -> None:
+    """403 unless the caller's role may run a Bulk Data export."""
+    if current().principal.role not in BULK_EXPORT:
+        raise forbidden()
+
+
+def of_patients(res_type: str, patient_ids: Collection[str]) -> ColumnElement[bool]:
+    """SQL on `resources` rows of `res_type` that are, or belong to, one of these Patients (a Group's
+    members, for a Group export: within what the caller may see anyway)."""
+    return _about(res_type, patient_ids)
 
 
 def count_minimum(configured: int) -> int | None:

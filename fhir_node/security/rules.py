@@ -82,6 +82,10 @@ REDACTED_KEEPS = ("resourceType", "id", "meta", "status", "type", "patient", "pe
 #: Search parameters over those kept elements: any other criterion or sort leaves redacted ones out.
 REDACTED_PARAMS = frozenset({"patient", "status", "type", "date", "_id", "_lastUpdated"})
 
+#: Roles that may run a Bulk Data export ($export), each of what it may search: the central index (consented
+#: patients only) and the operator. PSI staff may not (no mass export, §12), nor anyone else.
+BULK_EXPORT = frozenset({"aggregator", "operator"})
+
 #: Roles whose counts (`_summary=count`, Bundle.total) are small-cell suppressed (`fhir_node.rules.small_cells`).
 SUPPRESSED_COUNTS = frozenset({"aggregator"})
 

@@ -156,3 +156,39 @@ audit_anchor = Table(
     Column("hash", String(64), nullable=False),
     comment="Where verification starts once retention removed the oldest events: the last removed one.",
 )
+
+export_jobs = Table(
+    "export_jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", LargeBinary, nullable=False),
+    Column("request", String(2048), nullable=False),
+    Column("types", String(1024), nullable=False),
+    Column("since", DateTime(timezone=False), nullable=True),
+    Column("members", LargeBinary, nullable=True),
+    Column("transaction_time", DateTime(timezone=False), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("type_index", Integer, nullable=False),
+    Column("cursor", String(64), nullable=True),
+    Column("exported", Integer, nullable=False),
+    Column("lease_until", DateTime(timezone=False), nullable=True),
+    Column("error", String(2048), nullable=True),
+    Column("finished", DateTime(timezone=False), nullable=True),
+    Index("ix_export_jobs_status", "status", "lease_until"),
+    comment="Bulk Data export jobs: who asked (owner: the principal, JSON), what (types, since, the Group's "
+    "members), where the export stands (type_index, cursor: the last id written), so any worker resumes it.",
+)
+
+export_files = Table(
+    "export_files",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), nullable=False),
+    Column("res_type", String(64), nullable=False),
+    Column("part", Integer, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Index("ix_export_files_job", "job_id", "res_type", "part", "seq"),
+    comment="The NDJSON of export jobs, one segment per step: a file is the segments of (job, type, part) in "
+    "seq order. In the database, so every worker serves every file.",
+)
