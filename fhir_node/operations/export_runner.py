@@ -40,14 +40,16 @@ class ExportRunner:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.job: str | None = None
-        self._wake = asyncio.Event()
+        self._wake: asyncio.Event | None = None
 
     def wake(self) -> None:
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
 
     async def run(self) -> None:
         """Until cancelled: a step of the claimed job, or else a claim (and the retention purge) per poll."""
         poll = self.node.settings.export_poll_seconds
+        self._wake = wake = asyncio.Event()  # bound to this event loop (an app may be served by several)
         while True:
             try:
                 busy = await run_in_threadpool(self.work)
@@ -55,9 +57,9 @@ class ExportRunner:
                 log.warning("export runner: database unavailable: %s", exc)
                 busy = False
             if not busy:
-                self._wake.clear()
+                wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), poll)
+                    await asyncio.wait_for(wake.wait(), poll)
 
     def work(self) -> bool:
         """One step of the claimed job, claiming one first if needed; False when there is nothing to do."""
