@@ -2,7 +2,7 @@
 patients whose latest research consent is an active permit, and their data: filtered in SQL) and by the
 operator (everything: no filtering), alternated, on the `fhir-node synth` scenario.
 
-    python benchmarks/consent_search.py --patients 20000 [--database postgresql] [--searches 400]
+    python benchmarks/consent_search.py --patients 20000 [--database postgresql] [--searches 400] [--keep F]
 
 Audit is off (FHIR_NODE_AUDIT=false) so the figures show the filter, not the log. Counts are exact
 (`_summary=count` counts every match); the aggregator's would be masked below 5 (none is here).
@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
-from research_data import bearer, database, jwt_node, load_scenario
+from research_data import bearer, jwt_node, kept_or_fresh, load_scenario
 
 
 def timed(base: str, caller: str, query: str, total: int, clients: int) -> dict[str, float]:
@@ -73,10 +73,11 @@ def main() -> None:
     ap.add_argument("--searches", type=int, default=400, help="per query and caller")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=2, help="aggregator and operator runs alternated this often")
+    ap.add_argument("--keep", help="SQLite file to keep the loaded scenario in (reused when it exists)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmpdir, database(args.database, Path(tmpdir)) as url:
+    with tempfile.TemporaryDirectory() as tmpdir, kept_or_fresh(args.database, args.keep, Path(tmpdir)) as (url, had):
         t0 = time.perf_counter()
-        counts = load_scenario(url, args.patients)
+        counts = load_scenario(url, args.patients) if not had else "reused"
         loaded_s = time.perf_counter() - t0
         with jwt_node(url, Path(tmpdir)) as base:
             org = first(base, "operator", "Organization?_count=1")["entry"][0]["resource"]["id"]

@@ -13,16 +13,14 @@ database and reuses it on the next run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
-from research_data import bearer, database, jwt_node, load_scenario
+from research_data import bearer, jwt_node, kept_or_fresh, load_scenario
 
 
 def request(base: str, caller: str, method: str, url: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
@@ -69,15 +67,6 @@ def export(base: str, caller: str) -> dict[str, float]:
         "download_mib": round(size / 2**20, 1),
         "download_mib_per_s": round(size / 2**20 / download, 1),
     }
-
-
-@contextlib.contextmanager
-def kept_or_fresh(kind: str, keep: str | None, tmp: Path) -> Iterator[tuple[str, bool]]:
-    if keep and kind == "sqlite":
-        yield f"sqlite:///{Path(keep).resolve()}", Path(keep).exists()
-        return
-    with database(kind, tmp) as url:
-        yield url, False
 
 
 def main() -> None:

@@ -38,6 +38,17 @@ def database(kind: str, tmp: Path) -> Iterator[str]:
         yield url
 
 
+@contextlib.contextmanager
+def kept_or_fresh(kind: str, keep: str | None, tmp: Path) -> Iterator[tuple[str, bool]]:
+    """The database to use, and whether it holds the scenario already: `keep` (a SQLite file, reused when it
+    exists), else a fresh one."""
+    if keep and kind == "sqlite":
+        yield f"sqlite:///{Path(keep).resolve()}", Path(keep).exists()
+        return
+    with database(kind, tmp) as url:
+        yield url, False
+
+
 def load_scenario(database_url: str, patients: int, seed: int = 1, batch: int = 2000) -> dict[str, int]:
     """Generate the scenario (NDJSON, our ids) and write it in type order; returns resources per type."""
     from fhir_node.interactions.incoming import check_resource
