@@ -14,43 +14,21 @@ import argparse
 import http.client
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
 from research_data import bearer, jwt_node, kept_or_fresh, load_scenario
+from search_load import run_gets
 
 
 def timed(base: str, caller: str, query: str, total: int, clients: int) -> dict[str, float]:
     """`total` GETs of `query` as `caller` over `clients` keep-alive connections."""
     url = urlsplit(base)
-    headers = {"Accept": "application/fhir+json", "Authorization": bearer(caller)}
-    latencies: list[float] = []
-    lock = threading.Lock()
-
-    def worker(k: int) -> None:
-        conn = http.client.HTTPConnection(url.hostname, url.port)
-        mine = []
-        for _ in range(k, total, clients):
-            t0 = time.perf_counter()
-            conn.request("GET", f"{url.path}/{query}", headers=headers)
-            r = conn.getresponse()
-            body = r.read()
-            mine.append((time.perf_counter() - t0) * 1000)
-            if r.status != 200:
-                raise RuntimeError(f"{caller} {query}: {r.status} {body[:300]!r}")
-        with lock:
-            latencies.extend(mine)
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall, latencies = run_gets(
+        url.hostname or "", url.port or 80, [f"{url.path}/{query}"], total, clients, {"Authorization": bearer(caller)}
+    )
     latencies.sort()
     return {
         "per_s": round(total / wall, 1),

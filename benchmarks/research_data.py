@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from jwt_keys import TestIssuer, jwt_settings  # noqa: E402
 from live_node import serve_node  # noqa: E402
-from postgres_server import start_postgres  # noqa: E402
+from search_load import database  # noqa: E402
 
 from fhir_node.synth import TYPE_ORDER, Options, synth  # noqa: E402
 
@@ -26,16 +26,6 @@ from fhir_node.synth import TYPE_ORDER, Options, synth  # noqa: E402
 TYPES = tuple(t for t in TYPE_ORDER if t != "AuditEvent")
 ISSUER = TestIssuer()
 CALLERS = {"aggregator": ("bihr-central-index", "aggregator"), "operator": ("node-operator", "operator")}
-
-
-@contextlib.contextmanager
-def database(kind: str, tmp: Path) -> Iterator[str]:
-    """A fresh SQLite file or a throwaway PostgreSQL database."""
-    if kind == "sqlite":
-        yield f"sqlite:///{tmp / 'bench.db'}"
-        return
-    with start_postgres() as server, server.fresh_database() as url:
-        yield url
 
 
 @contextlib.contextmanager

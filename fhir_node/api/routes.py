@@ -237,7 +237,12 @@ def export_endpoint(level: str) -> Endpoint:
             raise fail(400, "invalid", "$export runs asynchronously: send 'Prefer: respond-async'")
         node = node_of(request)
         group = request.path_params.get("id")
-        job_id = await run_in_threadpool(export.kick_off, node, _query(request), level, group)
+        url = (
+            base_of(request)
+            + request.url.path.removeprefix("/fhir")
+            + (f"?{request.url.query}" if request.url.query else "")
+        )
+        job_id = await run_in_threadpool(export.kick_off, node, url, _query(request), level, group)
         request.app.state.export_runner.wake()
         status_url = f"{base_of(request)}/$export-status/{job_id}"
         body = operation_outcome([Issue("information", "informational", f"Export accepted; poll {status_url}")])

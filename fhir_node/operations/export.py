@@ -22,6 +22,7 @@ import orjson
 from sqlalchemy import Connection, delete, false, func, select, update
 
 from fhir_node.datetimes import parse_instant
+from fhir_node.interactions.incoming import single_values
 from fhir_node.node import Node
 from fhir_node.outcome import fail
 from fhir_node.registry import CONFORMANCE_TYPES, KINDS
@@ -50,11 +51,11 @@ COMPARTMENT = ("Patient", *PATIENT_PARAM)
 ACCEPTED, RUNNING, COMPLETED, FAILED = "accepted", "in-progress", "completed", "failed"
 
 
-def kick_off(node: Node, params: list[tuple[str, str]], level: str, group_id: str | None = None) -> str:
-    """A new job for the caller (403 unless its role may export); returns the job id. `level` is
-    `system`, `Patient` or `Group`."""
+def kick_off(node: Node, request: str, params: list[tuple[str, str]], level: str, group_id: str | None = None) -> str:
+    """A new job for the caller (403 unless its role may export); returns the job id. `request` is the
+    kick-off URL (for the manifest); `level` is `system`, `Patient` or `Group`."""
     policy.require_export()
-    values = _single_values(params)
+    values = single_values(params, _PARAMETERS, "$export")
     fmt = values.get("_outputFormat", NDJSON)
     if fmt not in _FORMATS:
         raise fail(400, "not-supported", f"_outputFormat '{fmt}' is not supported; use {NDJSON}", "_outputFormat")
@@ -67,10 +68,7 @@ def kick_off(node: Node, params: list[tuple[str, str]], level: str, group_id: st
             export_jobs.insert().values(
                 id=job_id,
                 owner=_owner(current().principal),
-                request=f"{current().server}/{'' if level == 'system' else level + '/'}"
-                + (f"{group_id}/" if group_id else "")
-                + "$export"
-                + (f"?{'&'.join(f'{k}={v}' for k, v in params)}" if params else ""),
+                request=request,
                 types=",".join(types),
                 since=since,
                 members=orjson.dumps(members) if members is not None else None,
@@ -191,17 +189,6 @@ def _expiry(job: Any, node: Node) -> datetime | None:
     if job.finished is None:
         return None
     return job.finished + timedelta(hours=node.settings.export_retention_hours)
-
-
-def _single_values(params: list[tuple[str, str]]) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for name, value in params:
-        if name not in _PARAMETERS:
-            raise fail(400, "not-supported", f"$export parameter '{name}' is not supported", name)
-        if name in values:
-            raise fail(400, "invalid", f"$export parameter '{name}' may appear only once", name)
-        values[name] = value
-    return values
 
 
 def _types(raw: str | None, level: str) -> list[str]:
