@@ -6,6 +6,7 @@ write checks (before and after the write, in its transaction), and the PSI redac
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from functools import cache
 from typing import Any
 
 import orjson
@@ -219,9 +220,11 @@ def _about(res_type: str, patients: Select[Any] | Collection[str]) -> ColumnElem
     return _indexed(idx_reference, param, lambda ref: (ref.c.target_type == "Patient", ref.c.target_id.in_(patients)))
 
 
+@cache
 def _of_consented(res_type: str) -> ColumnElement[bool]:
     """Rows of `res_type` that are, or belong to, a patient consented for research, probed per row (no set
-    of patients is built: a page stops as soon as it is full)."""
+    of patients is built: a page stops as soon as it is full). Built once per type: it depends on nothing
+    but the type, and the same expression object lets SQLAlchemy reuse its compiled form."""
     if res_type == "Patient":
         return consented(resources.c.res_id)
     param = PATIENT_PARAM.get(res_type)
