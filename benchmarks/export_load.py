@@ -51,6 +51,7 @@ def export(base: str, caller: str) -> dict[str, float]:
     done = time.perf_counter() - t0
     manifest = orjson.loads(body)
     exported = sum(item["count"] for item in manifest["output"])
+    types = dict.fromkeys(item["type"] for item in manifest["output"])  # a type may span several files
     t1, size = time.perf_counter(), 0
     for item in manifest["output"]:
         status, _, content = request(base, caller, "GET", item["url"])
@@ -60,7 +61,7 @@ def export(base: str, caller: str) -> dict[str, float]:
     download = time.perf_counter() - t1
     return {
         "exported": exported,
-        "per_type": {item["type"]: item["count"] for item in manifest["output"]},
+        "per_type": {t: sum(i["count"] for i in manifest["output"] if i["type"] == t) for t in types},
         "export_s": round(done, 1),
         "resources_per_s": round(exported / done, 1),
         "polls": polls,
