@@ -100,11 +100,12 @@ def audit_event(rng: random.Random, patient_id: str) -> dict[str, Any]:
 class Conn:
     """One keep-alive HTTP/1.1 connection (http.client: the cheapest client, so the server is measured)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, headers: dict[str, str] | None = None) -> None:
         self.c = http.client.HTTPConnection(host, port)
+        self.headers = H | (headers or {})
 
     def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        self.c.request(method, path, body=body, headers=H)
+        self.c.request(method, path, body=body, headers=self.headers)
         r = self.c.getresponse()
         return r.status, r.read()
 
@@ -187,14 +188,16 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def run_gets(host: str, port: int, queries: list[str], total: int, clients: int) -> tuple[float, list[float]]:
-    """`total` GETs of `queries` (in turn) over `clients` connections; returns wall seconds and
-    per-request latencies (ms)."""
+def run_gets(
+    host: str, port: int, queries: list[str], total: int, clients: int, headers: dict[str, str] | None = None
+) -> tuple[float, list[float]]:
+    """`total` GETs of `queries` (in turn) over `clients` connections (with `headers`, e.g. a token);
+    returns wall seconds and per-request latencies (ms)."""
     latencies: list[float] = []
     lock = threading.Lock()
 
     def worker(k: int) -> None:
-        conn = Conn(host, port)
+        conn = Conn(host, port, headers)
         mine = []
         for i in range(k, total, clients):
             t0 = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -17,6 +18,7 @@ from fhir_node.api.guard import Guard
 from fhir_node.api.middleware import RequestContext
 from fhir_node.api.routes import ROUTES
 from fhir_node.node import Node
+from fhir_node.operations.export_runner import ExportRunner
 from fhir_node.settings import Settings
 
 
@@ -33,9 +35,17 @@ def create_app(settings: Settings | None = None, node: Node | None = None) -> St
     settings = settings or (node.settings if node else Settings())
     node = node or Node.from_settings(settings)
 
+    runner = ExportRunner(node)
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        # Export jobs: this worker's share of them (unless it is told to leave them to others).
+        task = asyncio.create_task(runner.run()) if settings.export_runner else None
         yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         node.db.dispose()
 
     app = Starlette(
@@ -48,4 +58,5 @@ def create_app(settings: Settings | None = None, node: Node | None = None) -> St
         lifespan=lifespan,
     )
     app.state.node = node
+    app.state.export_runner = runner
     return app

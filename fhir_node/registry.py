@@ -65,6 +65,11 @@ KINDS: dict[str, ResourceKind] = {
             documentation="Therapeutic relationships the operator loads: a patient (subject) and the providers "
             "(Practitioner) and pharmacies (Organization), by NIHDI number, with their periods.",
         ),
+        ResourceKind(
+            "Group",
+            documentation="Cohorts the operator defines for Group-level Bulk Data export: actual groups of Patients "
+            "(member.entity).",
+        ),
         *(
             ResourceKind(name, READ_ONLY, f"Our published {name}s (profiles/, terminology/): read-only.")
             for name in CONFORMANCE_TYPES

@@ -35,6 +35,20 @@ class Settings(BaseSettings):
         "their X-Forwarded-* headers (and only theirs) are trusted.",
     )
     coordinator_max_count: int = Field(50, gt=0, description="Page size cap for psi-coordinator searches.")
+    small_cell_min: int = Field(
+        5, ge=0, description="The aggregator's counts below this are suppressed (Bundle.total masked); 0: never."
+    )
+    export_retention_hours: int = Field(
+        24, gt=0, description="Bulk Data export files are deleted this long after their export completed."
+    )
+    export_chunk: int = Field(1000, gt=0, le=10_000, description="Resources an export job writes per step.")
+    export_file_resources: int = Field(
+        100_000, gt=0, description="About this many resources per Bulk Data output file (then the next part)."
+    )
+    export_runner: bool = Field(
+        True, description="This worker runs export jobs (false: it only answers kick-offs, polls and downloads)."
+    )
+    export_poll_seconds: float = Field(2.0, gt=0, description="How often each worker looks for export jobs to run.")
     audit: bool = Field(True, description="Write an AuditEvent for every FHIR request (fail closed).")
     audit_retention_days: int = Field(
         3653, gt=0, description="AuditEvents older than this are removed by `fhir-node audit purge`."

@@ -5,7 +5,7 @@ relationships (current, expired). Loaded by the operator; then every role asks t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ NS = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem"
 SSIN, NIHDI = f"{NS}/ssin", f"{NS}/nihdi"
 STATUS = "https://fhir-node.be/fhir/CodeSystem/inclusion-status"
 CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
+HRESCH = ("http://terminology.hl7.org/CodeSystem/v3-ActReason", "HRESCH")
 
 PSI_A, PSI_B, PHARMACY = "90600473", "95286761", "60702204"
 DR_X, DR_Y = "18780485003", "15171887003"
@@ -57,7 +58,7 @@ def consent(patient: str, decision: str = "permit") -> dict[str, Any]:
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
         "patient": {"reference": patient},
         "dateTime": "2024-02-01T10:00:00Z",
-        "provision": {"type": decision},
+        "provision": {"type": decision, "purpose": [{"system": HRESCH[0], "code": HRESCH[1]}]},
     }
 
 
@@ -130,12 +131,21 @@ def headers(caller: str, scope: str = "system/*.cruds") -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def secured(database_url: str, **settings: Any) -> Iterator[tuple[TestClient, World]]:
-    """The world loaded by the operator, then the same database served with FHIR_NODE_AUTH=jwt."""
+def secured(
+    database_url: str, loader: Callable[[TestClient], Any] = load, **settings: Any
+) -> Iterator[tuple[TestClient, Any]]:
+    """The world `loader` makes as the operator, then the same database served with FHIR_NODE_AUTH=jwt."""
     plain = Settings(database_url=database_url, enforce_profiles=False, audit=False)
     with TestClient(create_app(plain), base_url=BASE_HOST, client=("127.0.0.1", 50000)) as operator:
-        world = load(operator)
+        world = loader(operator)
+    with serving_jwt(database_url, **settings) as client:
+        yield client, world
+
+
+@contextlib.contextmanager
+def serving_jwt(database_url: str, **settings: Any) -> Iterator[TestClient]:
+    """A node on this database with FHIR_NODE_AUTH=jwt trusting ISSUER, audited, for a remote client."""
     config = {"database_url": database_url, "enforce_profiles": False, "audit": True}
     config |= jwt_settings(ISSUER.jwks_json()) | settings
     with TestClient(create_app(Settings(**config)), base_url=BASE_HOST, client=("10.1.2.3", 50000)) as client:
-        yield client, world
+        yield client

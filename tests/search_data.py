@@ -75,7 +75,7 @@ CONSENT_IDS = "https://example.org/fhir/consent-id"
 CARE_TEAM_IDS = "https://example.org/fhir/care-team-id"
 
 SEED = 20240501
-ORDER = ("Organization", "Practitioner", "Patient", "EpisodeOfCare", "Consent", "AuditEvent", "CareTeam")
+ORDER = ("Organization", "Practitioner", "Patient", "EpisodeOfCare", "Consent", "AuditEvent", "CareTeam", "Group")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -521,6 +521,26 @@ def _care_teams(rng: random.Random, patients: list[dict], practitioners: list[di
     return out
 
 
+def _groups(patients: list[dict]) -> list[dict[str, Any]]:
+    """Cohorts for Group-level export: actual groups of Patients (some members inactive)."""
+    metas: list[dict[str, Any]] = [
+        {"tag": [_coding(TAGS, "import-2023")], "profile": [f"{PROFILE_ROOT}/group"]},
+        {"security": [_coding(CONFIDENTIALITY, "R")], "source": "https://example.org/source/registry-a"},
+        {"tag": [_coding(TAGS, "import-2024")]},
+        {},
+        {"profile": [f"{PROFILE_ROOT}/group-v2"], "source": "https://example.org/source/registry-b"},
+        {"security": [_coding(CONFIDENTIALITY, "N")]},
+    ]
+    out = []
+    for i, meta in enumerate(metas):
+        g: dict[str, Any] = {"resourceType": "Group", "id": f"cohort-{i}", "type": "person", "actual": True}
+        if meta:
+            g["meta"] = meta
+        g["member"] = [{"entity": _ref("Patient", p["id"]), "inactive": j == 1} for j, p in enumerate(patients[i::3])]
+        out.append(g)
+    return out
+
+
 def generate(seed: int = SEED) -> dict[str, list[dict[str, Any]]]:
     """The dataset, by type, in load order; the same seed always gives the same resources."""
     rng = random.Random(seed)
@@ -531,6 +551,7 @@ def generate(seed: int = SEED) -> dict[str, list[dict[str, Any]]]:
     consents = _consents(rng, patients, episodes)
     audits = _audit_events(rng, patients, episodes, consents)
     care_teams = _care_teams(rng, patients, practitioners)
+    groups = _groups(patients)
     return {
         "Organization": organizations,
         "Practitioner": practitioners,
@@ -539,6 +560,7 @@ def generate(seed: int = SEED) -> dict[str, list[dict[str, Any]]]:
         "Consent": consents,
         "AuditEvent": audits,
         "CareTeam": care_teams,
+        "Group": groups,
     }
 
 
@@ -1022,6 +1044,7 @@ PARAMS: dict[str, dict[str, tuple[str, Callable[[dict[str, Any]], list[Any]]]]] 
         "subtype": ("token", at("subtype")),
         "type": ("token", at("type")),
     },
+    "Group": COMMON,  # R4's Group parameters are not extracted: the node indexes only the common ones
     "CareTeam": {
         **COMMON,
         "category": ("token", at("category")),

@@ -24,6 +24,7 @@ from live_node import free_port
 
 FHIR_JSON = "application/fhir+json"
 SERVED_TYPES = {"EpisodeOfCare", "Consent", "AuditEvent", "Patient", "Organization", "Practitioner", "CareTeam"}
+SERVED_TYPES |= {"Group"}
 GUIDE_TYPES = {
     "StructureDefinition",
     "ValueSet",

@@ -25,7 +25,16 @@ FHIR_JSON = "application/fhir+json"
 JSON_HEADERS = {"Content-Type": FHIR_JSON}
 BASE = f"{BASE_HOST}/fhir"
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
-SERVED_TYPES = {"EpisodeOfCare", "Consent", "AuditEvent", "Patient", "Organization", "Practitioner", "CareTeam"}
+SERVED_TYPES = {
+    "EpisodeOfCare",
+    "Consent",
+    "AuditEvent",
+    "Patient",
+    "Organization",
+    "Practitioner",
+    "CareTeam",
+    "Group",
+}
 #: Our published guide, served read-only (tests/test_conformance_resources.py exercises them).
 GUIDE_TYPES = {
     "StructureDefinition",
@@ -74,6 +83,12 @@ RESOURCES: dict[str, Callable[[], dict[str, Any]]] = {
         "status": "active",
         "subject": {"reference": "Patient/p1"},
         "participant": [{"member": {"reference": "Practitioner/pr1"}}],
+    },
+    "Group": lambda: {
+        "resourceType": "Group",
+        "type": "person",
+        "actual": True,
+        "member": [{"entity": {"reference": "Patient/p1"}}],
     },
 }
 

@@ -11,19 +11,19 @@ import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from fhir_node.api.negotiate import HTTP_PARAMETERS, JSON_PATCH, negotiate, prefer, read_body
-from fhir_node.api.responses import fhir_response, not_modified, version_headers, written_response
+from fhir_node.api.negotiate import FHIR_JSON, HTTP_PARAMETERS, JSON_PATCH, negotiate, prefer, read_body
+from fhir_node.api.responses import fhir_response, http_date, not_modified, version_headers, written_response
 from fhir_node.conformance import smart
 from fhir_node.conformance.capability import capability_statement
 from fhir_node.interactions import bundle, history, patch, read, search, write
 from fhir_node.interactions.incoming import parse_body
 from fhir_node.node import Node
-from fhir_node.operations import terminology
+from fhir_node.operations import export, terminology
 from fhir_node.operations.validate import validate_operation
-from fhir_node.outcome import FHIRError, error, fail
+from fhir_node.outcome import FHIRError, Issue, error, fail, operation_outcome
 from fhir_node.registry import kind, require_method
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -227,6 +227,57 @@ def operation_endpoint(operation: Callable[..., dict[str, Any]]) -> Endpoint:
     return endpoint
 
 
+def export_endpoint(level: str) -> Endpoint:
+    """Bulk Data kick-off (GET [base]/$export, Patient/$export, Group/[id]/$export): 202 with the job's
+    status URL in Content-Location; `Prefer: respond-async` is required, as the IG says."""
+
+    async def endpoint(request: Request) -> Response:
+        neg = negotiate(request)
+        if prefer(request, "respond-async") is None:
+            raise fail(400, "invalid", "$export runs asynchronously: send 'Prefer: respond-async'")
+        node = node_of(request)
+        group = request.path_params.get("id")
+        url = (
+            base_of(request)
+            + request.url.path.removeprefix("/fhir")
+            + (f"?{request.url.query}" if request.url.query else "")
+        )
+        job_id = await run_in_threadpool(export.kick_off, node, url, _query(request), level, group)
+        request.app.state.export_runner.wake()
+        status_url = f"{base_of(request)}/$export-status/{job_id}"
+        body = operation_outcome([Issue("information", "informational", f"Export accepted; poll {status_url}")])
+        return fhir_response(neg, orjson.dumps(body), 202, {"Content-Location": status_url})
+
+    return endpoint
+
+
+async def export_status(request: Request) -> Response:
+    """The job's status URL. GET: 202 with X-Progress and Retry-After while it runs, 200 with the manifest
+    once complete, 500 with an OperationOutcome if it failed. DELETE: cancels it (202)."""
+    node = node_of(request)
+    job_id = request.path_params["job"]
+    if request.method == "DELETE":
+        await run_in_threadpool(export.cancel, node, job_id)
+        body = operation_outcome([Issue("information", "informational", "Export cancelled; its files are deleted")])
+        return Response(orjson.dumps(body), 202, media_type=FHIR_JSON)
+    found = await reading(node, export.status, job_id, base_of(request))
+    if found.state == export.FAILED:
+        body = operation_outcome([Issue("error", "exception", found.error or "The export failed")])
+        return Response(orjson.dumps(body), 500, media_type=FHIR_JSON)
+    if found.manifest is None:
+        headers = {"X-Progress": f"{found.progress}% ({found.state})", "Retry-After": "2"}
+        return Response(None, 202, headers)
+    headers = {"Expires": http_date(found.expires)} if found.expires else {}
+    return Response(orjson.dumps(found.manifest), 200, headers, media_type="application/json")
+
+
+async def export_file(request: Request) -> Response:
+    """An output file of a completed job (NDJSON), for the job's owner, streamed segment by segment."""
+    p = request.path_params
+    segments = await reading(node_of(request), export.file_segments, p["job"], p["name"])
+    return StreamingResponse(segments, media_type=export.NDJSON)
+
+
 async def history_endpoint(request: Request) -> Response:
     neg = negotiate(request)
     p = request.path_params
@@ -287,6 +338,11 @@ ROUTES = [
     Route("/fhir/{type}/{id}/_history/{vid}", only(vread_instance, "GET"), methods=_ALL),
     Route("/fhir/{type}/{id}/_history", only(history_endpoint, "GET"), methods=_ALL),
     Route("/fhir/{type}/_search", only(search_endpoint, "POST"), methods=_ALL),
+    Route("/fhir/$export", only(export_endpoint("system"), "GET"), methods=_ALL),
+    Route("/fhir/Patient/$export", only(export_endpoint("Patient"), "GET"), methods=_ALL),
+    Route("/fhir/Group/{id}/$export", only(export_endpoint("Group"), "GET"), methods=_ALL),
+    Route("/fhir/$export-status/{job}", only(export_status, "GET", "DELETE"), methods=_ALL),
+    Route("/fhir/$export-file/{job}/{name}", only(export_file, "GET"), methods=_ALL),
     Route("/fhir/{type}/$validate", only(validate_endpoint, "POST"), methods=_ALL),
     Route("/fhir/{type}/{id}/$validate", only(validate_endpoint, "POST"), methods=_ALL),
     *(

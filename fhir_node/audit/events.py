@@ -110,7 +110,7 @@ def _entities(access: Access, record: Record, profile: str | None, patients: lis
             "type": {"system": _BALP_ENTITY, "code": "XrequestId"},
         }
     ]
-    if profile == "query":
+    if profile == "query" or record.interaction == "operation":  # an operation says which, with what
         query = f"{record.method} {record.path}" + (f"?{record.query}" if record.query else "")
         entities.append(
             {
@@ -119,7 +119,7 @@ def _entities(access: Access, record: Record, profile: str | None, patients: lis
                 "query": base64.b64encode(query.encode()).decode(),
             }
         )
-    else:
+    if profile != "query":
         touched = record.entities or ([(record.res_type, record.res_id)] if record.res_type and record.res_id else [])
         if profile is not None:
             touched = touched[:1] or [(record.res_type or "Resource", record.res_id or "unknown")]

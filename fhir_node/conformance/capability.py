@@ -9,6 +9,7 @@ from fhir_node.api.negotiate import JSON_PATCH, SUPPORTED_FORMATS
 from fhir_node.conformance.package import canonical_base
 from fhir_node.conformance.published import published
 from fhir_node.conformance.smart import rest_security
+from fhir_node.operations import export
 from fhir_node.operations.terminology import OPERATIONS
 from fhir_node.operations.validate import DEFINITION as VALIDATE_DEFINITION
 from fhir_node.registry import KINDS, SYSTEM_INTERACTIONS, ResourceKind
@@ -33,6 +34,7 @@ def capability_statement(settings: Settings, base: str) -> dict[str, Any]:
         "date": _RELEASED,
         "publisher": "fhir-node",
         "kind": "instance",
+        "instantiates": [export.BULK_DATA_SERVER],
         "software": {"name": "fhir-node", "version": __version__},
         "implementation": {"description": "BIHR data-holder FHIR node", "url": base},
         "fhirVersion": FHIR_VERSION,
@@ -47,6 +49,7 @@ def capability_statement(settings: Settings, base: str) -> dict[str, Any]:
                 + (" (node operator, loopback only)" if settings.auth == "none" else ""),
                 "resource": [_resource(k) for k in KINDS.values()],
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+                "operation": [{"name": "export", "definition": export.DEFINITIONS["system"]}],
                 "searchParam": [_param(p) for p in _common()],
             }
         ],
@@ -77,7 +80,11 @@ def _resource(res_kind: ResourceKind) -> dict[str, Any]:
         "searchParam": [_param(p) for p in searchable(res_kind.name)],
         "operation": [
             {"name": name, "definition": definition}
-            for name, definition in (("validate", VALIDATE_DEFINITION), *OPERATIONS.get(res_kind.name, ()))
+            for name, definition in (
+                ("validate", VALIDATE_DEFINITION),
+                *OPERATIONS.get(res_kind.name, ()),
+                *((("export", export.DEFINITIONS[res_kind.name]),) if res_kind.name in export.DEFINITIONS else ()),
+            )
         ],
     }
     supported = profiles().published(res_kind.name)

@@ -9,7 +9,7 @@ from sqlalchemy import ColumnElement, Connection, and_, or_, true
 from fhir_node.audit import trail
 from fhir_node.bundles import bundle, history_entry
 from fhir_node.datetimes import parse_instant
-from fhir_node.interactions.incoming import check_id
+from fhir_node.interactions.incoming import check_id, single_values
 from fhir_node.node import Node
 from fhir_node.outcome import fail
 from fhir_node.registry import KINDS, kind, require
@@ -31,7 +31,7 @@ def history(
         require(kind(res_type), "history-instance" if res_id else "history-type", "type")
     if res_id is not None:
         check_id(res_id)
-    values = _single_values(params)
+    values = single_values(params, PARAMETERS, "history")
     since = parse_instant(values["_since"], "_since") if "_since" in values else None
     count = min(_positive(values.get("_count"), "_count") or node.settings.default_count, node.settings.max_count)
     cursor = _positive(values.get("_cursor"), "_cursor")
@@ -75,17 +75,6 @@ def _allowed(conn: Connection, res_type: str | None) -> ColumnElement[bool] | No
         return None
     r = resources
     return or_(*(and_(r.c.res_type == t, c if c is not None else true()) for t, c in conditions.items()))
-
-
-def _single_values(params: list[tuple[str, str]]) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for name, value in params:
-        if name not in PARAMETERS:
-            raise fail(400, "not-supported", f"Unknown history parameter '{name}'", name)
-        if name in values:
-            raise fail(400, "invalid", f"History parameter '{name}' may appear only once", name)
-        values[name] = value
-    return values
 
 
 def _positive(value: str | None, name: str) -> int | None:

@@ -53,3 +53,16 @@ def check_resource(body: Any, res_type: str, url_id: str | None = None, *, enfor
         if refused:
             raise FHIRError(422, refused)
     return body
+
+
+def single_values(params: list[tuple[str, str]], allowed: tuple[str, ...], what: str) -> dict[str, str]:
+    """Parameters of an interaction that takes each of `allowed` at most once (400 naming any other, or
+    a repeated one); `what` names the interaction in the message."""
+    values: dict[str, str] = {}
+    for name, value in params:
+        if name not in allowed:
+            raise fail(400, "not-supported", f"Unknown {what} parameter '{name}'", name)
+        if name in values:
+            raise fail(400, "invalid", f"{what[0].upper()}{what[1:]} parameter '{name}' may appear only once", name)
+        values[name] = value
+    return values

@@ -20,6 +20,7 @@ from fhir_node.bundles import bundle
 from fhir_node.node import Node
 from fhir_node.outcome import FHIRError, error, fail, operation_outcome
 from fhir_node.registry import KINDS, kind
+from fhir_node.rules.small_cells import bundle_total
 from fhir_node.search import elements as shaping
 from fhir_node.search.parse import VENDOR_TOTALS, Criterion, Parsed, SearchError, parse
 from fhir_node.search.registry import registry
@@ -120,7 +121,7 @@ def _answer(
     params = _used(params, page)
     if summary == "count" or count == 0:
         total = _count_all(conn, page)
-        return bundle("searchset", [], {"self": _link(base, res_type, params, None)}, total=total)
+        return bundle("searchset", [], {"self": _link(base, res_type, params, None)}, **_shown_total(total, node))
     rows, has_next, has_prev = _fetch(conn, page, cursor, count)
     total = _total(conn, page, total_mode, cursor, rows, has_next)
     shown = [policy.shown(conn, r.res_type, r.content) for r in rows]
@@ -141,8 +142,12 @@ def _answer(
     if parsed.ignored:
         oo = orjson.dumps(operation_outcome(parsed.ignored))
         entries.append(b'{"resource":' + oo + b',"search":{"mode":"outcome"}}')
-    extra = {"total": total} if total is not None else {}
-    return bundle("searchset", entries, links, **extra)
+    return bundle("searchset", entries, links, **_shown_total(total, node))
+
+
+def _shown_total(total: int | None, node: Node) -> dict[str, Any]:
+    """Bundle.total as the caller may see it: small cells suppressed for the roles whose counts are."""
+    return bundle_total(total, policy.count_minimum(node.settings.small_cell_min))
 
 
 def matching(conn: Connection, res_type: str, query: str, limit: int = 2) -> list[str]:

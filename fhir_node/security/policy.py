@@ -6,15 +6,25 @@ write checks (before and after the write, in its transaction), and the PSI redac
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from functools import cache
 from typing import Any
 
 import orjson
 from sqlalchemy import ColumnElement, Connection, FromClause, Select, Table, and_, false, or_, select
 
 from fhir_node.outcome import FHIRError, fail
+from fhir_node.rules.research_consent import consented
 from fhir_node.security.access import current
 from fhir_node.security.relationships import NIHDI_SYSTEMS, SSIN
-from fhir_node.security.rules import GRANTS, MUTABLE, PATIENT_PARAM, REDACTED_KEEPS, Reach
+from fhir_node.security.rules import (
+    BULK_EXPORT,
+    GRANTS,
+    MUTABLE,
+    PATIENT_PARAM,
+    REDACTED_KEEPS,
+    SUPPRESSED_COUNTS,
+    Reach,
+)
 from fhir_node.store.repository import now
 from fhir_node.store.schema import idx_reference, idx_token, resources
 
@@ -71,6 +81,8 @@ def condition(conn: Connection, res_type: str, letter: str, *, full: bool = Fals
         return _about(res_type, _own_patients())
     if found == "relationship":
         return _about(res_type, _related_patients(conn))
+    if found == "consented":
+        return _of_consented(res_type)
     project = _in_project(res_type, conn)
     if full or res_type != "EpisodeOfCare":
         return project
@@ -159,6 +171,23 @@ def page_cap(requested: int, default_max: int, coordinator_max: int) -> int:
     return min(requested, default_max)
 
 
+def require_export() -> None:
+    """403 unless the caller's role may run a Bulk Data export."""
+    if current().principal.role not in BULK_EXPORT:
+        raise forbidden()
+
+
+def of_patients(res_type: str, patient_ids: Collection[str]) -> ColumnElement[bool]:
+    """SQL on `resources` rows of `res_type` that are, or belong to, one of these Patients (a Group's
+    members, for a Group export: within what the caller may see anyway)."""
+    return _about(res_type, patient_ids)
+
+
+def count_minimum(configured: int) -> int | None:
+    """The small-cell threshold for the caller's counts (None: its counts are not suppressed)."""
+    return configured if current().principal.role in SUPPRESSED_COUNTS else None
+
+
 def _check_mutable(res_type: str, before: dict[str, Any], after: dict[str, Any]) -> None:
     role = current().principal.role
     paths = MUTABLE.get(role, {}).get(res_type)
@@ -189,6 +218,19 @@ def _about(res_type: str, patients: Select[Any] | Collection[str]) -> ColumnElem
     if param is None:
         return false()
     return _indexed(idx_reference, param, lambda ref: (ref.c.target_type == "Patient", ref.c.target_id.in_(patients)))
+
+
+@cache
+def _of_consented(res_type: str) -> ColumnElement[bool]:
+    """Rows of `res_type` that are, or belong to, a patient consented for research, probed per row (no set
+    of patients is built: a page stops as soon as it is full). Built once per type: it depends on nothing
+    but the type, and the same expression object lets SQLAlchemy reuse its compiled form."""
+    if res_type == "Patient":
+        return consented(resources.c.res_id)
+    param = PATIENT_PARAM.get(res_type)
+    if param is None:
+        return false()
+    return _indexed(idx_reference, param, lambda ref: (ref.c.target_type == "Patient", consented(ref.c.target_id)))
 
 
 def _indexed(

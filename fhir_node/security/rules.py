@@ -9,6 +9,8 @@ Reaches:
 - `project`: patients included in the caller's own integrated-care project (PSI); for EpisodeOfCare,
   the project's own inclusions in full, and its patients' principal inclusions elsewhere redacted.
 - `declare`: creating an inclusion needs no relationship (a provider may declare one for anyone).
+- `consented`: patients whose latest research consent is an active permit (`fhir_node.rules.research_consent`),
+  and everything about them; nothing of anyone else.
 
 `fhir_node.security.policy` turns these into SQL conditions and checks; nothing else decides access."""
 
@@ -18,7 +20,7 @@ from typing import Literal
 
 from fhir_node.registry import CONFORMANCE_TYPES, KINDS
 
-Reach = Literal["all", "own", "relationship", "project", "declare"]
+Reach = Literal["all", "own", "relationship", "project", "declare", "consented"]
 Grants = dict[str, dict[str, Reach]]
 
 _PUBLIC: Grants = {t: {"r": "all", "s": "all"} for t in CONFORMANCE_TYPES}
@@ -57,13 +59,11 @@ GRANTS: dict[str, Grants] = {
         **_PUBLIC,
     },
     "aggregator": {
-        **{t: {"r": "all", "s": "all"} for t in ("EpisodeOfCare", "Consent", "Patient")},
+        **{t: {"r": "consented", "s": "consented"} for t in ("EpisodeOfCare", "Consent", "Patient")},
         **_DIRECTORY,
         **_PUBLIC,
     },
-    "operator": {
-        t: {letter: "all" for letter in "cruds" if t != "AuditEvent" or letter in "crs"} for t in KINDS
-    },
+    "operator": {t: {letter: "all" for letter in "cruds" if t != "AuditEvent" or letter in "crs"} for t in KINDS},
 }
 
 #: What an update may change, per role and type: top-level elements or `element.child` paths (None:
@@ -81,6 +81,13 @@ MUTABLE: dict[str, dict[str, tuple[str, ...] | None]] = {
 REDACTED_KEEPS = ("resourceType", "id", "meta", "status", "type", "patient", "period")
 #: Search parameters over those kept elements: any other criterion or sort leaves redacted ones out.
 REDACTED_PARAMS = frozenset({"patient", "status", "type", "date", "_id", "_lastUpdated"})
+
+#: Roles that may run a Bulk Data export ($export), each of what it may search: the central index (consented
+#: patients only) and the operator. PSI staff may not (no mass export, §12), nor anyone else.
+BULK_EXPORT = frozenset({"aggregator", "operator"})
+
+#: Roles whose counts (`_summary=count`, Bundle.total) are small-cell suppressed (`fhir_node.rules.small_cells`).
+SUPPRESSED_COUNTS = frozenset({"aggregator"})
 
 #: The search parameter that ties a resource of each type to its patient.
 PATIENT_PARAM = {"EpisodeOfCare": "patient", "Consent": "patient", "CareTeam": "patient", "AuditEvent": "patient"}

@@ -52,8 +52,16 @@ resource_versions = Table(
 )
 
 
-def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ...], comment: str) -> Table:
-    """A search index table: one row per (resource, parameter, value) of the current version only."""
+def _index_table(
+    name: str,
+    *columns: Column,
+    indexes: tuple[tuple[str, ...], ...],
+    comment: str,
+    resource_extra: tuple[str, ...] = (),
+) -> Table:
+    """A search index table: one row per (resource, parameter, value) of the current version only; its
+    resource index (type, id, param) carries `resource_extra` too, so a lookup of a row's own values is
+    answered from the index alone (and planners without statistics pick it)."""
     return Table(
         name,
         metadata,
@@ -61,7 +69,7 @@ def _index_table(name: str, *columns: Column, indexes: tuple[tuple[str, ...], ..
         Column("res_id", String(64), nullable=False),
         Column("param", String(64), nullable=False),
         *columns,
-        Index(f"ix_{name}_resource", "res_type", "res_id", "param"),
+        Index(f"ix_{name}_resource", "res_type", "res_id", "param", *resource_extra),
         *(Index(f"ix_{name}_{'_'.join(cols)}", "res_type", "param", *cols) for cols in indexes),
         comment=comment,
     )
@@ -99,6 +107,7 @@ idx_reference = _index_table(
     Column("id_system", String(255), nullable=True),
     Column("id_value", String(255), nullable=True),
     indexes=(("target_type", "target_id", "res_id"), ("url", "res_id"), ("id_value", "res_id")),
+    resource_extra=("target_type", "target_id"),
     comment="reference: local targets as type/id; other URLs and canonicals in url; Reference.identifier",
 )
 idx_uri = _index_table(
@@ -146,4 +155,40 @@ audit_anchor = Table(
     Column("seq", SeqType, nullable=False),
     Column("hash", String(64), nullable=False),
     comment="Where verification starts once retention removed the oldest events: the last removed one.",
+)
+
+export_jobs = Table(
+    "export_jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", LargeBinary, nullable=False),
+    Column("request", String(2048), nullable=False),
+    Column("types", String(1024), nullable=False),
+    Column("since", DateTime(timezone=False), nullable=True),
+    Column("members", LargeBinary, nullable=True),
+    Column("transaction_time", DateTime(timezone=False), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("type_index", Integer, nullable=False),
+    Column("cursor", String(64), nullable=True),
+    Column("exported", Integer, nullable=False),
+    Column("lease_until", DateTime(timezone=False), nullable=True),
+    Column("error", String(2048), nullable=True),
+    Column("finished", DateTime(timezone=False), nullable=True),
+    Index("ix_export_jobs_status", "status", "lease_until"),
+    comment="Bulk Data export jobs: who asked (owner: the principal, JSON), what (types, since, the Group's "
+    "members), where the export stands (type_index, cursor: the last id written), so any worker resumes it.",
+)
+
+export_files = Table(
+    "export_files",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), nullable=False),
+    Column("res_type", String(64), nullable=False),
+    Column("part", Integer, nullable=False),
+    Column("count", Integer, nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Index("ix_export_files_job", "job_id", "res_type", "part", "seq"),
+    comment="The NDJSON of export jobs, one segment per step: a file is the segments of (job, type, part) in "
+    "seq order. In the database, so every worker serves every file.",
 )
