@@ -18,6 +18,8 @@ from fhir_node.interactions.search import matching
 from fhir_node.node import Node
 from fhir_node.outcome import FHIRError, error, fail
 from fhir_node.registry import kind, require
+from fhir_node.rules import billing, death, principal
+from fhir_node.rules.patients import patient_of
 from fhir_node.security import policy
 from fhir_node.store import repository
 from fhir_node.store.repository import ConcurrentWrite, Version
@@ -73,9 +75,30 @@ def existing(conn: Connection, found: Version) -> Version:
 def create_in(conn: Connection, res_type: str, resource: dict[str, Any], res_id: str | None = None) -> Written:
     """A new resource; `res_id` is one the caller assigned already (a transaction resolving urn:uuid)."""
     policy.require(res_type, "c")
-    written = repository.write(conn, res_type, res_id or repository.new_id(), resource, None, "POST")
+    res_id = res_id or repository.new_id()
+    resource = _ruled(conn, res_type, res_id, resource)
+    written = repository.write(conn, res_type, res_id, resource, None, "POST")
     _written(conn, written, "c")
+    _consequences(conn, written, resource)
     return Written(written, 201)
+
+
+def _ruled(conn: Connection, res_type: str, res_id: str, resource: dict[str, Any]) -> dict[str, Any]:
+    """What a write stores after the domain rules (fhir_node.rules): an inclusion of a deceased patient
+    closed, its billing dates computed, and refused (409) if it overlaps another principal inclusion."""
+    if res_type != "EpisodeOfCare":
+        return resource
+    patient = patient_of(conn, resource.get("patient") or {})
+    resource = billing.stamped(death.closed_for(conn, patient, resource))
+    principal.check(conn, res_id, resource, patient)
+    return resource
+
+
+def _consequences(conn: Connection, written: Version, resource: dict[str, Any]) -> None:
+    """What a write entails, in its transaction: a Patient's death closes its open inclusions."""
+    if written.res_type == "Patient":
+        for res_id, closed in death.closures(conn, written.res_id, resource):
+            update_in(conn, "EpisodeOfCare", res_id, closed, None)
 
 
 def _written(conn: Connection, written: Version, letter: str) -> None:
@@ -102,11 +125,13 @@ def update_in(conn: Connection, res_type: str, res_id: str, resource: dict[str, 
     else:
         policy.require(res_type, "c")
     _check_version(previous, expected, res_type, res_id)
+    resource = _ruled(conn, res_type, res_id, resource)
     if live and previous is not None and repository.unchanged(previous, resource):
         trail.note(conn, [(res_type, res_id)], 200)  # as mainstream servers do: no new version for no change
         return Written(previous, 200)
     written = repository.write(conn, res_type, res_id, resource, previous, "PUT")
     _written(conn, written, "u" if live else "c")
+    _consequences(conn, written, resource)
     return Written(written, written.status)
 
 

@@ -13,6 +13,8 @@ import orjson
 from sqlalchemy import ColumnElement, Connection, FromClause, Select, Table, and_, false, or_, select
 
 from fhir_node.outcome import FHIRError, fail
+from fhir_node.rules.billing import BILLING_PERIOD
+from fhir_node.rules.inclusion import INCLUSION_STATUS
 from fhir_node.rules.research_consent import consented
 from fhir_node.security.access import current
 from fhir_node.security.relationships import NIHDI_SYSTEMS, SSIN
@@ -28,7 +30,6 @@ from fhir_node.security.rules import (
 from fhir_node.store.repository import now
 from fhir_node.store.schema import idx_reference, idx_token, resources
 
-INCLUSION_STATUS = "https://fhir-node.be/fhir/CodeSystem/inclusion-status"
 #: The security label on a redacted resource (v3 ObservationValue REDACTED).
 REDACTED_LABEL = {
     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
@@ -200,6 +201,8 @@ def _check_mutable(res_type: str, before: dict[str, Any], after: dict[str, Any])
 def _without(resource: dict[str, Any], paths: tuple[str, ...]) -> dict[str, Any]:
     """The resource minus server-owned parts and the changeable `paths` (`element` or `element.child`)."""
     out = {k: v for k, v in resource.items() if k not in ("id", "meta", "text")}
+    if "extension" in out:  # the billing dates are the node's to compute, whoever changed the period
+        out["extension"] = [e for e in out["extension"] if e.get("url") != BILLING_PERIOD]
     for path in paths:
         head, _, child = path.partition(".")
         if not child:

@@ -1,0 +1,110 @@
+"""How the inclusion rules find a patient and every inclusion of it: with the node's ordinary search code,
+by literal reference and by SSIN, so the rules see what a search sees (whatever form the SSIN is stored
+in)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+from sqlalchemy import Connection
+
+from fhir_node.interactions.search import matching
+from fhir_node.rules.inclusion import INCLUSION_STATUS, Inclusion
+from fhir_node.security.relationships import SSIN
+from fhir_node.store import repository
+
+#: How many inclusions of one patient a rule looks at: far more than any patient has.
+MANY = 10_000
+_WRITTEN = "fhir_node.rules.written"
+
+
+@dataclass(frozen=True)
+class Patient:
+    """One patient as inclusions refer to it: Patient ids (literal references, or the Patients holding
+    the SSIN) and SSINs (identifier references, or the literal Patient's own)."""
+
+    ids: frozenset[str]
+    ssins: frozenset[str]
+
+    def lock_names(self) -> list[str]:
+        """Lock names: every writer about this patient shares at least one, however it refers to it."""
+        return sorted({f"patient:{i}" for i in self.ids} | {f"ssin:{s}" for s in self.ssins})
+
+    def meets(self, other: Patient) -> bool:
+        return bool(self.ids & other.ids or self.ssins & other.ssins)
+
+
+def ssin_of(reference: dict[str, Any]) -> str | None:
+    """The SSIN a reference names by identifier, if any."""
+    ident = reference.get("identifier") or {}
+    value = ident.get("value")
+    return value if ident.get("system") == SSIN and isinstance(value, str) else None
+
+
+def patient_ssins(content: bytes | None) -> list[str]:
+    """The SSINs a stored Patient carries."""
+    if content is None:
+        return []
+    return [i["value"] for i in orjson.loads(content).get("identifier", []) if i.get("system") == SSIN and "value" in i]
+
+
+def patient_of(conn: Connection, reference: dict[str, Any]) -> Patient:
+    """Who a `patient` reference denotes: its literal Patient (and that Patient's SSINs), its SSIN (and
+    the Patients holding it)."""
+    ids: set[str] = set()
+    ssins: set[str] = set()
+    ref = reference.get("reference")
+    if isinstance(ref, str) and ref.startswith("Patient/"):
+        ids.add(ref.removeprefix("Patient/"))
+        found = repository.current(conn, "Patient", ref.removeprefix("Patient/"))
+        if found is not None:
+            ssins.update(patient_ssins(found.content))
+    ssin = ssin_of(reference)
+    if ssin is not None:
+        ssins.add(ssin)
+    for value in sorted(ssins):
+        ids.update(matching(conn, "Patient", f"identifier={_token(value)}", MANY))
+    return Patient(frozenset(ids), frozenset(ssins))
+
+
+def inclusions_of(conn: Connection, patient: Patient, criteria: str = "") -> set[str]:
+    """Ids of the live EpisodeOfCare of this patient (by literal reference, by SSIN, or by a reference to
+    a Patient holding the SSIN), narrowed by extra search `criteria`."""
+    extra = f"&{criteria}" if criteria else ""
+    queries = [f"patient=Patient/{i}" for i in sorted(patient.ids)]
+    for value in sorted(patient.ssins):
+        queries += [f"patient:identifier={_token(value)}", f"patient.identifier={_token(value)}"]
+    return {found for q in queries for found in matching(conn, "EpisodeOfCare", q + extra, MANY)}
+
+
+def principal_criteria() -> str:
+    return "type=" + quote(f"{INCLUSION_STATUS}|principal", safe=":/")
+
+
+def loaded(conn: Connection, ids: Iterable[str]) -> dict[str, Inclusion]:
+    """The current content of these EpisodeOfCare, parsed (a deleted one is left out)."""
+    out = {}
+    for res_id in sorted(ids):
+        found = repository.current(conn, "EpisodeOfCare", res_id)
+        if found is not None and found.content is not None:
+            out[res_id] = Inclusion.of(res_id, orjson.loads(found.content))
+    return out
+
+
+def remember(conn: Connection, inclusion: Inclusion, patient: Patient) -> dict[str, tuple[Inclusion, Patient]]:
+    """Note an inclusion about to be written; the inclusions this transaction wrote so far, by id. A Bundle's
+    index rows are inserted at its end, so searches do not find them before: the rules look here too."""
+    transaction = conn.get_transaction()
+    held = conn.info.get(_WRITTEN)
+    if held is None or held[0] is not transaction:  # another transaction began: forget the last one's
+        held = conn.info[_WRITTEN] = (transaction, {})
+    held[1][inclusion.res_id] = (inclusion, patient)
+    return held[1]
+
+
+def _token(ssin: str) -> str:
+    return quote(f"{SSIN}|{ssin}", safe=":/")
