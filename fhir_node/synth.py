@@ -35,6 +35,7 @@ from typing import IO, Any, Literal
 import orjson
 
 from fhir_node.load import identity
+from fhir_node.rules import billing
 from fhir_node.rules.check_digits import cbe, nihdi_organisation, nihdi_professional, ssin
 
 BASE = "https://fhir-node.be/fhir"
@@ -328,19 +329,27 @@ class _Generator:
     ) -> tuple[Project, Item, Item]:
         res_id = self.new_id()
         declared_by = self.rng.choice(project.practitioners)
+        recorder = self._pharmacy_declaring(project, res_id) or declared_by
         period = {"start": start.isoformat(), **({"end": end.isoformat()} if end else {})}
         resource = {
             "resourceType": "EpisodeOfCare",
             **self._head(PROFILE["EpisodeOfCare"], res_id),
             "identifier": [{"system": URI_SYSTEM, "value": f"urn:uuid:{self.new_id()}"}],
-            "extension": [{"url": RECORDER_URL, "valueReference": self.by_nihdi(declared_by)}],
+            "extension": [{"url": RECORDER_URL, "valueReference": self.by_nihdi(recorder)}],
             "status": "finished" if end else "active",
             "type": [{"coding": [{"system": INCLUSION_STATUS_SYSTEM, "code": status}]}],
             "patient": self.by_ssin(patient),
             "managingOrganization": self.by_nihdi(project.org),
             "period": period,
         }
-        return project, Item("EpisodeOfCare", res_id, resource, (project.org.res_id, declared_by.res_id)), declared_by
+        item = Item("EpisodeOfCare", res_id, billing.stamped(resource), (project.org.res_id, recorder.res_id))
+        return project, item, declared_by
+
+    def _pharmacy_declaring(self, project: Project, res_id: str) -> Item | None:
+        """One inclusion in eight is declared by a pharmacist, recorded as their pharmacy (by NIHDI number);
+        chosen from the inclusion's id, so the random stream (and every other example) stays the same."""
+        pharmacies = self.pharmacies[self.projects.index(project)]
+        return pharmacies[int(res_id[2:4], 16) % len(pharmacies)] if int(res_id[:2], 16) % 8 == 0 else None
 
     def _consents(self, patient: Item, project: Project, declared_by: Item, day: datetime.date) -> list[Item]:
         """The research consent asked at inclusion (3 in 4 accept); 1 in 10 change their mind later."""
