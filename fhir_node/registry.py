@@ -32,6 +32,7 @@ CONFORMANCE_TYPES = (
     "SearchParameter",
     "NamingSystem",
     "ImplementationGuide",
+    "OperationDefinition",
 )
 
 

@@ -21,7 +21,7 @@ from fhir_node.conformance.capability import capability_statement
 from fhir_node.interactions import bundle, history, patch, read, search, write
 from fhir_node.interactions.incoming import parse_body
 from fhir_node.node import Node
-from fhir_node.operations import export, terminology
+from fhir_node.operations import deceased, export, ssin_change, terminology
 from fhir_node.operations.validate import validate_operation
 from fhir_node.outcome import FHIRError, Issue, error, fail, operation_outcome
 from fhir_node.registry import kind, require_method
@@ -354,6 +354,10 @@ ROUTES = [
             ("/fhir/ValueSet/{res_id}/$validate-code", terminology.validate_code),
             ("/fhir/CodeSystem/$lookup", terminology.lookup),
         )
+    ),
+    Route("/fhir/Patient/{res_id}/$deceased", only(operation_endpoint(deceased.deceased), "POST"), methods=_ALL),
+    Route(
+        "/fhir/Patient/{res_id}/$ssin-change", only(operation_endpoint(ssin_change.ssin_change), "POST"), methods=_ALL
     ),
     Route("/fhir/{name:operation}", unknown_operation, methods=_ALL),
     Route("/fhir/{type}/{name:operation}", unknown_operation, methods=_ALL),

@@ -9,7 +9,7 @@ from fhir_node.api.negotiate import JSON_PATCH, SUPPORTED_FORMATS
 from fhir_node.conformance.package import canonical_base
 from fhir_node.conformance.published import published
 from fhir_node.conformance.smart import rest_security
-from fhir_node.operations import export
+from fhir_node.operations import deceased, export, ssin_change
 from fhir_node.operations.terminology import OPERATIONS
 from fhir_node.operations.validate import DEFINITION as VALIDATE_DEFINITION
 from fhir_node.registry import KINDS, SYSTEM_INTERACTIONS, ResourceKind
@@ -18,6 +18,8 @@ from fhir_node.search.values import EXTRACTORS
 from fhir_node.settings import Settings
 from fhir_node.validation.definitions import registry as profiles
 
+#: The node's own operations, per type (OperationDefinitions published in profiles/).
+_OWN_OPERATIONS = {"Patient": ((deceased.NAME, deceased.DEFINITION), (ssin_change.NAME, ssin_change.DEFINITION))}
 _RELEASED = "2026-11-24"  # the date of this software version, the same on every worker
 
 
@@ -84,6 +86,7 @@ def _resource(res_kind: ResourceKind) -> dict[str, Any]:
                 ("validate", VALIDATE_DEFINITION),
                 *OPERATIONS.get(res_kind.name, ()),
                 *((("export", export.DEFINITIONS[res_kind.name]),) if res_kind.name in export.DEFINITIONS else ()),
+                *_OWN_OPERATIONS.get(res_kind.name, ()),
             )
         ],
     }

@@ -26,7 +26,9 @@ DEFAULT_OUT = ROOT / "package"
 CORE_PACKAGE = ("hl7.fhir.r4.core", "4.0.1")
 
 #: Resource types whose `url` and `version` make them canonical, hence under the guide's one base.
-CANONICAL_TYPES = frozenset({"StructureDefinition", "SearchParameter", "CodeSystem", "ValueSet", "ImplementationGuide"})
+CANONICAL_TYPES = frozenset(
+    {"StructureDefinition", "SearchParameter", "CodeSystem", "ValueSet", "ImplementationGuide", "OperationDefinition"}
+)
 
 
 class PackageError(ValueError):

@@ -29,10 +29,12 @@ _ETAG = re.compile(r'\s*(?:W/)?"?(\d+)"?\s*')
 
 @dataclass(frozen=True)
 class Written:
-    """The outcome of a write: the version now current, and the HTTP status it earned."""
+    """The outcome of a write: the version now current, the HTTP status it earned, and the versions the
+    domain rules wrote because of it (inclusions a death closed)."""
 
     version: Version
     status: int
+    entailed: tuple[Version, ...] = ()
 
 
 def parse_if_match(header: str | None) -> int | None:
@@ -79,8 +81,7 @@ def create_in(conn: Connection, res_type: str, resource: dict[str, Any], res_id:
     resource = _ruled(conn, res_type, res_id, resource)
     written = repository.write(conn, res_type, res_id, resource, None, "POST")
     _written(conn, written, "c")
-    _consequences(conn, written, resource)
-    return Written(written, 201)
+    return Written(written, 201, _consequences(conn, written, resource))
 
 
 def _ruled(conn: Connection, res_type: str, res_id: str, resource: dict[str, Any]) -> dict[str, Any]:
@@ -94,11 +95,12 @@ def _ruled(conn: Connection, res_type: str, res_id: str, resource: dict[str, Any
     return resource
 
 
-def _consequences(conn: Connection, written: Version, resource: dict[str, Any]) -> None:
+def _consequences(conn: Connection, written: Version, resource: dict[str, Any]) -> tuple[Version, ...]:
     """What a write entails, in its transaction: a Patient's death closes its open inclusions."""
-    if written.res_type == "Patient":
-        for res_id, closed in death.closures(conn, written.res_id, resource):
-            update_in(conn, "EpisodeOfCare", res_id, closed, None)
+    if written.res_type != "Patient":
+        return ()
+    closures = death.closures(conn, written.res_id, resource)
+    return tuple(update_in(conn, "EpisodeOfCare", res_id, closed, None).version for res_id, closed in closures)
 
 
 def _written(conn: Connection, written: Version, letter: str) -> None:
@@ -131,8 +133,7 @@ def update_in(conn: Connection, res_type: str, res_id: str, resource: dict[str, 
         return Written(previous, 200)
     written = repository.write(conn, res_type, res_id, resource, previous, "PUT")
     _written(conn, written, "u" if live else "c")
-    _consequences(conn, written, resource)
-    return Written(written, written.status)
+    return Written(written, written.status, _consequences(conn, written, resource))
 
 
 def conditional_update(node: Node, res_type: str, query: str, body: Any, if_match: str | None = None) -> Written:

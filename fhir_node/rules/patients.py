@@ -67,7 +67,7 @@ def patient_of(conn: Connection, reference: dict[str, Any]) -> Patient:
     if ssin is not None:
         ssins.add(ssin)
     for value in sorted(ssins):
-        ids.update(matching(conn, "Patient", f"identifier={_token(value)}", MANY))
+        ids.update(matching(conn, "Patient", f"identifier={ssin_token(value)}", MANY))
     return Patient(frozenset(ids), frozenset(ssins))
 
 
@@ -77,7 +77,7 @@ def inclusions_of(conn: Connection, patient: Patient, criteria: str = "") -> set
     extra = f"&{criteria}" if criteria else ""
     queries = [f"patient=Patient/{i}" for i in sorted(patient.ids)]
     for value in sorted(patient.ssins):
-        queries += [f"patient:identifier={_token(value)}", f"patient.identifier={_token(value)}"]
+        queries += [f"patient:identifier={ssin_token(value)}", f"patient.identifier={ssin_token(value)}"]
     return {found for q in queries for found in matching(conn, "EpisodeOfCare", q + extra, MANY)}
 
 
@@ -106,5 +106,6 @@ def remember(conn: Connection, inclusion: Inclusion, patient: Patient) -> dict[s
     return held[1]
 
 
-def _token(ssin: str) -> str:
+def ssin_token(ssin: str) -> str:
+    """`system|value` of an SSIN, for search criteria."""
     return quote(f"{SSIN}|{ssin}", safe=":/")

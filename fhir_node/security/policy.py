@@ -22,6 +22,7 @@ from fhir_node.security.rules import (
     BULK_EXPORT,
     GRANTS,
     MUTABLE,
+    OPERATIONS,
     PATIENT_PARAM,
     REDACTED_KEEPS,
     SUPPRESSED_COUNTS,
@@ -69,6 +70,12 @@ def require(res_type: str, letter: str) -> Reach:
     if found is None:
         raise forbidden()
     return found
+
+
+def require_operation(name: str) -> None:
+    """403 unless the caller's role may call the node's operation `name` (rules.OPERATIONS)."""
+    if current().principal.role not in OPERATIONS.get(name, frozenset()):
+        raise forbidden()
 
 
 def condition(conn: Connection, res_type: str, letter: str, *, full: bool = False) -> ColumnElement[bool] | None:

@@ -66,6 +66,15 @@ GRANTS: dict[str, Grants] = {
     "operator": {t: {letter: "all" for letter in "cruds" if t != "AuditEvent" or letter in "crs"} for t in KINDS},
 }
 
+#: Who may call the node's own operations. `Patient/[id]/$deceased` and `$ssin-change` carry the National
+#: Register's mutation feed (deliberation 18/053, §9), which the node's operator runs: nobody else changes
+#: a patient's identity or closes all of a patient's inclusions in one call. Each write an operation makes
+#: is then checked like any other (the token's scopes too).
+OPERATIONS: dict[str, frozenset[str]] = {
+    "deceased": frozenset({"operator"}),
+    "ssin-change": frozenset({"operator"}),
+}
+
 #: What an update may change, per role and type: top-level elements or `element.child` paths (None:
 #: anything). Providers change status, period and the principal/information type; PSI administrative
 #: staff the start date; everyone who may update a Consent changes it as a whole.
