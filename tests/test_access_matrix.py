@@ -216,39 +216,25 @@ def test_a_patient_writes_only_their_own_consent(fresh: Secured) -> None:
     assert client.put(f"/fhir/{w.ref('C1')}", json=moved, headers=me).status_code == 403
     after = client.get(f"/fhir/{w.ref('C1')}", headers=me).json()
     assert after["patient"]["reference"] == w.ref("P1") and after["meta"]["versionId"] == "2"
-    assert (
-        client.post(
-            "/fhir/EpisodeOfCare", json=episode(w.ref("P1"), w.ref("orgA"), "information"), headers=me
-        ).status_code
-        == 403
-    )
+    assert client.post("/fhir/EpisodeOfCare", json=episode(w.ref("P1"), w.ref("orgA"), "information"),
+                       headers=me).status_code == 403
 
 
 def test_a_provider_declares_without_a_relationship_and_changes_only_what_it_may(fresh: Secured) -> None:
     client, w = fresh
     dr = headers("provider")
     org_b = f"Organization/{w.ids['orgB']}"
-    assert (
-        client.post("/fhir/EpisodeOfCare", json=episode(w.ref("P2"), org_b, "information"), headers=dr).status_code
-        == 201
-    )
+    assert client.post("/fhir/EpisodeOfCare", json=episode(w.ref("P2"), org_b, "information"),
+                       headers=dr).status_code == 201
     a1 = client.get(f"/fhir/{w.ref('A1')}", headers=dr).json()
-    assert (
-        client.put(
-            f"/fhir/{w.ref('A1')}",
-            json={**a1, "status": "finished", "period": {"start": "2024-01-01", "end": "2024-06-30"}},
-            headers=dr,
-        ).status_code
-        == 200
-    )
+    assert client.put(f"/fhir/{w.ref('A1')}", json={**a1, "status": "finished", "period": {
+        "start": "2024-01-01", "end": "2024-06-30"}}, headers=dr).status_code == 200
     a1 = client.get(f"/fhir/{w.ref('A1')}", headers=dr).json()
     moved = {**a1, "managingOrganization": {"reference": org_b}}
     assert client.put(f"/fhir/{w.ref('A1')}", json=moved, headers=dr).status_code == 403
-    patched = client.patch(
-        f"/fhir/{w.ref('A1')}",
-        headers={**dr, "Content-Type": "application/json-patch+json"},
-        content=b'[{"op":"replace","path":"/managingOrganization/reference","value":"' + org_b.encode() + b'"}]',
-    )
+    patched = client.patch(f"/fhir/{w.ref('A1')}", headers={**dr, "Content-Type": "application/json-patch+json"},
+                           content=b'[{"op":"replace","path":"/managingOrganization/reference","value":"' +
+                           org_b.encode() + b'"}]')
     assert patched.status_code == 403
     b2 = {**episode(w.ref("P2"), org_b, "principal"), "id": w.ids["B2"]}
     assert client.put(f"/fhir/{w.ref('B2')}", json=b2, headers=dr).status_code == 404  # relationship expired
@@ -259,19 +245,13 @@ def test_a_psi_admin_creates_only_in_its_project_and_changes_only_the_start(fres
     client, w = fresh
     adm = headers("psi-admin")
     org_a, org_b = f"Organization/{w.ids['orgA']}", f"Organization/{w.ids['orgB']}"
-    assert (
-        client.post("/fhir/EpisodeOfCare", json=episode(w.ref("P2"), org_a, "information"), headers=adm).status_code
-        == 201
-    )
-    assert (
-        client.post("/fhir/EpisodeOfCare", json=episode(w.ref("P2"), org_b, "information"), headers=adm).status_code
-        == 403
-    )
+    assert client.post("/fhir/EpisodeOfCare", json=episode(w.ref("P2"), org_a, "information"),
+                       headers=adm).status_code == 201
+    assert client.post("/fhir/EpisodeOfCare", json=episode(w.ref("P2"), org_b, "information"),
+                       headers=adm).status_code == 403
     a1 = client.get(f"/fhir/{w.ref('A1')}", headers=adm).json()
-    assert (
-        client.put(f"/fhir/{w.ref('A1')}", json={**a1, "period": {"start": "2024-02-01"}}, headers=adm).status_code
-        == 200
-    )
+    assert client.put(f"/fhir/{w.ref('A1')}", json={**a1, "period": {"start": "2024-02-01"}},
+                      headers=adm).status_code == 200
     a1 = client.get(f"/fhir/{w.ref('A1')}", headers=adm).json()
     assert client.put(f"/fhir/{w.ref('A1')}", json={**a1, "status": "finished"}, headers=adm).status_code == 403
     b3 = client.get(f"/fhir/{w.ref('B3')}", headers=adm).json()
@@ -287,10 +267,8 @@ def test_a_transaction_with_one_forbidden_entry_fails_whole(fresh: Secured) -> N
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
-            {
-                "resource": episode(w.ref("P1"), w.ref("orgA"), "information"),
-                "request": {"method": "POST", "url": "EpisodeOfCare"},
-            },
+            {"resource": episode(w.ref("P1"), w.ref("orgA"), "information"),
+             "request": {"method": "POST", "url": "EpisodeOfCare"}},
             {"resource": c2, "request": {"method": "PUT", "url": w.ref("C2")}},
         ],
     }

@@ -109,7 +109,9 @@ def db(database_url: str) -> Iterator[Database]:
 
 
 def requests(n: int) -> list[Access]:
-    return [Access(LOCAL_OPERATOR, request_id=f"r{i}", server=SERVER, record=request("search-type")) for i in range(n)]
+    return [
+        Access(LOCAL_OPERATOR, request_id=f"r{i}", server=SERVER, record=request("search-type")) for i in range(n)
+    ]
 
 
 async def answer(writer: trail.Writer, access: Access, status: int = 200) -> None:
