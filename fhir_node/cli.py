@@ -164,6 +164,32 @@ def reindex(args: argparse.Namespace) -> int:
     return 0
 
 
+def retention(args: argparse.Namespace) -> int:
+    """Without --apply, only list what would go (a dry run is the default: removal cannot be undone)."""
+    from fhir_node.rules.retention import cutoff, run
+    from fhir_node.store.database import Database
+    from fhir_node.store.repository import instant, now
+
+    settings = _settings(args)
+    before = cutoff(now().date(), settings.inclusion_retention_years)
+    db = Database(settings.database_url)
+    try:
+        done = run(db, before, apply=args.apply)
+    finally:
+        db.dispose()
+    verb = "removed" if args.apply else "would remove (dry run; --apply removes)"
+    for res_type, ids in (("EpisodeOfCare", done.inclusions), ("Patient", done.patients)):
+        for res_id in ids:
+            print(f"{res_type}/{res_id}")
+    print(
+        f"fhir-node: {verb} {len(done.inclusions)} inclusions excluded before {instant(before)[:10]} "
+        f"and {len(done.patients)} patients nothing else refers to"
+        + (f"; AuditEvents carry X-Request-Id {done.run_id}" if args.apply and done.inclusions else ""),
+        file=sys.stderr,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fhir-node", description="FHIR R4 node of a BIHR data holder")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -182,6 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("reindex", help="rebuild the search index rows after search parameters changed")
     _add_setting_flags(p)
     p.set_defaults(run=reindex)
+    p = sub.add_parser(
+        "retention",
+        help="remove inclusions excluded more than FHIR_NODE_INCLUSION_RETENTION_YEARS ago, and their patients",
+    )
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", dest="apply", action="store_false", help="list what would be removed (default)")
+    mode.add_argument("--apply", dest="apply", action="store_true", help="remove it, one AuditEvent per removal")
+    _add_setting_flags(p)
+    p.set_defaults(run=retention, apply=False)
     validation_cli.add_parser(sub)
     load.add_parser(sub)
     audit_cli.add_parser(sub)

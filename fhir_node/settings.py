@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     audit_retention_days: int = Field(
         3653, gt=0, description="AuditEvents older than this are removed by `fhir-node audit purge`."
     )
+    inclusion_retention_years: int = Field(
+        10, gt=0, description="`fhir-node retention` removes inclusions excluded more than this many years ago."
+    )
     enforce_profiles: bool = True
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
     max_bundle_entries: int = Field(10_000, gt=0, description="Entries a posted transaction or batch may hold.")

@@ -19,7 +19,7 @@ from fhir_node.audit.events import CHAIN_EXTENSION
 from fhir_node.store import repository
 from fhir_node.store.batch import add_rows, batched
 from fhir_node.store.database import lock
-from fhir_node.store.schema import INDEX_TABLES, audit_anchor, audit_chain, resource_versions, resources
+from fhir_node.store.schema import audit_anchor, audit_chain, resource_versions, resources
 
 GENESIS = "0" * 64
 _LOCK = "audit-chain"
@@ -157,8 +157,7 @@ def purge(conn: Connection, before: datetime) -> int:
         if not old:
             return removed
         ids = [row.res_id for row in old]
-        for table in (resources, resource_versions, *set(INDEX_TABLES.values())):
-            conn.execute(delete(table).where(table.c.res_type == "AuditEvent", table.c.res_id.in_(ids)))
+        repository.erase(conn, "AuditEvent", ids)
         conn.execute(delete(audit_chain).where(c.res_id.in_(ids)))
         conn.execute(delete(audit_anchor))
         conn.execute(insert(audit_anchor).values(id=1, seq=old[-1].seq, hash=old[-1].hash))

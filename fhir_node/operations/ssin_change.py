@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection
 
 from fhir_node.interactions import write
 from fhir_node.interactions.incoming import check_id, check_resource
@@ -23,10 +22,8 @@ from fhir_node.interactions.search import matching
 from fhir_node.node import Node
 from fhir_node.operations.parameters import one
 from fhir_node.outcome import fail
-from fhir_node.registry import CONFORMANCE_TYPES, KINDS
 from fhir_node.rules.check_digits import ssin_error
-from fhir_node.rules.patients import MANY, Patient, patient_ssins, ssin_token
-from fhir_node.search.registry import registry
+from fhir_node.rules.patients import MANY, Patient, patient_ssins, referring, ssin_token
 from fhir_node.security import policy
 from fhir_node.security.relationships import SSIN
 from fhir_node.store import repository
@@ -34,8 +31,6 @@ from fhir_node.store.database import lock
 
 NAME = "ssin-change"
 DEFINITION = "https://fhir-node.be/fhir/OperationDefinition/Patient-ssin-change"
-#: Types whose references to a patient are evidence, never rewritten.
-_UNTOUCHED = ("AuditEvent", "Patient", *CONFORMANCE_TYPES)
 
 
 def ssin_change(node: Node, _query: list[tuple[str, str]], body: Any, res_id: str) -> dict[str, Any]:
@@ -71,7 +66,7 @@ def ssin_change(node: Node, _query: list[tuple[str, str]], body: Any, res_id: st
             conn, "Patient", res_id, check_resource(patient, "Patient", res_id, enforce_profiles=enforce), None
         )
         changed = []
-        for res_type, ids in _referring(conn, old).items():
+        for res_type, ids in referring(conn, old).items():
             for ref_id in sorted(ids):
                 current = repository.current(conn, res_type, ref_id, for_update=True)
                 assert current is not None and current.content is not None  # a search just found it
@@ -79,19 +74,6 @@ def ssin_change(node: Node, _query: list[tuple[str, str]], body: Any, res_id: st
                 checked = check_resource(resource, res_type, ref_id, enforce_profiles=enforce)
                 changed.append(write.update_in(conn, res_type, ref_id, checked, None).version)
     return _answer(res_id, changed)
-
-
-def _referring(conn: Connection, ssin: str) -> dict[str, set[str]]:
-    """Resources (other than the evidence) whose references name the patient by this SSIN, by type."""
-    found: dict[str, set[str]] = {}
-    for res_type in KINDS:
-        if res_type in _UNTOUCHED:
-            continue
-        for param in registry().of(res_type).values():
-            if param.type == "reference" and (not param.targets or "Patient" in param.targets):
-                ids = matching(conn, res_type, f"{param.code}:identifier={ssin_token(ssin)}", MANY)
-                found.setdefault(res_type, set()).update(ids)
-    return {t: ids for t, ids in found.items() if ids}
 
 
 def _relinked(value: Any, old: str, new: str, *, identifier_only: bool = False) -> Any:

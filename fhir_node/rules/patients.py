@@ -13,10 +13,14 @@ import orjson
 from sqlalchemy import Connection
 
 from fhir_node.interactions.search import matching
+from fhir_node.registry import CONFORMANCE_TYPES, KINDS
 from fhir_node.rules.inclusion import INCLUSION_STATUS, Inclusion
+from fhir_node.search.registry import registry
 from fhir_node.security.relationships import SSIN
 from fhir_node.store import repository
 
+#: Types whose references to a patient nothing re-links: evidence, the patients themselves, the guide.
+_UNTOUCHED = ("AuditEvent", "Patient", *CONFORMANCE_TYPES)
 #: How many inclusions of one patient a rule looks at: far more than any patient has.
 MANY = 10_000
 _WRITTEN = "fhir_node.rules.written"
@@ -79,6 +83,20 @@ def inclusions_of(conn: Connection, patient: Patient, criteria: str = "") -> set
     for value in sorted(patient.ssins):
         queries += [f"patient:identifier={ssin_token(value)}", f"patient.identifier={ssin_token(value)}"]
     return {found for q in queries for found in matching(conn, "EpisodeOfCare", q + extra, MANY)}
+
+
+def referring(conn: Connection, ssin: str) -> dict[str, set[str]]:
+    """Ids, by type, of the resources whose references name a patient by this SSIN; not the AuditEvents
+    (evidence, never rewritten), nor Patients and the published guide."""
+    found: dict[str, set[str]] = {}
+    for res_type in KINDS:
+        if res_type in _UNTOUCHED:
+            continue
+        for param in registry().of(res_type).values():
+            if param.type == "reference" and (not param.targets or "Patient" in param.targets):
+                ids = matching(conn, res_type, f"{param.code}:identifier={ssin_token(ssin)}", MANY)
+                found.setdefault(res_type, set()).update(ids)
+    return {t: ids for t, ids in found.items() if ids}
 
 
 def principal_criteria() -> str:

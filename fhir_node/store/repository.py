@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, and_, bindparam, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, delete, select, update
 
 from fhir_node.search.index import write_index
 from fhir_node.store.batch import add_rows
-from fhir_node.store.schema import resource_versions, resources
+from fhir_node.store.schema import INDEX_TABLES, resource_versions, resources
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,13 @@ def write(
     row = {"res_type": res_type, "res_id": res_id, "method": method, "status": status, **values}
     add_rows(conn, resource_versions, [row])
     return Version(res_type, res_id, version_id, ts, resource is None, content, method, status)
+
+
+def erase(conn: Connection, res_type: str, ids: list[str]) -> None:
+    """Remove every version and index row of these resources: retention, not a FHIR delete (which keeps
+    the versions). Only retention jobs call it."""
+    for table in (resources, resource_versions, *set(INDEX_TABLES.values())):
+        conn.execute(delete(table).where(table.c.res_type == res_type, table.c.res_id.in_(ids)))
 
 
 def history(
