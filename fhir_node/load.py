@@ -35,6 +35,8 @@ from urllib.parse import quote
 
 import orjson
 
+from fhir_node.rules.billing import BILLING_PERIOD
+
 #: Types written first when wrapping loose resources, so references point at what exists already.
 REFERENCE_ORDER = ("Organization", "Practitioner", "Patient", "EpisodeOfCare", "Consent")
 _BALP_TRANSACTION = "XrequestId"
@@ -408,7 +410,12 @@ def _same(submitted: dict[str, Any], stored: dict[str, Any]) -> bool:
 
 
 def _strip(resource: dict[str, Any]) -> dict[str, Any]:
+    """What the sender decides: without the id, the server's meta and the billing period it computes."""
     out = {k: v for k, v in resource.items() if k != "id"}
+    if isinstance(out.get("extension"), list):
+        out["extension"] = [e for e in out["extension"] if not (isinstance(e, dict) and e.get("url") == BILLING_PERIOD)]
+        if not out["extension"]:
+            del out["extension"]
     meta = {k: v for k, v in out.pop("meta", {}).items() if k not in _SERVER_META}
     return {**out, "meta": meta} if meta else out
 

@@ -27,6 +27,8 @@ from live_node import BASE_HOST
 from starlette.testclient import TestClient
 
 from fhir_node.app import create_app
+from fhir_node.rules import billing
+from fhir_node.rules.billing import BILLING_PERIOD as BILLING
 from fhir_node.rules.check_digits import cbe, nihdi_organisation, nihdi_professional, ssin
 from fhir_node.settings import Settings
 
@@ -41,6 +43,7 @@ GUIDE_TYPES = (
     "SearchParameter",
     "NamingSystem",
     "ImplementationGuide",
+    "OperationDefinition",
 )
 
 SSIN = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/ssin"
@@ -71,6 +74,7 @@ MOTHERS_MAIDEN_NAME = "http://hl7.org/fhir/StructureDefinition/patient-extension
 RECORDER = "https://www.ehealth.fgov.be/standards/fhir/core/StructureDefinition/be-ext-recorder"
 CONSENT_PURPOSE = "https://fhir-node.be/fhir/CodeSystem/consent-purpose"
 EPISODE_IDS = "https://example.org/fhir/episode-id"
+INCLUSION_STATUS = "https://fhir-node.be/fhir/CodeSystem/inclusion-status"
 CONSENT_IDS = "https://example.org/fhir/consent-id"
 CARE_TEAM_IDS = "https://example.org/fhir/care-team-id"
 
@@ -340,7 +344,9 @@ def _episodes(rng: random.Random, patients: list[dict[str, Any]]) -> list[dict[s
             e["diagnosis"] = [{"condition": _ref("Condition", f"cond-{i}")}]
         if i % 11 == 2:
             e["referralRequest"] = [_ref("ServiceRequest", f"sr-{i}")]
-        out.append(e)
+        if i in (2, 13, 20):  # principal inclusions (of different patients): the node stamps their billing period
+            e["type"].append(_cc(INCLUSION_STATUS, "principal", "principal", None))
+        out.append(billing.stamped(e))
     return out
 
 
@@ -999,6 +1005,7 @@ PARAMS: dict[str, dict[str, tuple[str, Callable[[dict[str, Any]], list[Any]]]]] 
         "incoming-referral": ("reference", at("referralRequest")),
         "organization": ("reference", at("managingOrganization")),
         "patient": ("reference", at("patient")),
+        "billing-period": ("date", lambda r: [e["valuePeriod"] for e in r.get("extension", []) if e["url"] == BILLING]),
         "recorder": ("reference", _recorder),
         "status": ("token", at("status")),
         "type": ("token", at("type")),
@@ -1126,6 +1133,8 @@ PARAMS: dict[str, dict[str, tuple[str, Callable[[dict[str, Any]], list[Any]]]]] 
         "resource": ("reference", at("definition.resource.reference")),
         "title": ("string", at("title")),
     },
+    #: Only the parameters R4 shares between conformance types: code, kind, instance... are not extracted.
+    "OperationDefinition": {**COMMON, **_CONFORMANCE, **_CANONICAL, "title": ("string", at("title"))},
 }
 
 

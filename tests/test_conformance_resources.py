@@ -32,7 +32,15 @@ FILES = {
         json.loads(p.read_text()) for p in sorted([*ROOT.glob("profiles/*.json"), *ROOT.glob("terminology/*.json")])
     )
 }
-TYPES = ("StructureDefinition", "ValueSet", "CodeSystem", "SearchParameter", "NamingSystem", "ImplementationGuide")
+TYPES = (
+    "StructureDefinition",
+    "ValueSet",
+    "CodeSystem",
+    "SearchParameter",
+    "NamingSystem",
+    "ImplementationGuide",
+    "OperationDefinition",
+)
 JSON_HEADERS = {"Content-Type": "application/fhir+json"}
 OPERATIONS = {
     "ValueSet": {
@@ -114,7 +122,7 @@ PARAMETERS: list[tuple[str, dict[str, str], Callable[[dict[str, Any]], bool]]] =
         {"base": "http://hl7.org/fhir/StructureDefinition/AuditEvent"},
         lambda r: r["baseDefinition"] == "http://hl7.org/fhir/StructureDefinition/AuditEvent",
     ),
-    ("StructureDefinition", {"kind": "resource", "derivation": "constraint"}, lambda r: True),
+    ("StructureDefinition", {"kind": "resource", "derivation": "constraint"}, lambda r: r["kind"] == "resource"),
     ("StructureDefinition", {"status": "active"}, lambda r: r["status"] == "active"),
     (
         "StructureDefinition",

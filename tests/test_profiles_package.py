@@ -35,6 +35,7 @@ EXPECTED_PROFILES = {
     "bihr-patient": "Patient",
     "bihr-practitioner": "Practitioner",
     "bihr-organization": "Organization",
+    "billing-period": "Extension",
     **{
         f"bihr-audit-{v}{k}": "AuditEvent"
         for k in ("create", "read", "update", "delete", "query")
