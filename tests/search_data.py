@@ -273,7 +273,7 @@ def _patients(rng: random.Random) -> list[dict[str, Any]]:
             p["telecom"] = telecom
         if i == 3:
             p["deceasedBoolean"] = True
-        elif i == 6:
+        elif i == 5:  # with no running inclusion: the node would close them (rules/death.py)
             p["deceasedDateTime"] = "2023-08-14T09:30:00+02:00"
         elif i == 8:
             p["deceasedBoolean"] = False
