@@ -117,6 +117,7 @@ CALLERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "psi-admin": ("90010112395", "psi-admin", {"psi": PSI_A}),
     "psi-coordinator": ("90010112395", "psi-coordinator", {"psi": PSI_A}),
     "aggregator": ("bihr-central-index", "aggregator", {}),
+    "insurer": ("insurer-union", "insurer", {}),
     "operator": ("node-operator", "operator", {}),
 }
 

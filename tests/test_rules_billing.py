@@ -8,6 +8,7 @@ from datetime import date
 
 import orjson
 import pytest
+from access_data import headers, secured
 from bihr_instances import inclusion as profiled_inclusion
 from inclusions import BILLING, JSON, SSINS, billing, created, inclusion, patient, post
 
@@ -109,3 +110,21 @@ def test_stamped_inclusions_conform_to_the_profile(enforcing_client):
     bad = {**profiled_inclusion(SSINS[0]), "extension": [{"url": BILLING, "valuePeriod": {"start": "2024-06-15"}}]}
     r = enforcing_client.post("/fhir/EpisodeOfCare/$validate", content=orjson.dumps(bad), headers=JSON)
     assert any("bihr-billing-1" in i.get("diagnostics", "") for i in r.json()["issue"]), r.text
+
+
+def test_an_insurer_lists_what_it_bills_and_nothing_else(database_url):
+    """The insurer role reads every inclusion (to bill the principal ones) and its patient, nothing more."""
+    with secured(database_url) as (client, world):
+        query = "/fhir/EpisodeOfCare?billing-period=ge2024-03-01&billing-period=le2024-03-31"
+        r = client.get(query, headers=headers("insurer", "system/*.rs"))
+        assert r.status_code == 200, r.text
+        assert {e["resource"]["id"] for e in r.json()["entry"]} == {world.ids[n] for n in ("A1", "B2", "B3")}
+        assert all(billing(e["resource"]) == {"start": "2024-02-01"} for e in r.json()["entry"])
+        assert client.get(f"/fhir/{world.ref('P1')}", headers=headers("insurer")).status_code == 200
+        assert client.get("/fhir/Consent", headers=headers("insurer")).status_code == 403
+        r = client.post(
+            "/fhir/EpisodeOfCare",
+            content=orjson.dumps(inclusion("2024-01-01", patient_id=world.ids["P2"])),
+            headers={**JSON, **headers("insurer")},
+        )
+        assert r.status_code == 403

@@ -74,8 +74,7 @@ def _agents(
     person = authenticated and p.is_person
     client: dict[str, Any] = {
         "type": _concept(client_type),
-        "who": {"identifier": {"value": p.client_id or p.sub}}
-        if authenticated and (p.client_id or not person)
+        "who": {"identifier": {"value": p.client_id or p.sub}} if authenticated and (p.client_id or not person)
         else {"display": access.user_agent or "unknown client"},
         "requestor": not person,
         "network": {"address": access.client or "unknown", "type": "2"},

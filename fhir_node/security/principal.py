@@ -8,7 +8,7 @@ from typing import Literal, get_args
 
 from fhir_node.rules.check_digits import ssin_error
 
-Role = Literal["patient", "provider", "pharmacist", "psi-admin", "psi-coordinator", "aggregator", "operator"]
+Role = Literal["patient", "provider", "pharmacist", "psi-admin", "psi-coordinator", "aggregator", "insurer", "operator"]
 ROLES: tuple[str, ...] = get_args(Role)
 
 #: SMART v2 permission letters, and the v1 words that mean a set of them.
@@ -58,8 +58,8 @@ class Principal:
 
     @property
     def is_person(self) -> bool:
-        """People act under their SSIN; the aggregator and the operator may be systems."""
-        return self.role not in ("aggregator", "operator") or ssin_error(self.sub) is None
+        """People act under their SSIN; the aggregator, the insurers and the operator may be systems."""
+        return self.role not in ("aggregator", "insurer", "operator") or ssin_error(self.sub) is None
 
 
 #: FHIR_NODE_AUTH=none: the local operator, with every scope.

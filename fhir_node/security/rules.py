@@ -63,7 +63,16 @@ GRANTS: dict[str, Grants] = {
         **_DIRECTORY,
         **_PUBLIC,
     },
-    "operator": {t: {letter: "all" for letter in "cruds" if t != "AuditEvent" or letter in "crs"} for t in KINDS},
+    #: The insurers (organismes assureurs) bill the principal inclusions (annex items 7-9: "Export"): they read
+    #: every inclusion and its patient (by SSIN), whatever the research consent, and write nothing.
+    "insurer": {
+        **{t: {"r": "all", "s": "all"} for t in ("EpisodeOfCare", "Patient")},
+        **_DIRECTORY,
+        **_PUBLIC,
+    },
+    "operator": {
+        t: {letter: "all" for letter in "cruds" if t != "AuditEvent" or letter in "crs"} for t in KINDS
+    },
 }
 
 #: Who may call the node's own operations. `Patient/[id]/$deceased` and `$ssin-change` carry the National
