@@ -18,9 +18,8 @@ from fhir_node.datetimes import date_range
 from fhir_node.interactions import write
 from fhir_node.interactions.incoming import check_id, check_resource
 from fhir_node.node import Node
-from fhir_node.operations.parameters import one
+from fhir_node.operations.notice import one, patient
 from fhir_node.outcome import fail
-from fhir_node.security import policy
 from fhir_node.store import repository
 
 NAME = "deceased"
@@ -36,11 +35,7 @@ def deceased(node: Node, _query: list[tuple[str, str]], body: Any, res_id: str) 
     if day[:10] > date.today().isoformat():
         raise fail(422, "business-rule", f"A death on {day} would be in the future", "Parameters.parameter.valueDate")
     with write.transaction(node) as conn:
-        policy.require_operation(NAME)
-        found = repository.current(conn, "Patient", res_id, for_update=True)
-        if found is None or found.content is None:
-            raise policy.not_found("Patient", res_id)
-        policy.readable(conn, "Patient", res_id)
+        found = patient(conn, NAME, res_id)
         stored = orjson.loads(found.content)
         if stored.get("deceasedDateTime") == day:
             closed: tuple[repository.Version, ...] = ()

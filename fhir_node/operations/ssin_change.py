@@ -20,11 +20,10 @@ from fhir_node.interactions import write
 from fhir_node.interactions.incoming import check_id, check_resource
 from fhir_node.interactions.search import matching
 from fhir_node.node import Node
-from fhir_node.operations.parameters import one
+from fhir_node.operations.notice import one, patient
 from fhir_node.outcome import fail
 from fhir_node.rules.check_digits import ssin_error
 from fhir_node.rules.patients import MANY, Patient, patient_ssins, referring, ssin_token
-from fhir_node.security import policy
 from fhir_node.security.relationships import SSIN
 from fhir_node.store import repository
 from fhir_node.store.database import lock
@@ -41,11 +40,7 @@ def ssin_change(node: Node, _query: list[tuple[str, str]], body: Any, res_id: st
         raise fail(422, "value", f"The new SSIN is not valid: {problem}", "Parameters.parameter.valueString")
     enforce = node.settings.enforce_profiles
     with write.transaction(node) as conn:
-        policy.require_operation(NAME)
-        found = repository.current(conn, "Patient", res_id, for_update=True)
-        if found is None or found.content is None:
-            raise policy.not_found("Patient", res_id)
-        policy.readable(conn, "Patient", res_id)
+        found = patient(conn, NAME, res_id)
         olds = patient_ssins(found.content)
         if len(olds) != 1:
             raise fail(
@@ -61,9 +56,9 @@ def ssin_change(node: Node, _query: list[tuple[str, str]], body: Any, res_id: st
             lock(conn, name)
         if set(matching(conn, "Patient", f"identifier={ssin_token(new)}", MANY)) - {res_id}:
             raise fail(409, "conflict", "Another Patient already carries the new SSIN", "Parameters.parameter")
-        patient = _relinked(orjson.loads(found.content), old, new, identifier_only=True)
+        renamed = _relinked(orjson.loads(found.content), old, new, identifier_only=True)
         write.update_in(
-            conn, "Patient", res_id, check_resource(patient, "Patient", res_id, enforce_profiles=enforce), None
+            conn, "Patient", res_id, check_resource(renamed, "Patient", res_id, enforce_profiles=enforce), None
         )
         changed = []
         for res_type, ids in referring(conn, old).items():
