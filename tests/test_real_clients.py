@@ -32,6 +32,7 @@ GUIDE_TYPES = {
     "SearchParameter",
     "NamingSystem",
     "ImplementationGuide",
+    "OperationDefinition",
 }
 
 

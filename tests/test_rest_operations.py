@@ -43,6 +43,7 @@ GUIDE_TYPES = {
     "SearchParameter",
     "NamingSystem",
     "ImplementationGuide",
+    "OperationDefinition",
 }
 #: R4 TypeRestfulInteraction codes.
 TYPE_INTERACTIONS = (
