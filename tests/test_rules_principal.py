@@ -6,15 +6,21 @@ its project, and nothing is written."""
 from __future__ import annotations
 
 import base64
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 from inclusions import JSON, SSIN, SSINS, created, inclusion, patient, post, transaction
 from live_node import serve_node
 
+from fhir_node.interactions import write
 from fhir_node.load import DatabaseTarget
+from fhir_node.node import Node
+from fhir_node.outcome import FHIRError
+from fhir_node.store.database import Database, lock
 
 
 def refused(r: httpx.Response) -> None:
@@ -175,3 +181,27 @@ def test_twenty_concurrent_writers_leave_one_principal_inclusion(database_url, t
                 for q in (f"patient=Patient/{pid}", f"patient:identifier={SSIN}|{ssin}")
             ]
             assert sum(stored) == 1
+
+
+def test_a_deadlock_between_writers_is_a_409(database_url, settings):
+    """Two writers taking per-patient locks in opposite orders (a Bundle of several inclusions, say):
+    PostgreSQL breaks the cycle by failing one, which answers 409 and writes nothing; the other goes on."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite writers never wait on each other's locks: one writes at a time")
+    node = Node(settings, Database(database_url))
+    both = threading.Barrier(2)
+
+    def writer(first: str, second: str) -> str:
+        try:
+            with write.transaction(node) as conn:
+                lock(conn, first)
+                both.wait()
+                lock(conn, second)
+        except FHIRError as exc:
+            return f"{exc.status} {exc.issues[0].code}"
+        return "written"
+
+    with ThreadPoolExecutor(2) as pool:
+        results = sorted(pool.map(writer, ("patient:a", "patient:b"), ("patient:b", "patient:a")))
+    node.db.dispose()
+    assert results == ["409 conflict", "written"]

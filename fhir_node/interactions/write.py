@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from fhir_node.audit import trail
 from fhir_node.interactions.incoming import check_id, check_resource
@@ -24,6 +24,7 @@ from fhir_node.security import policy
 from fhir_node.store import repository
 from fhir_node.store.repository import ConcurrentWrite, Version
 
+_DEADLOCK = "40P01"  # PostgreSQL's deadlock_detected
 _ETAG = re.compile(r'\s*(?:W/)?"?(\d+)"?\s*')
 
 
@@ -217,4 +218,9 @@ def transaction(node: Node) -> Iterator[Connection]:
             trail.stage(conn)  # the request's AuditEvent commits with its writes, or not at all
     except (ConcurrentWrite, IntegrityError):
         raise FHIRError(409, [error("conflict", "A concurrent write changed this resource; retry")]) from None
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) != _DEADLOCK:
+            raise
+        # Writers taking several per-patient locks (rules.principal) in other orders: PostgreSQL chose this one.
+        raise FHIRError(409, [error("conflict", "A concurrent write held what this one needed; retry")]) from None
     trail.committed()
