@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 import pytest
 from fhirclient.models.capabilitystatement import CapabilityStatement
 from live_node import BASE_HOST
+from search_data import GUIDE_TYPES
 from sqlalchemy import func, select
 from starlette.testclient import TestClient
 
@@ -32,15 +33,7 @@ FILES = {
         json.loads(p.read_text()) for p in sorted([*ROOT.glob("profiles/*.json"), *ROOT.glob("terminology/*.json")])
     )
 }
-TYPES = (
-    "StructureDefinition",
-    "ValueSet",
-    "CodeSystem",
-    "SearchParameter",
-    "NamingSystem",
-    "ImplementationGuide",
-    "OperationDefinition",
-)
+TYPES = GUIDE_TYPES
 JSON_HEADERS = {"Content-Type": "application/fhir+json"}
 OPERATIONS = {
     "ValueSet": {
