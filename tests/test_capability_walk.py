@@ -5,11 +5,15 @@ every declared search parameter in test_search_capability.py."""
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 import pytest
+from inclusions import SSIN
 from r4_resources import JSON_HEADERS, audit_event, create, episode
 from starlette.testclient import TestClient
+
+from fhir_node.rules.check_digits import ssin
 
 #: A value each parameter type accepts (what it matches does not matter here, only that it is honoured).
 VALUES = {
@@ -117,6 +121,14 @@ def exercise_operation(client: TestClient, res_type: str, name: str) -> Any:
             group = create(client, {"resourceType": "Group", "type": "person", "actual": True})
             return client.get(f"/fhir/Group/{group}/$export", headers=prefer)
         return client.get(f"/fhir/{res_type}/$export", headers=prefer)
+    if name in ("deceased", "ssin-change"):  # the National Register's mutations, on a stored Patient
+        born = datetime.date(1961, 3, 14)
+        patient = create(client, {"resourceType": "Patient", "identifier": [{"system": SSIN, "value": ssin(born, 41)}]})
+        parameter = {"name": "date", "valueDate": "2024-05-01"}
+        if name == "ssin-change":
+            parameter = {"name": "ssin", "valueString": ssin(born, 43)}
+        body = {"resourceType": "Parameters", "parameter": [parameter]}
+        return client.post(f"/fhir/Patient/{patient}/${name}", json=body, headers=JSON_HEADERS)
     raise AssertionError(f"{res_type} declares ${name}, which this test does not know how to call: add it here")
 
 
