@@ -89,8 +89,12 @@ def profile_page(profile: dict[str, Any], *, example: str | None = None, package
     """A profile's page. Without `package` (the tarball's file name) it is the standalone page of the
     package's `other/` folder, with no node around it."""
     return render(
-        "profile.html", standalone=package is None, profile=profile, rows=element_rows(profile),
-        example=example, package=package,
+        "profile.html",
+        standalone=package is None,
+        profile=profile,
+        rows=element_rows(profile),
+        example=example,
+        package=package,
     )
 
 

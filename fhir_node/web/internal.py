@@ -47,9 +47,7 @@ async def fhir_get(request: Request, path: str, params: list[tuple[str, str]] | 
     if request_id:
         headers["x-request-id"] = request_id
     client = request.client
-    transport = httpx.ASGITransport(
-        app=request.app, client=(client.host, client.port) if client else ("127.0.0.1", 0)
-    )
+    transport = httpx.ASGITransport(app=request.app, client=(client.host, client.port) if client else ("127.0.0.1", 0))
     origin = f"{request.url.scheme}://{request.url.netloc}"
     async with httpx.AsyncClient(transport=transport, base_url=origin) as http:
         url = f"/fhir/{path}" + (f"?{urlencode(params)}" if params else "")

@@ -14,6 +14,7 @@ import shlex
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+import jwt
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,6 +25,7 @@ from fhir_node import FHIR_VERSION, __version__
 from fhir_node.api.errors import http_error
 from fhir_node.api.routes import base_of, node_of
 from fhir_node.conformance.capability import capability_statement
+from fhir_node.security.relationships import SSIN
 from fhir_node.web import columns, publication
 from fhir_node.web.guide import index_page, profile_page
 from fhir_node.web.internal import Answer, fhir_get
@@ -201,14 +203,31 @@ async def patient(request: Request) -> Response:
 
 
 async def me(request: Request) -> Response:
-    """The signed-in patient's own page: the one Patient the caller may see (a patient sees only their own)."""
-    answer = await fhir_get(request, "Patient", [("_count", "2")])
+    """The signed-in person's own page: the Patient with the SSIN their token names, as the FHIR API lets
+    them see it. The token's `sub` is read unverified, only to know whom to search for: the search itself
+    goes through authentication and the policy (a bad token is its 401, someone else's record its 404)."""
+    sub = _claimed_subject(request)
+    if sub is None and node_of(request).settings.auth == "none":
+        return page("me.html", title="My data", operator=True)
+    answer = await fhir_get(request, "Patient", [("identifier", f"{SSIN}|{sub or ''}")])
     if not answer.ok:
         return _failed(answer, "My data")
     found = _entries(answer.body)
     if len(found) != 1:
-        return page("me.html", title="My data", seen=len(found))
+        return page("me.html", title="My data", operator=False)
     return await _patient_page(request, found[0]["id"])
+
+
+def _claimed_subject(request: Request) -> str | None:
+    """The `sub` a bearer token claims (not verified here: see `me`)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    try:
+        sub = jwt.decode(token.strip(), options={"verify_signature": False}).get("sub")
+    except jwt.PyJWTError:
+        return None
+    return sub if isinstance(sub, str) else None
 
 
 async def _patient_page(request: Request, res_id: str) -> Response:
