@@ -47,7 +47,7 @@ def test_home_shows_identity_version_database_and_the_capability_statement(clien
     assert f"fhir-node {__version__}" in text and "4.0.1" in text
     database = "sqlite" if client.app.state.node.db.is_sqlite else "postgresql"  # type: ignore[attr-defined]
     assert f"Database {database}" in text
-    assert "Authentication: none" in text
+    assert "Authentication none (node operator, loopback only)" in text
     metadata = client.get("/fhir/metadata").json()
     for resource in metadata["rest"][0]["resource"]:
         row = re.search(rf'<th scope="row">{resource["type"]}</th>(.*?)</tr>', page, re.S)

@@ -156,7 +156,10 @@ async def search(request: Request) -> Response:
         "title": f"Search {res_type}",
         "types": sorted(served),
         "resource": res_type,
-        "fields": [{**p, "value": values.get(p["name"], "")} for p in served[res_type]["searchParam"]],
+        "fields": [
+            {**p, "documentation": _describe(p["documentation"], res_type), "value": values.get(p["name"], "")}
+            for p in sorted(served[res_type]["searchParam"], key=lambda p: (p["name"].startswith("_"), p["name"]))
+        ],
         "values": values,
         "count_default": node_of(request).settings.default_count,
         "ran": None,
@@ -176,6 +179,13 @@ async def search(request: Request) -> Response:
             "previous": _page_link(request, answer.body, "previous"),
         }
     return page("search.html", **context)
+
+
+def _describe(documentation: str, res_type: str) -> str:
+    """A parameter's description for one type: R4's shared parameters describe every type they serve in one
+    markdown list (`* [EpisodeOfCare](episodeofcare.html): ...`); keep this type's line."""
+    found = re.search(rf"\[{res_type}\]\([^)]*\): ([^\n]*)", documentation)
+    return (found.group(1) if found else documentation.split("\n", 1)[0]).strip()
 
 
 async def resource(request: Request) -> Response:
