@@ -2,8 +2,8 @@
 downloads), against a real `fhir-node serve` on loopback. The walk-through runs with JavaScript off (the pages
 need none); the checks of focus, labels and blocked scripts run with it on.
 
-Screenshots go to a temporary directory, or to FHIR_NODE_WEB_SCREENSHOTS (how docs/web-search.png is made:
-`FHIR_NODE_WEB_SCREENSHOTS=docs ./dev test tests/test_web_browser.py`)."""
+Screenshots go to a temporary directory, or to FHIR_NODE_WEB_SCREENSHOTS (the README's docs/web-search.png is
+the web-search.png of `FHIR_NODE_WEB_SCREENSHOTS=/tmp/shots ./dev test tests/test_web_browser.py`)."""
 
 from __future__ import annotations
 
