@@ -10,15 +10,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from fhir_node.validation.definitions import Constraint
 from fhir_node.web.render import render
-
-
-@dataclass(frozen=True)
-class Constraint:
-    key: str
-    severity: str
-    human: str
-    expression: str
 
 
 @dataclass(frozen=True)
