@@ -4,8 +4,8 @@ own inclusions, consent and "who accessed my data" (`/patient/{id}`, `/me`).
 
 Every value about anyone comes from a FHIR call run as the caller (`internal.fhir_get`): the policy
 decides what a page shows, and the audit records it, exactly as for the same FHIR request. The page
-request itself carries the caller's `Authorization` header; nothing here checks a token or reads the
-database."""
+request itself carries the caller's `Authorization` header; nothing here verifies a token (`/me` only reads
+the `sub` it claims, to know whom to search for) or reads the database."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def _entries(bundle: dict[str, Any], mode: str = "match") -> list[dict[str, Any]
 
 
 def _table(resources: list[dict[str, Any]], res_type: str) -> dict[str, Any]:
-    """A results table: headings and, per resource, its link, version, date and cells."""
+    """A results table: headings and, per resource, its link, last update and cells."""
     return {
         "headings": columns.headings(res_type),
         "rows": [
