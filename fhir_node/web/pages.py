@@ -42,8 +42,12 @@ def _capability(request: Request) -> dict[str, Any]:
 
 
 def _served(request: Request) -> dict[str, dict[str, Any]]:
-    """The CapabilityStatement's resource entries, by type."""
-    return {r["type"]: r for r in _capability(request)["rest"][0]["resource"]}
+    """The CapabilityStatement's resource entries, by type; built once per app (they depend on the node's
+    definitions, not on the request, and building them costs milliseconds)."""
+    state = request.app.state
+    if not hasattr(state, "web_served"):
+        state.web_served = {r["type"]: r for r in _capability(request)["rest"][0]["resource"]}
+    return state.web_served
 
 
 def _curl(request: Request, path: str, params: list[tuple[str, str]]) -> str:
