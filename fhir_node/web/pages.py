@@ -111,7 +111,6 @@ async def home(request: Request) -> Response:
         fhir_version=FHIR_VERSION,
         base=base_of(request),
         database=node.db.engine.dialect.name,
-        auth=node.settings.auth,
         guide=publication.guide(),
         profile_ids=profile_ids,
     )
