@@ -21,7 +21,7 @@ NARRATIVE = f'<div xmlns="http://www.w3.org/1999/xhtml"><p onclick="steal()">hi<
 
 
 def html_of(client: TestClient, path: str, status: int = 200) -> str:
-    r = client.get(path)
+    r = client.get(path, headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("text/html")
     csp = r.headers["content-security-policy"]
@@ -153,9 +153,10 @@ def test_unknown_pages_are_html_404s(client: TestClient, path: str) -> None:
     html_of(client, path, 404)
 
 
-def test_the_fhir_api_keeps_its_own_404s(client: TestClient) -> None:
-    r = client.get("/fhir/Patient/a/b/c/d")
-    assert r.status_code == 404 and r.json()["resourceType"] == "OperationOutcome"
+def test_the_fhir_api_and_clients_not_asking_for_html_keep_the_outcome_404(client: TestClient) -> None:
+    for path, accept in (("/fhir/Patient/a/b/c/d", "text/html"), ("/nothing-here", "application/fhir+json")):
+        r = client.get(path, headers={"Accept": accept})
+        assert r.status_code == 404 and r.json()["resourceType"] == "OperationOutcome"
 
 
 def test_the_page_serves_loopback_only_without_authentication(client: TestClient) -> None:

@@ -271,10 +271,12 @@ async def _patient_page(request: Request, res_id: str) -> Response:
 
 
 async def not_found_or_fhir(request: Request, exc: Exception) -> Response:
-    """A 404 or 405 of the router: an HTML page outside the FHIR API, the FHIR OperationOutcome inside it."""
+    """A 404 or 405 of the router: an HTML page for a browser (it accepts text/html) outside the FHIR API, the
+    FHIR OperationOutcome for everything else."""
     assert isinstance(exc, HTTPException)
     path = request.url.path
-    if path == "/fhir" or path.startswith("/fhir/") or exc.status_code != 404:
+    fhir = path == "/fhir" or path.startswith("/fhir/")
+    if fhir or exc.status_code != 404 or "text/html" not in request.headers.get("accept", ""):
         return await http_error(request, exc)
     return _not_found(f"There is no page at {path}")
 
