@@ -86,7 +86,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[s
             {
                 "resourceType": "Patient",
                 "identifier": [{"system": "urn:example", "value": SCRIPT}],
-                "text": {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{SCRIPT}</div>'},
+                "text": {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml"><b>bold</b></div>'},
             }
         )
         yield base.removesuffix("/fhir"), {"active": set(active), "patients": patients, "hostile": hostile}

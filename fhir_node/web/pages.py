@@ -9,6 +9,7 @@ the `sub` it claims, to know whom to search for) or reads the database."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from typing import Any
@@ -203,6 +204,7 @@ async def resource(request: Request) -> Response:
         "resource.html",
         title=f"{res_type}/{res_id}",
         resource=body,
+        served_json=json.dumps(body, indent=2, ensure_ascii=False),
         table=_table([body], res_type),
         query=_curl(request, f"{res_type}/{res_id}", []),
     )
