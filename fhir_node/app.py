@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import orjson
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -20,6 +21,7 @@ from fhir_node.api.routes import ROUTES
 from fhir_node.node import Node
 from fhir_node.operations.export_runner import ExportRunner
 from fhir_node.settings import Settings
+from fhir_node.web import pages
 
 
 async def health(request: Request) -> Response:
@@ -49,12 +51,12 @@ def create_app(settings: Settings | None = None, node: Node | None = None) -> St
         node.db.dispose()
 
     app = Starlette(
-        routes=[Route("/health", health, methods=["GET"]), *ROUTES],
+        routes=[Route("/health", health, methods=["GET"]), *ROUTES, *pages.ROUTES],
         middleware=[
             Middleware(RequestContext),
             Middleware(Guard, node=node),
         ],
-        exception_handlers=HANDLERS,  # type: ignore[arg-type]
+        exception_handlers={**HANDLERS, HTTPException: pages.not_found_or_fhir},  # type: ignore[dict-item]
         lifespan=lifespan,
     )
     app.state.node = node

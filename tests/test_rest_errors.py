@@ -298,7 +298,7 @@ def test_read_of_a_deleted_resource_is_410(client):
     assert_outcome(client.get(f"/fhir/EpisodeOfCare/{rid}/_history/2"), 410)
 
 
-@pytest.mark.parametrize("path", ["/", "/nothing", "/fhir/EpisodeOfCare/x/y/z/w", "/fhirx/metadata", "/api/fhir"])
+@pytest.mark.parametrize("path", ["/nothing", "/fhir/EpisodeOfCare/x/y/z/w", "/fhirx/metadata", "/api/fhir"])
 def test_unknown_path_is_404_outcome(client, path):
     assert_outcome(client.get(path), 404)
 

@@ -11,7 +11,6 @@ with it, and `--refresh-snapshots` writes the regenerated snapshots back into pr
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import shutil
 import sys
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from fhir_node.conformance.snapshot import SnapshotError, with_snapshots
+from fhir_node.web.guide import index_page, profile_page
+from fhir_node.web.render import stylesheet
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE_DIRS = (ROOT / "profiles", ROOT / "terminology")
@@ -144,6 +145,7 @@ def build(out: Path = DEFAULT_OUT, sources: dict[str, dict[str, Any]] | None = N
         if resource["resourceType"] == "StructureDefinition":
             (out / "other" / name.replace(".json", ".html")).write_text(profile_page(resource), encoding="utf-8")
     (out / "other" / "index.html").write_text(index_page(guide, resources), encoding="utf-8")
+    (out / "other" / "web.css").write_text(stylesheet(), encoding="utf-8")
     return entries
 
 
@@ -169,101 +171,6 @@ def _clear(out: Path) -> None:
 
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-_STYLE = (
-    "body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse;width:100%}"
-    "td,th{border:1px solid #ccc;padding:.2em .4em;vertical-align:top;font-size:90%}th{background:#eee}"
-    "tr.prohibited td{color:#999}code{font-size:95%}"
-)
-
-
-def _page(title: str, body: str) -> str:
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-        f"<style>{_STYLE}</style></head><body>\n{body}\n</body></html>\n"
-    )
-
-
-def _paragraphs(text: str) -> str:
-    return "".join(f"<p>{html.escape(p)}</p>" for p in text.split("\n\n") if p.strip())
-
-
-def _type_cell(element: dict[str, Any]) -> str:
-    parts = []
-    for t in element.get("type", ()):
-        targets = [u.rsplit("/", 1)[-1] for u in [*t.get("targetProfile", ()), *t.get("profile", ())]]
-        code = t["code"].rsplit(".", 1)[-1] if t["code"].startswith("http") else t["code"]
-        parts.append(code + (f"({' | '.join(targets)})" if targets else ""))
-    return html.escape(", ".join(parts))
-
-
-def _value_cell(element: dict[str, Any]) -> str:
-    lines = []
-    for key, value in element.items():
-        if key.startswith(("fixed", "pattern")):
-            lines.append(f"{key}: <code>{html.escape(json.dumps(value, ensure_ascii=False))}</code>")
-    binding = element.get("binding")
-    if binding and "valueSet" in binding:
-        lines.append(f"{html.escape(binding['strength'])}: <code>{html.escape(binding['valueSet'])}</code>")
-    if "slicing" in element:
-        slicing = element["slicing"]
-        by = ", ".join(f"{d['type']} {d['path']}" for d in slicing.get("discriminator", ()))
-        lines.append(f"sliced by {html.escape(by)} ({html.escape(slicing['rules'])})")
-    return "<br>".join(lines)
-
-
-def _constraint_cell(element: dict[str, Any], url: str) -> str:
-    own = [c for c in element.get("constraint", ()) if c.get("source") == url or c["key"].startswith("bihr-")]
-    return "<br>".join(
-        f"<b>{html.escape(c['key'])}</b> ({html.escape(c['severity'])}): {html.escape(c['human'])}"
-        f"<br><code>{html.escape(c.get('expression', ''))}</code>"
-        for c in own
-    )
-
-
-def profile_page(profile: dict[str, Any]) -> str:
-    """A readable page for one StructureDefinition: its description and an element table from the snapshot."""
-    rows = []
-    for element in profile["snapshot"]["element"]:
-        depth = element["id"].count(".")
-        name = element["id"].rsplit(".", 1)[-1]
-        flags = " ".join(f for f, on in (("MS", element.get("mustSupport")), ("?!", element.get("isModifier"))) if on)
-        prohibited = ' class="prohibited"' if element.get("max") == "0" else ""
-        rows.append(
-            f'<tr{prohibited}><td style="padding-left:{depth}em">{html.escape(name)}</td>'
-            f"<td>{element.get('min', 0)}..{html.escape(str(element.get('max', '*')))}</td>"
-            f"<td>{_type_cell(element)}</td><td>{flags}</td><td>{html.escape(element.get('short', ''))}</td>"
-            f"<td>{_value_cell(element)}</td><td>{_constraint_cell(element, profile['url'])}</td></tr>"
-        )
-    body = (
-        f"<h1>{html.escape(profile.get('title', profile['name']))}</h1>"
-        f"<p><code>{html.escape(profile['url'])}</code> version {html.escape(profile['version'])}, "
-        f"a {html.escape(profile['type'])} derived from <code>{html.escape(profile['baseDefinition'])}</code></p>"
-        f"{_paragraphs(profile.get('description', ''))}"
-        "<table><tr><th>Element</th><th>Card.</th><th>Type</th><th>Flags</th><th>Description</th>"
-        "<th>Fixed, pattern, binding, slicing</th><th>Constraints</th></tr>\n" + "\n".join(rows) + "\n</table>"
-    )
-    return _page(profile.get("title", profile["name"]), body)
-
-
-def index_page(guide: dict[str, Any], resources: dict[str, dict[str, Any]]) -> str:
-    """The guide's description and the list of its resources, profiles linked to their pages."""
-    items = []
-    for name, r in sorted(resources.items()):
-        label = html.escape(f"{r['resourceType']} {r['id']}: {r.get('title', r.get('name', ''))}")
-        page = name.replace(".json", ".html")
-        items.append(
-            f'<li><a href="{page}">{label}</a></li>'
-            if r["resourceType"] == "StructureDefinition"
-            else f"<li>{label}</li>"
-        )
-    body = (
-        f"<h1>{html.escape(guide['title'])}</h1><p><code>{html.escape(guide['packageId'])}</code> "
-        f"{html.escape(guide['version'])}</p><pre>{html.escape(guide['description'])}</pre>"
-        f"<ul>{''.join(items)}</ul>"
-    )
-    return _page(guide["title"], body)
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
