@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from fhir_node.api.edge import Edge
 from fhir_node.api.errors import HANDLERS
 from fhir_node.api.guard import Guard
 from fhir_node.api.middleware import RequestContext
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None, node: Node | None = None) -> St
         routes=[Route("/health", health, methods=["GET"]), *ROUTES],
         middleware=[
             Middleware(RequestContext),
+            Middleware(Edge, settings=settings),
             Middleware(Guard, node=node),
         ],
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
