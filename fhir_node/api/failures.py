@@ -17,6 +17,9 @@ CLIENT_GONE = 499
 _TOO_COMPLEX = re.compile(r"too many|too large|too big|too deep|stack overflow|string or blob", re.IGNORECASE)
 
 
+_RETRY = ((b"retry-after", b"5"),)
+
+
 class ClientGone(Exception):
     """The client went away while its query ran; the query was cancelled."""
 
@@ -30,13 +33,14 @@ class BodyTimeout(Exception):
 
 @dataclass(frozen=True)
 class Failure:
-    """The answer: status, OperationOutcome issue code and text (none for 499), and whether it is an outage."""
+    """The answer: status, OperationOutcome issue code and text (none for 499), headers, whether it is an
+    outage."""
 
     status: int
     code: str = ""
     text: str = ""
+    headers: tuple[tuple[bytes, bytes], ...] = ()
     outage: bool = False
-    retry_after: int | None = None
 
 
 def classify(exc: Exception) -> Failure | None:
@@ -44,7 +48,7 @@ def classify(exc: Exception) -> Failure | None:
     if isinstance(exc, ClientGone | ClientDisconnect):
         return Failure(CLIENT_GONE)
     if isinstance(exc, BodyTimeout):
-        return Failure(408, "timeout", str(exc))
+        return Failure(408, "timeout", str(exc), ((b"connection", b"close"),))  # the rest of the body is not read
     if not isinstance(exc, DBAPIError):
         return None
     sqlstate = getattr(exc.orig, "sqlstate", None)
@@ -54,7 +58,7 @@ def classify(exc: Exception) -> Failure | None:
         text = "The request ran longer than this node's statement timeout and was stopped; narrow the search"
         return Failure(400, "too-costly", text)
     if sqlstate == "55P03" or sqlite_error in ("SQLITE_BUSY", "SQLITE_LOCKED"):
-        return Failure(503, "transient", "Other writes held the write lock too long; retry later", retry_after=5)
+        return Failure(503, "transient", "Other writes held the write lock too long; retry later", _RETRY)
     if sqlite_error in ("SQLITE_ERROR", "SQLITE_TOOBIG") and _TOO_COMPLEX.search(message):
         return Failure(400, "too-costly", "The request is too complex for the database; simplify it")
     if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:

@@ -82,8 +82,7 @@ async def _unexpected(send: Send, exc: Exception, rid: str) -> int:
         return CLIENT_GONE
     if failure.outage:
         error_log.error("database unavailable in request %s: %s", rid, exc)
-    extra = ((b"retry-after", str(failure.retry_after).encode()),) if failure.retry_after else ()
-    await answer(send, failure.status, failure.code, f"{failure.text} (request id {rid})", headers=extra)
+    await answer(send, failure.status, failure.code, f"{failure.text} (request id {rid})", headers=failure.headers)
     return failure.status
 
 

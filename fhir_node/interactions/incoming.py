@@ -24,6 +24,14 @@ def check_id(res_id: str) -> str:
     return res_id
 
 
+def whole_number(text: str) -> int | None:
+    """`text` as a positive integer the database can hold (64-bit), or None: `99999999999999999999999`
+    is no version, cursor or count of ours, and must not reach the SQL as one."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        return None
+    return int(text) or None
+
+
 def parse_body(raw: bytes, max_depth: int) -> Any:
     """JSON text to Python values. Malformed JSON is a 400 naming the position; so is JSON nested deeper
     than `max_depth` (validation, indexing and storage recurse over it) and an object repeating a key
