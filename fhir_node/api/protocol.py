@@ -25,15 +25,21 @@ class BoundedHead(HttpToolsProtocol):
         self._refused = False
 
     def data_received(self, data: bytes) -> None:
-        if self._in_head and self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.head_timeout, self._refuse, 408, "Request head too slow")
         if self._refused:
             return
+        in_head = self._in_head
         super().data_received(data)
-        if self._in_head:  # the head is not complete yet: all of `data` belongs to it
+        # Still in a head: `data` belongs to it. A read ending one request and starting the next is not
+        # counted (the bound is loose by one read); a body is counted only in one pipelined after it.
+        if in_head and self._in_head:
             self._head_bytes += len(data)
             if self._head_bytes > self.head_limit:
                 self._refuse(431, "Request header fields too large")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head, self._head_bytes = True, 0
+        self._head_timer = self.loop.call_later(self.head_timeout, self._refuse, 408, "Request head too slow")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -41,10 +47,6 @@ class BoundedHead(HttpToolsProtocol):
             self._head_timer.cancel()
             self._head_timer = None
         super().on_headers_complete()
-
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self._in_head, self._head_bytes = True, 0
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._head_timer is not None:
