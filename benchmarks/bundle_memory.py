@@ -19,13 +19,34 @@ import httpx
 from search_load import ROOT, database, rss_kb, serve_node, server_pid
 
 sys.path.insert(0, str(ROOT / "tests"))
-from synth_bundle import big_transaction  # noqa: E402
+from synth_bundle import big_transaction
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 
 
 def mib(kib: int) -> str:
     return f"{kib / 1024:.0f} MiB"
+
+
+def post_watching(pid: int, base: str, body: bytes) -> tuple[httpx.Response, float, int]:
+    """POST `body`; the answer, the seconds it took, and the server's peak RSS (KiB) meanwhile."""
+    peak = 0
+    done = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, rss_kb(pid))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    t0 = time.perf_counter()
+    r = httpx.post(base, content=body, headers=FHIR_JSON, timeout=1200)
+    took = time.perf_counter() - t0
+    done.set()
+    watcher.join()
+    return r, took, peak
 
 
 def main() -> None:
@@ -43,22 +64,7 @@ def main() -> None:
             httpx.get(f"{base}/Patient")
             print(f"{args.database}: baseline {mib(rss_kb(pid))}")
             for i, body in enumerate(bodies):
-                peak = 0
-                done = threading.Event()
-
-                def watch() -> None:
-                    nonlocal peak
-                    while not done.is_set():
-                        peak = max(peak, rss_kb(pid))
-                        time.sleep(0.05)
-
-                watcher = threading.Thread(target=watch)
-                watcher.start()
-                t0 = time.perf_counter()
-                r = httpx.post(base, content=body, headers=FHIR_JSON, timeout=1200)
-                took = time.perf_counter() - t0
-                done.set()
-                watcher.join()
+                r, took, peak = post_watching(pid, base, body)
                 assert r.status_code == 200, r.text[:500]
                 time.sleep(3)
                 print(

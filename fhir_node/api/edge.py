@@ -1,15 +1,17 @@
 """The HTTP edge, before authentication: only host names the node is known by (a page in a browser on
 the same host cannot reach a loopback node by DNS rebinding, and no forged Host ends up in Location or
-Bundle links), a query string that is UTF-8 once percent-decoded, a deadline for the request body, and
-the security headers every answer carries."""
+Bundle links), a query string that is UTF-8 once percent-decoded, a deadline for the request body, the
+security headers every answer carries, and memory given back after a big body."""
 
 from __future__ import annotations
 
 import asyncio
 from urllib.parse import unquote_to_bytes, urlsplit
 
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fhir_node import memory
 from fhir_node.api.failures import BodyTimeout
 from fhir_node.api.middleware import answer, is_loopback
 from fhir_node.settings import Settings
@@ -63,7 +65,12 @@ class Edge:
         if problem:
             await answer(secured, 400, "invalid", problem)
             return
-        await self.app(scope, self._timed(receive), secured)
+        received = [0]
+        try:
+            await self.app(scope, self._timed(receive, received), secured)
+        finally:
+            if received[0] >= memory.BIG_BODY_BYTES:
+                await run_in_threadpool(memory.give_back)
 
     def _problem(self, scope: Scope) -> str | None:
         host = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1")
@@ -79,9 +86,10 @@ class Edge:
             return "The query string is not UTF-8 once percent-decoded"
         return None
 
-    def _timed(self, receive: Receive) -> Receive:
+    def _timed(self, receive: Receive, received: list[int]) -> Receive:
         """`receive`, failing with BodyTimeout once the body is not complete by the deadline; after the
-        body it passes through untouched (waiting for a disconnect has no deadline)."""
+        body it passes through untouched (waiting for a disconnect has no deadline). Counts the body's
+        bytes in `received` (after a big body, memory is given back)."""
         deadline = asyncio.get_running_loop().time() + self.body_timeout
         body_done = False
 
@@ -94,6 +102,7 @@ class Edge:
                     message = await receive()
             except TimeoutError:
                 raise BodyTimeout(self.body_timeout) from None
+            received[0] += len(message.get("body", b""))
             body_done = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
