@@ -1,6 +1,7 @@
 """Memory a big request freed goes back to the system. CPython frees a 10,000-entry Bundle's objects, but
-glibc keeps the freed pages in its arenas (one per worker thread), so the process would stay at its peak
-(99 -> 290 MiB after one such Bundle); `malloc_trim` returns them. Elsewhere than glibc it does nothing."""
+glibc keeps the freed pages in its arenas (one per worker thread), so the process stayed near its peak
+after such a Bundle (see benchmarks/bundle_memory.py); `malloc_trim` returns them. Elsewhere than glibc
+it does nothing."""
 
 from __future__ import annotations
 

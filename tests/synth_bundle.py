@@ -11,10 +11,10 @@ import orjson
 from fhir_node.synth import Options, synth
 
 
-def big_transaction(out: Path, entries: int) -> bytes:
+def big_transaction(out: Path, entries: int, seed: int = 12) -> bytes:
     """A transaction of exactly `entries` entries: synth's project Bundles merged, each directory entry
-    once (they carry the same conditional creates)."""
-    synth(Options(patients=entries // 2, seed=12, out=out, chunk=entries))
+    once (they carry the same conditional creates). Another `seed`, other patients."""
+    synth(Options(patients=entries // 2, seed=seed, out=out, chunk=entries))
     merged: dict[str, Any] = {}
     for path in sorted(out.glob("*.json")):
         for entry in orjson.loads(path.read_bytes())["entry"]:
