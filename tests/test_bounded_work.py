@@ -262,7 +262,7 @@ def test_heavy_searches_leave_health_answering(database_url: str, tmp_path: Path
             for w in workers:
                 w.join()
         searching, answering = statistics.median(search_times), statistics.median(health)
-        assert searching > 0.1, search_times  # the load is real
+        assert searching > 0.05, search_times  # the load is real: each search outlasts the bound on /health
         bound = 0.05 if database_url.startswith("sqlite") else searching / 2
         assert answering < bound, (answering, searching)
 
