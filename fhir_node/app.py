@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from fhir_node.api.edge import Edge
 from fhir_node.api.errors import HANDLERS
 from fhir_node.api.guard import Guard
 from fhir_node.api.middleware import RequestContext
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, node: Node | None = None) -> St
         routes=[Route("/health", health, methods=["GET"]), *ROUTES, *pages.ROUTES],
         middleware=[
             Middleware(RequestContext),
+            Middleware(Edge, settings=settings),
             Middleware(Guard, node=node),
         ],
         exception_handlers={**HANDLERS, HTTPException: pages.not_found_or_fhir},  # type: ignore[dict-item]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import os
 import ssl
@@ -15,6 +16,7 @@ import uvicorn
 
 from fhir_node import load, synth
 from fhir_node.api.middleware import is_loopback
+from fhir_node.api.protocol import BoundedHead
 from fhir_node.audit import cli as audit_cli
 from fhir_node.conformance import package
 from fhir_node.federation import cli as federation_cli
@@ -22,7 +24,16 @@ from fhir_node.settings import Settings
 from fhir_node.validation import cli as validation_cli
 
 #: CLI flags that map onto settings; they are exported as FHIR_NODE_* so every worker process sees them.
-_SETTING_FLAGS = ("database_url", "auth", "enforce_profiles", "max_body_bytes", "base_url", "log_level", "tls_proxy")
+_SETTING_FLAGS = (
+    "database_url",
+    "auth",
+    "enforce_profiles",
+    "max_body_bytes",
+    "base_url",
+    "log_level",
+    "tls_proxy",
+    "allowed_hosts",
+)
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +121,14 @@ def uvicorn_proxy_options(settings: Settings) -> dict[str, Any]:
     return {"proxy_headers": True, "forwarded_allow_ips": proxies} if proxies else {"proxy_headers": False}
 
 
+def uvicorn_edge_options(settings: Settings) -> dict[str, Any]:
+    """No `server` banner; the request head bounded in size and time (see `api.protocol`)."""
+    http = functools.partial(
+        BoundedHead, head_limit=settings.max_header_bytes, head_timeout=settings.header_timeout_seconds
+    )
+    return {"server_header": False, "http": http}
+
+
 def serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     host = args.host if args.host not in ("localhost",) else "127.0.0.1"
@@ -136,6 +155,7 @@ def serve(args: argparse.Namespace) -> int:
         log_config=None,
         **uvicorn_tls_options(args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certs),
         **uvicorn_proxy_options(settings),
+        **uvicorn_edge_options(settings),
     )
     return 0
 

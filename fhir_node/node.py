@@ -18,7 +18,8 @@ class Node:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Node:
-        node = cls(settings, Database(settings.database_url))
+        db = Database(settings.database_url, settings.statement_timeout_seconds, settings.write_wait_seconds)
+        node = cls(settings, db)
         if settings.auto_migrate:
             node.migrate()
         return node

@@ -66,3 +66,24 @@ class Settings(BaseSettings):
     max_count: int = Field(1000, gt=0)
     auto_migrate: bool = Field(True, description="Apply database migrations when the node starts.")
     log_level: str = "INFO"
+    allowed_hosts: str | None = Field(
+        None,
+        description="Comma-separated host names the node answers to besides loopback ones and FHIR_NODE_BASE_URL's "
+        "host; any other Host header is a 400 (DNS rebinding, forged links).",
+    )
+    max_header_bytes: int = Field(64 * 1024, gt=0, description="Request line and headers larger than this: 431.")
+    header_timeout_seconds: float = Field(10, gt=0, description="A request's head must arrive within this time.")
+    body_timeout_seconds: float = Field(60, gt=0, description="A request's body must arrive within this time: 408.")
+    max_json_depth: int = Field(64, gt=0, description="JSON bodies nested deeper than this are refused (400).")
+    statement_timeout_seconds: float = Field(
+        30, gt=0, description="A database statement running longer is cancelled; the request answers 400 too-costly."
+    )
+    write_wait_seconds: float = Field(
+        120, gt=0, description="How long a write waits for the write lock (held by other writers) before a 503."
+    )
+    search_max_repeats: int = Field(10, gt=0, description="Times one search parameter may repeat (AND).")
+    search_max_values: int = Field(100, gt=0, description="Values one search parameter may list (OR).")
+    search_max_criteria: int = Field(40, gt=0, description="Filters one search may hold, chains and _has included.")
+    search_max_chain_depth: int = Field(3, gt=0, description="Links in one chain (`subject.organization.name`: 2).")
+    search_max_has_depth: int = Field(2, gt=0, description="`_has` nested in `_has`.")
+    search_max_iterate: int = Field(3, gt=0, description="`_include:iterate` / `_revinclude:iterate` rounds.")

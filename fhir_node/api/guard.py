@@ -11,7 +11,8 @@ from urllib.parse import unquote
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fhir_node.api.middleware import answer, database_lost, is_loopback
+from fhir_node.api.failures import status_of
+from fhir_node.api.middleware import answer, is_loopback
 from fhir_node.audit import trail
 from fhir_node.node import Node
 from fhir_node.security.access import Access, Record, serving
@@ -86,7 +87,7 @@ class Guard:
         if access.record is None or access.record.written:
             return
         try:
-            await self._flush(503 if database_lost(exc) else 500)
+            await self._flush(status_of(exc))
         except Exception as audit_exc:
             error_log.error("could not audit a failed request: %s", audit_exc)
 

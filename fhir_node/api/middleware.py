@@ -1,5 +1,5 @@
 """Raw ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware): request id, access log, and the
-answer to what nothing else answered (a lost database, a bug)."""
+answer to what nothing else answered (a client gone, a lost database, a bug: see `failures`)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import time
 import uuid
 
 import orjson
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from fhir_node.api.failures import CLIENT_GONE, classify
 from fhir_node.outcome import error, operation_outcome
 
 access_log = logging.getLogger("fhir_node.access")
@@ -56,7 +56,7 @@ class RequestContext:
         except Exception as exc:
             if started:  # nothing more can be said to the client
                 raise
-            await _unexpected(send_with_id, exc, rid)
+            status = await _unexpected(send_with_id, exc, rid)
         finally:
             path = scope["path"] + (f"?{scope['query_string'].decode('latin-1')}" if scope["query_string"] else "")
             fields = {
@@ -69,29 +69,30 @@ class RequestContext:
             access_log.info("request", extra={"fields": fields})
 
 
-def database_lost(exc: Exception) -> bool:
-    """A lost database (503, the client may retry), not a bug of ours (500)."""
-    return isinstance(exc, OperationalError | InterfaceError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    )
-
-
-async def _unexpected(send: Send, exc: Exception, rid: str) -> None:
-    """A lost database is a 503 the client may retry; anything else is our bug: a 500 with the request id
-    to report, and the traceback in the log."""
-    if database_lost(exc):
+async def _unexpected(send: Send, exc: Exception, rid: str) -> int:
+    """The answer to a failure (see `failures.classify`), its status returned for the access log. A client
+    that left gets nothing (its access-log line is all); a lost database is logged as an outage; anything
+    unknown is our bug: a 500 with the request id to report, and the traceback in the log."""
+    failure = classify(exc)
+    if failure is None:
+        error_log.exception("unhandled error in request %s", rid, exc_info=exc)
+        await answer(send, 500, "exception", f"Internal error; request id {rid}")
+        return 500
+    if failure.status == CLIENT_GONE:
+        return CLIENT_GONE
+    if failure.outage:
         error_log.error("database unavailable in request %s: %s", rid, exc)
-        await answer(send, 503, "transient", f"The database is unavailable; retry later (request id {rid})")
-        return
-    error_log.exception("unhandled error in request %s", rid, exc_info=exc)
-    await answer(send, 500, "exception", f"Internal error; request id {rid}")
+    await answer(send, failure.status, failure.code, f"{failure.text} (request id {rid})", headers=failure.headers)
+    return failure.status
 
 
-async def answer(send: Send, status: int, code: str, text: str, challenge: str = "") -> None:
+async def answer(
+    send: Send, status: int, code: str, text: str, challenge: str = "", headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
     """A bare OperationOutcome answer, for the middleware layers (no Response object there)."""
     body = orjson.dumps(operation_outcome([error(code, text)]))
-    headers = [(b"content-type", b"application/fhir+json"), (b"content-length", str(len(body)).encode())]
+    fields = [(b"content-type", b"application/fhir+json"), (b"content-length", str(len(body)).encode()), *headers]
     if challenge:
-        headers.append((b"www-authenticate", challenge.encode("latin-1")))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+        fields.append((b"www-authenticate", challenge.encode("latin-1")))
+    await send({"type": "http.response.start", "status": status, "headers": fields})
     await send({"type": "http.response.body", "body": body})

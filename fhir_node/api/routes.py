@@ -1,11 +1,11 @@
-"""The FHIR REST endpoints. Each one negotiates, runs one interaction (writes and PostgreSQL calls in a
-thread, SQLite reads on the event loop: see `reading`), and answers."""
+"""The FHIR REST endpoints. Each one negotiates, runs one interaction (in a worker thread, except SQLite
+reads by id: see `reading`), and answers."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -15,11 +15,12 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from fhir_node.api.negotiate import FHIR_JSON, HTTP_PARAMETERS, JSON_PATCH, negotiate, prefer, read_body
+from fhir_node.api.offload import off_loop
 from fhir_node.api.responses import fhir_response, http_date, not_modified, version_headers, written_response
 from fhir_node.conformance import smart
 from fhir_node.conformance.capability import capability_statement
 from fhir_node.interactions import bundle, history, patch, read, search, write
-from fhir_node.interactions.incoming import parse_body
+from fhir_node.interactions.incoming import parse_body, parse_query
 from fhir_node.node import Node
 from fhir_node.operations import deceased, export, ssin_change, terminology
 from fhir_node.operations.validate import validate_operation
@@ -28,14 +29,27 @@ from fhir_node.registry import kind, require_method
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 T = TypeVar("T")
+#: Bodies up to this size parse in well under a millisecond: on the event loop.
+_PARSE_ON_LOOP_BYTES = 64 * 1024
 
 
-async def reading(node: Node, fn: Callable[..., T], *args: Any) -> T:
-    """Run a read interaction. On SQLite it runs on the event loop: it takes no lock and lasts less than
-    the hand-off to a thread would; PostgreSQL reads wait on the network, so they go to a thread."""
-    if node.db.is_sqlite:
+async def reading(request: Request, fn: Callable[..., T], *args: Any, by_id: bool = False) -> T:
+    """Run a read interaction. A SQLite read by id runs on the event loop: it takes no lock and lasts less
+    than the hand-off to a thread would. Searches and history can run long, and PostgreSQL reads wait on
+    the network: they go to a thread (and are cancelled if the client leaves)."""
+    node = node_of(request)
+    if by_id and node.db.is_sqlite:
         return fn(node, *args)
-    return await run_in_threadpool(fn, node, *args)
+    return await off_loop(request, fn, node, *args)
+
+
+async def resource_body(request: Request, form: bool = False) -> Any:
+    """The request's JSON body, parsed (in a worker thread when big enough to hold the event loop up)."""
+    settings = node_of(request).settings
+    raw = await read_body(request, settings.max_body_bytes, form=form)
+    if len(raw) > _PARSE_ON_LOOP_BYTES:
+        return await run_in_threadpool(parse_body, raw, settings.max_json_depth)
+    return parse_body(raw, settings.max_json_depth)
 
 
 def node_of(request: Request) -> Node:
@@ -70,7 +84,7 @@ async def smart_configuration(request: Request) -> Response:
 async def read_instance(request: Request) -> Response:
     neg = negotiate(request)
     p = request.path_params
-    v = await reading(node_of(request), read.read, p["type"], p["id"])
+    v = await reading(request, read.read, p["type"], p["id"], by_id=True)
     headers = version_headers(v, base_of(request))
     if not_modified(request, v):
         return Response(None, 304, headers)
@@ -80,7 +94,7 @@ async def read_instance(request: Request) -> Response:
 async def vread_instance(request: Request) -> Response:
     neg = negotiate(request)
     p = request.path_params
-    v = await reading(node_of(request), read.vread, p["type"], p["id"], p["vid"])
+    v = await reading(request, read.vread, p["type"], p["id"], p["vid"], by_id=True)
     return fhir_response(neg, v.content or b"", 200, version_headers(v, base_of(request)))
 
 
@@ -89,7 +103,7 @@ async def create(request: Request) -> Response:
     make it a conditional create, as If-None-Exist does; a URL parameter is never ignored silently."""
     neg = negotiate(request)
     node = node_of(request)
-    body = parse_body(await read_body(request, node.settings.max_body_bytes))
+    body = await resource_body(request)
     res_type = request.path_params["type"]
     criteria = request.headers.get("if-none-exist")
     in_url = urlencode(_query(request))
@@ -105,7 +119,7 @@ async def create(request: Request) -> Response:
 async def update(request: Request) -> Response:
     neg = negotiate(request)
     node = node_of(request)
-    body = parse_body(await read_body(request, node.settings.max_body_bytes))
+    body = await resource_body(request)
     p = request.path_params
     done = await run_in_threadpool(write.update, node, p["type"], p["id"], body, request.headers.get("if-match"))
     message = "Created" if done.status == 201 else "Updated"
@@ -128,11 +142,9 @@ async def search_endpoint(request: Request) -> Response:
         if ctype != "application/x-www-form-urlencoded":
             raise fail(415, "not-supported", "POST _search takes an application/x-www-form-urlencoded body")
         raw = await read_body(request, node_of(request).settings.max_body_bytes, form=True)
-        params += [(k, v) for k, v in parse_qsl(raw.decode(), keep_blank_values=True) if k not in HTTP_PARAMETERS]
+        params += [(k, v) for k, v in parse_query(raw) if k not in HTTP_PARAMETERS]
     lenient = prefer(request, "handling") == "lenient"
-    body = await reading(
-        node_of(request), search.search, base_of(request), request.path_params.get("type"), params, lenient
-    )
+    body = await reading(request, search.search, base_of(request), request.path_params.get("type"), params, lenient)
     return fhir_response(neg, body)
 
 
@@ -148,7 +160,7 @@ async def conditional(request: Request) -> Response:
     if request.method == "DELETE":
         v = await run_in_threadpool(write.conditional_delete, node, res_type, query, if_match)
         return Response(None, 204, {"ETag": v.etag} if v else None)
-    body = parse_body(await read_body(request, node.settings.max_body_bytes))
+    body = await resource_body(request)
     done = await run_in_threadpool(write.conditional_update, node, res_type, query, body, if_match)
     return written_response(
         neg, done.version, done.status, base_of(request), "Created" if done.status == 201 else "Updated"
@@ -169,7 +181,7 @@ async def patch_instance(request: Request) -> Response:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != JSON_PATCH:
         raise fail(415, "not-supported", f"PATCH takes {JSON_PATCH}, not '{ctype or '(none)'}'")
-    operations = parse_body(await read_body(request, node.settings.max_body_bytes, form=True))
+    operations = await resource_body(request, form=True)
     p = request.path_params
     done = await run_in_threadpool(patch.patch, node, p["type"], p["id"], operations, request.headers.get("if-match"))
     return written_response(neg, done.version, done.status, base_of(request), "Patched")
@@ -194,7 +206,7 @@ async def system_level(request: Request) -> Response:
         return await search_endpoint(request)
     neg = negotiate(request)
     node = node_of(request)
-    body = parse_body(await read_body(request, node.settings.max_body_bytes))
+    body = await resource_body(request)
     representation = prefer(request, "return") == "representation"
     out = await run_in_threadpool(bundle.process, node, base_of(request), body, representation)
     return fhir_response(neg, out)
@@ -208,7 +220,12 @@ async def validate_endpoint(request: Request) -> Response:
     raw = await read_body(request, node.settings.max_body_bytes, form="content-type" not in request.headers)
     p = request.path_params
     outcome = await run_in_threadpool(
-        validate_operation, node, p["type"], p.get("id"), _query(request), parse_body(raw) if raw else None
+        validate_operation,
+        node,
+        p["type"],
+        p.get("id"),
+        _query(request),
+        parse_body(raw, node.settings.max_json_depth) if raw else None,
     )
     return fhir_response(neg, orjson.dumps(outcome))
 
@@ -220,7 +237,7 @@ def operation_endpoint(operation: Callable[..., dict[str, Any]]) -> Endpoint:
         neg = negotiate(request)
         node = node_of(request)
         raw = await read_body(request, node.settings.max_body_bytes) if request.method == "POST" else b""
-        body = parse_body(raw) if raw else None
+        body = parse_body(raw, node.settings.max_json_depth) if raw else None
         out = await run_in_threadpool(operation, node, _query(request), body, **request.path_params)
         return fhir_response(neg, orjson.dumps(out))
 
@@ -260,7 +277,7 @@ async def export_status(request: Request) -> Response:
         await run_in_threadpool(export.cancel, node, job_id)
         body = operation_outcome([Issue("information", "informational", "Export cancelled; its files are deleted")])
         return Response(orjson.dumps(body), 202, media_type=FHIR_JSON)
-    found = await reading(node, export.status, job_id, base_of(request))
+    found = await reading(request, export.status, job_id, base_of(request), by_id=True)
     if found.state == export.FAILED:
         body = operation_outcome([Issue("error", "exception", found.error or "The export failed")])
         return Response(orjson.dumps(body), 500, media_type=FHIR_JSON)
@@ -274,16 +291,14 @@ async def export_status(request: Request) -> Response:
 async def export_file(request: Request) -> Response:
     """An output file of a completed job (NDJSON), for the job's owner, streamed segment by segment."""
     p = request.path_params
-    segments = await reading(node_of(request), export.file_segments, p["job"], p["name"])
+    segments = await reading(request, export.file_segments, p["job"], p["name"], by_id=True)
     return StreamingResponse(segments, media_type=export.NDJSON)
 
 
 async def history_endpoint(request: Request) -> Response:
     neg = negotiate(request)
     p = request.path_params
-    body = await reading(
-        node_of(request), history.history, base_of(request), _query(request), p.get("type"), p.get("id")
-    )
+    body = await reading(request, history.history, base_of(request), _query(request), p.get("type"), p.get("id"))
     return fhir_response(neg, body)
 
 

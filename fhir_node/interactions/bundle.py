@@ -10,26 +10,30 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qsl
 
 import orjson
 from sqlalchemy import Connection
 
 from fhir_node.bundles import bundle
 from fhir_node.interactions import history, read, search, write
-from fhir_node.interactions.incoming import ID_PATTERN, check_resource
+from fhir_node.interactions.incoming import ID_PATTERN, check_resource, parse_query
 from fhir_node.interactions.patch import patch, patch_in
 from fhir_node.node import Node
 from fhir_node.outcome import FHIRError, Issue, fail, operation_outcome
 from fhir_node.registry import kind, require
+from fhir_node.search.limits import Limits
 from fhir_node.security.access import current
 from fhir_node.store import repository
 from fhir_node.store.batch import batched
 from fhir_node.store.repository import Version, instant
 
+#: What a transaction decided from the database before the write lock: each entry's (target, matched),
+#: and the resolution of each conditional reference.
+Decisions = tuple[list[tuple[str | None, bool]], dict[str, str]]
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _CONDITIONAL_REF = re.compile(r"([A-Z][A-Za-z]+)\?(.+)")
 
@@ -50,6 +54,9 @@ class Entry:
     if_none_exist: str | None
     if_match: str | None
     target: str | None = None  # the id this entry writes, once resolved
+    matched: bool = False  # a conditional create that found its match: nothing is written
+    fresh: str = field(default_factory=repository.new_id)  # the id it creates, if it creates one
+    prepared: Any = None  # the resource (or JSON Patch) to write: references resolved, validated
 
     @property
     def where(self) -> str:
@@ -129,24 +136,82 @@ def _parse_entry(index: int, raw: Any, base: str) -> Entry:
 
 
 def _transaction(node: Node, base: str, entries: list[Entry], representation: bool) -> list[bytes]:
+    """Ids, references and validation are worked out first, from a snapshot and without the write lock,
+    so a big Bundle holds it only to write. Under the lock the plan is checked against what others wrote
+    meanwhile (conditional matches, conditional references); if it changed, it is made again there."""
+    limits = Limits.of(node.settings)
+    enforce = node.settings.enforce_profiles
+    with node.db.read() as conn:
+        plan = _prepare(conn, entries, limits, enforce)
     results: dict[int, bytes] = {}
     with write.transaction(node) as conn:
         for t in sorted({e.res_type for e in entries if e.method not in ("GET", "HEAD") and e.res_type}):
             node.db.lock(conn, f"write:{t}")
-        ids = _assign_ids(conn, entries)
-        for e in entries:
-            if e.method == "PATCH":
-                e.resource = _at(e, _patch_document, e)
-            if e.resource is not None and e.method in ("POST", "PUT", "PATCH"):
-                e.resource = _at(e, _rewrite, conn, e, e.resource, ids)
+        if _decisions(conn, entries, limits) != plan:
+            _prepare(conn, entries, limits, enforce)
         with batched(conn):
             for e in sorted(entries, key=lambda e: (_ORDER.get(e.method, 1), e.index)):
                 if e.method not in ("GET", "HEAD"):
-                    results[e.index] = _at(e, _write_entry, conn, e, representation, node.settings.enforce_profiles)
+                    results[e.index] = _at(e, _write_entry, conn, e, representation, enforce)
         for e in entries:  # last, inside the transaction: they see its writes, and their failure undoes them
             if e.method in ("GET", "HEAD"):
                 results[e.index] = _at(e, _get_entry, node, base, e)
     return [results[e.index] for e in entries]
+
+
+def _prepare(conn: Connection, entries: list[Entry], limits: Limits, enforce: bool) -> Decisions:
+    """Every write entry's target and its resource with references resolved and validated (`prepared`);
+    returns the decisions that depended on the database."""
+    ids = _assign_ids(conn, entries, limits)
+    resolved: dict[str, str] = {}
+    for e in entries:
+        if e.method not in ("POST", "PUT", "PATCH"):
+            continue
+        prepared = _body(e)
+        if prepared is not None:
+            prepared = _at(e, _rewrite, conn, e, prepared, ids, resolved, limits)
+        if e.method == "PUT" and isinstance(prepared, dict) and e.query:
+            prepared = {**prepared, "id": e.target}
+        if e.method in ("POST", "PUT"):
+            require(kind(e.res_type or ""), "create" if e.method == "POST" else "update")
+        if e.method == "POST" and not e.matched:
+            prepared = _at(e, partial(check_resource, enforce_profiles=enforce), prepared, e.res_type)
+        elif e.method == "PUT":
+            prepared = _at(e, partial(check_resource, enforce_profiles=enforce), prepared, e.res_type, e.target)
+        e.prepared = prepared
+    return _targets(entries), resolved
+
+
+def _decisions(conn: Connection, entries: list[Entry], limits: Limits) -> Decisions:
+    """The decisions `_prepare` took, taken again on `conn` (conditional matches, conditional references)."""
+    _assign_ids(conn, entries, limits)
+    resolved: dict[str, str] = {}
+    for e in entries:
+        if e.method in ("POST", "PUT", "PATCH"):
+            for ref in _conditional_references(_body(e)):
+                _at(e, _resolve, conn, e, ref, {}, resolved, limits)
+    return _targets(entries), resolved
+
+
+def _body(e: Entry) -> Any:
+    """What a write entry carries: its resource, or for PATCH the JSON Patch its Binary holds."""
+    return _at(e, _patch_document, e) if e.method == "PATCH" else e.resource
+
+
+def _targets(entries: list[Entry]) -> list[tuple[str | None, bool]]:
+    return [(e.target, e.matched) for e in entries]
+
+
+def _conditional_references(value: Any) -> list[str]:
+    if isinstance(value, list):
+        return [ref for v in value for ref in _conditional_references(v)]
+    if not isinstance(value, dict):
+        return []
+    found = [ref for v in value.values() for ref in _conditional_references(v)]
+    ref = value.get("reference")
+    if isinstance(ref, str) and _CONDITIONAL_REF.fullmatch(ref):
+        found.append(ref)
+    return found
 
 
 def _at(e: Entry, fn: Callable[..., Any], *args: Any) -> Any:
@@ -157,7 +222,7 @@ def _at(e: Entry, fn: Callable[..., Any], *args: Any) -> Any:
         raise _located(exc, e) from None
 
 
-def _assign_ids(conn: Connection, entries: list[Entry]) -> dict[str, str]:
+def _assign_ids(conn: Connection, entries: list[Entry], limits: Limits) -> dict[str, str]:
     """Decide which id each write lands on (new, matched, or given) and map fullUrls to `Type/id`."""
     ids: dict[str, str] = {}
     seen: dict[tuple[str, str], int] = {}
@@ -178,7 +243,7 @@ def _assign_ids(conn: Connection, entries: list[Entry]) -> dict[str, str]:
                     f"{e.where}.request.ifNoneExist",
                 )
             conditions[criteria] = e.index
-        e.target = _at(e, _target, conn, e)
+        e.target = _at(e, _target, conn, e, limits)
         if e.target is None:
             continue
         key = (e.res_type, e.target)
@@ -196,41 +261,48 @@ def _assign_ids(conn: Connection, entries: list[Entry]) -> dict[str, str]:
     return ids
 
 
-def _target(conn: Connection, e: Entry) -> str | None:
-    """The id an entry will write: assigned for a create, matched for conditional forms (None: no match)."""
+def _target(conn: Connection, e: Entry, limits: Limits) -> str | None:
+    """The id an entry will write: assigned for a create (the same one each time this is asked), matched
+    for conditional forms (None: no match)."""
     assert e.res_type is not None
+    e.matched = False
     if e.method == "POST":
         if e.if_none_exist:
-            found = write.unique_match(conn, e.res_type, e.if_none_exist)
+            found = write.unique_match(conn, e.res_type, e.if_none_exist, limits)
             if found:
-                e.method = "MATCHED"
+                e.matched = True
                 return found[0]
-        return repository.new_id()
+        return e.fresh
     if e.res_id:
         return e.res_id
-    found = write.unique_match(conn, e.res_type, e.query)
+    found = write.unique_match(conn, e.res_type, e.query, limits)
     if found:
         return found[0]
     if e.method == "PUT":
         given = e.resource.get("id") if isinstance(e.resource, dict) else None
-        return str(given) if given else repository.new_id()
+        return str(given) if given else e.fresh
     return None
 
 
-def _rewrite(conn: Connection, e: Entry, value: Any, ids: dict[str, str]) -> Any:
-    """Every `reference` in the resource, nested ones too, with bundle-local and conditional ones resolved."""
+def _rewrite(
+    conn: Connection, e: Entry, value: Any, ids: dict[str, str], resolved: dict[str, str], limits: Limits
+) -> Any:
+    """Every `reference` in the resource, nested ones too, with bundle-local and conditional ones resolved
+    (conditional ones noted in `resolved`)."""
     if isinstance(value, list):
-        return [_rewrite(conn, e, v, ids) for v in value]
+        return [_rewrite(conn, e, v, ids, resolved, limits) for v in value]
     if not isinstance(value, dict):
         return value
-    out = {k: _rewrite(conn, e, v, ids) for k, v in value.items()}
+    out = {k: _rewrite(conn, e, v, ids, resolved, limits) for k, v in value.items()}
     ref = out.get("reference")
     if isinstance(ref, str):
-        out["reference"] = _resolve(conn, e, ref, ids)
+        out["reference"] = _resolve(conn, e, ref, ids, resolved, limits)
     return out
 
 
-def _resolve(conn: Connection, e: Entry, ref: str, ids: dict[str, str]) -> str:
+def _resolve(
+    conn: Connection, e: Entry, ref: str, ids: dict[str, str], resolved: dict[str, str], limits: Limits
+) -> str:
     if ref in ids:
         return ids[ref]
     if ref.startswith(("urn:uuid:", "urn:oid:")):
@@ -239,9 +311,11 @@ def _resolve(conn: Connection, e: Entry, ref: str, ids: dict[str, str]) -> str:
         )
     conditional = _CONDITIONAL_REF.fullmatch(ref)
     if conditional:
+        if ref in resolved:
+            return resolved[ref]
         res_type, query = conditional.groups()
         kind(res_type)
-        found = search.matching(conn, res_type, query)
+        found = search.matching(conn, res_type, query, limits)
         if len(found) != 1:
             status = 404 if not found else 412
             raise fail(
@@ -250,13 +324,15 @@ def _resolve(conn: Connection, e: Entry, ref: str, ids: dict[str, str]) -> str:
                 f"{e.where}: conditional reference '{ref}' matches {len(found)} resources, not exactly one",
                 f"{e.where}.resource",
             )
-        return f"{res_type}/{found[0]}"
+        resolved[ref] = f"{res_type}/{found[0]}"
+        return resolved[ref]
     return ref
 
 
 def _write_entry(conn: Connection, e: Entry, representation: bool, enforce: bool) -> bytes:
+    """Write one prepared entry (`enforce` is for the patched resource: only it is validated here)."""
     assert e.res_type is not None
-    if e.method == "MATCHED":
+    if e.matched:
         found = repository.current(conn, e.res_type, e.target or "")
         assert found is not None
         return _response(200, write.existing(conn, found), representation)
@@ -268,17 +344,12 @@ def _write_entry(conn: Connection, e: Entry, representation: bool, enforce: bool
         return _response(204, gone, False)
     if e.method == "PATCH":
         require(kind(e.res_type), "patch")
-        done = patch_in(conn, e.res_type, e.target or "", e.resource, write.parse_if_match(e.if_match), enforce)
+        done = patch_in(conn, e.res_type, e.target or "", e.prepared, write.parse_if_match(e.if_match), enforce)
         return _response(done.status, done.version, representation)
     if e.method == "POST":
-        require(kind(e.res_type), "create")
-        resource = check_resource(e.resource, e.res_type, enforce_profiles=enforce)
-        done = write.create_in(conn, e.res_type, resource, e.target)
+        done = write.create_in(conn, e.res_type, e.prepared, e.target)
         return _response(201, done.version, representation)
-    require(kind(e.res_type), "update")
-    body = {**e.resource, "id": e.target} if isinstance(e.resource, dict) and e.query else e.resource
-    resource = check_resource(body, e.res_type, url_id=e.target, enforce_profiles=enforce)
-    done = write.update_in(conn, e.res_type, e.target or "", resource, write.parse_if_match(e.if_match))
+    done = write.update_in(conn, e.res_type, e.target or "", e.prepared, write.parse_if_match(e.if_match))
     return _response(done.status, done.version, representation)
 
 
@@ -324,7 +395,7 @@ def status_line(status: int) -> str:
 
 def _get_entry(node: Node, base: str, e: Entry) -> bytes:
     """A read, vread, search or history entry, answered with the resource or Bundle it asks for."""
-    params = parse_qsl(e.query, keep_blank_values=True)
+    params = parse_query(e.query)
     if e.res_type is None:
         body = search.search(node, base, None, params)
     elif e.res_id is None and not e.tail:

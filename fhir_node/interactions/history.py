@@ -9,7 +9,7 @@ from sqlalchemy import ColumnElement, Connection, and_, or_, true
 from fhir_node.audit import trail
 from fhir_node.bundles import bundle, history_entry
 from fhir_node.datetimes import parse_instant
-from fhir_node.interactions.incoming import check_id, single_values
+from fhir_node.interactions.incoming import check_id, single_values, whole_number
 from fhir_node.node import Node
 from fhir_node.outcome import fail
 from fhir_node.registry import KINDS, kind, require
@@ -80,6 +80,7 @@ def _allowed(conn: Connection, res_type: str | None) -> ColumnElement[bool] | No
 def _positive(value: str | None, name: str) -> int | None:
     if value is None:
         return None
-    if not value.isdigit() or int(value) < 1:
-        raise fail(400, "value", f"{name} must be a positive integer, got '{value}'", name)
-    return int(value)
+    number = whole_number(value)
+    if number is None:
+        raise fail(400, "value", f"{name} must be a positive integer (at most 18 digits), got '{value}'", name)
+    return number

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 
@@ -22,12 +24,78 @@ def check_id(res_id: str) -> str:
     return res_id
 
 
-def parse_body(raw: bytes) -> Any:
-    """JSON text to Python values; malformed JSON is a 400 naming the position."""
+def whole_number(text: str) -> int | None:
+    """`text` as a positive integer the database can hold (64-bit), or None: `99999999999999999999999`
+    is no version, cursor or count of ours, and must not reach the SQL as one."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        return None
+    return int(text) or None
+
+
+def parse_body(raw: bytes, max_depth: int) -> Any:
+    """JSON text to Python values. Malformed JSON is a 400 naming the position; so is JSON nested deeper
+    than `max_depth` (validation, indexing and storage recurse over it) and an object repeating a key
+    (R4 JSON forbids it, and orjson would silently keep the last one)."""
     try:
-        return orjson.loads(raw)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise fail(400, "structure", f"Malformed JSON: {exc}") from None
+    if _members(value, max_depth) != _members_written(raw):
+        raise fail(400, "structure", f"Malformed JSON: {_repeated_key(raw)}")
+    return value
+
+
+def parse_query(text: str | bytes) -> list[tuple[str, str]]:
+    """`a=1&b=2` (a query string or form body) to pairs; bytes or a percent-escape that are not UTF-8
+    (`%ff`) are a 400, not a silent U+FFFD."""
+    try:
+        return parse_qsl(text.decode() if isinstance(text, bytes) else text, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise fail(400, "value", f"Search parameters must be UTF-8 when percent-decoded: {exc.reason}") from None
+
+
+#: A JSON string, with the colon after it when it is an object key (strings are consumed whole, so the
+#: scan never starts inside one).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"(\s*:)?')
+
+
+def _members(value: Any, max_depth: int) -> int:
+    """The number of object members in `value`; a 400 when it nests deeper than `max_depth`."""
+    count = 0
+    stack = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise fail(400, "structure", f"The JSON nests deeper than {max_depth} levels")
+        if isinstance(node, dict):
+            count += len(node)
+            node = node.values()
+        stack.extend((c, depth + 1) for c in node if isinstance(c, dict | list))
+    return count
+
+
+def _members_written(raw: bytes) -> int:
+    """The number of object members in the JSON text: keys, repeated ones included."""
+    marks = _STRING.findall(raw)
+    return len(marks) - marks.count(b"")
+
+
+def _repeated_key(raw: bytes) -> str:
+    """Which key an object repeats (found only once one is known to, with the slower parser)."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(key)
+            seen.add(key)
+        return dict(pairs)
+
+    try:
+        json.loads(raw, object_pairs_hook=unique)
+    except ValueError as exc:
+        return f"the key '{exc.args[0]}' appears twice in one object"
+    return "an object repeats a key"
 
 
 def check_resource(body: Any, res_type: str, url_id: str | None = None, *, enforce_profiles: bool) -> dict[str, Any]:

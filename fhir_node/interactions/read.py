@@ -7,7 +7,7 @@ from dataclasses import replace
 from sqlalchemy import Connection
 
 from fhir_node.audit import trail
-from fhir_node.interactions.incoming import check_id
+from fhir_node.interactions.incoming import check_id, whole_number
 from fhir_node.node import Node
 from fhir_node.outcome import fail
 from fhir_node.registry import kind, require
@@ -33,13 +33,14 @@ def vread(node: Node, res_type: str, res_id: str, version_id: str) -> Version:
     """A given version; a version that records a deletion answers 410."""
     require(kind(res_type), "vread")
     check_id(res_id)
-    if not version_id.isdigit():
+    number = whole_number(version_id)
+    if number is None:
         raise fail(404, "not-found", f"{res_type}/{res_id} has no version '{version_id}'")
     with node.db.read() as conn:
         policy.require(res_type, "r")
         trail.note(conn, [(res_type, res_id)])
         policy.readable(conn, res_type, res_id, full=True)
-        found = repository.version(conn, res_type, res_id, int(version_id))
+        found = repository.version(conn, res_type, res_id, number)
     if found is None:
         raise fail(404, "not-found", f"{res_type}/{res_id} has no version {version_id}")
     return _present(found, res_type, res_id)

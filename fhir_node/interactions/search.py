@@ -10,18 +10,20 @@ from datetime import datetime
 from decimal import Decimal
 from functools import cached_property
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
 import orjson
 from sqlalchemy import ColumnElement, Connection, FromClause, Select, Table, and_, false, func, or_, select, true
 
 from fhir_node.audit import trail
 from fhir_node.bundles import bundle
+from fhir_node.interactions.incoming import parse_query
 from fhir_node.node import Node
 from fhir_node.outcome import FHIRError, error, fail, operation_outcome
 from fhir_node.registry import KINDS, kind
 from fhir_node.rules.small_cells import bundle_total
 from fhir_node.search import elements as shaping
+from fhir_node.search.limits import Limits
 from fhir_node.search.parse import VENDOR_TOTALS, Criterion, Parsed, SearchError, parse
 from fhir_node.search.registry import registry
 from fhir_node.search.sql import driver, probe
@@ -40,7 +42,6 @@ _SORT_COLUMNS = {
     "reference": ("target_id", "target_id"),
 }
 _TOTAL_BOUND = 10_000
-_ITERATE_LIMIT = 4
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ class Page:
 def search(node: Node, base: str, res_type: str | None, params: list[tuple[str, str]], lenient: bool = False) -> bytes:
     """A `searchset` Bundle for one page of results."""
     reg = registry()
+    limits = Limits.of(node.settings)
+    limits.check(params)
     types = _types(res_type, params)
     parsed_by_type = {t: _parse(reg, t, params, lenient) for t in types}
     parsed = parsed_by_type[types[0]]
@@ -126,7 +129,7 @@ def _answer(
     total = _total(conn, page, total_mode, cursor, rows, has_next)
     shown = [policy.shown(conn, r.res_type, r.content) for r in rows]
     unredacted = [r for r, (_, redacted) in zip(rows, shown, strict=True) if not redacted]
-    included = _includes(conn, reg, unredacted, result, base)
+    included = _includes(conn, reg, unredacted, result, base, Limits.of(node.settings))
     trail.note(conn, [(r.res_type, r.res_id) for r in rows] + [(t, i) for t, i, _ in included])
 
     links = {"self": _link(base, res_type, params, _single(result, "_cursor"))}
@@ -150,11 +153,12 @@ def _shown_total(total: int | None, node: Node) -> dict[str, Any]:
     return bundle_total(total, policy.count_minimum(node.settings.small_cell_min))
 
 
-def matching(conn: Connection, res_type: str, query: str, limit: int = 2) -> list[str]:
+def matching(conn: Connection, res_type: str, query: str, limits: Limits, limit: int = 2) -> list[str]:
     """Ids matching a conditional operation's criteria (If-None-Exist, conditional update/delete)."""
-    params = parse_qsl(query.lstrip("?"), keep_blank_values=True)
+    params = parse_query(query.lstrip("?"))
     if not params:
         raise fail(400, "invalid", "Conditional operations need search criteria")
+    limits.check(params)
     parsed = _parse(registry(), res_type, params, lenient=False)
     if parsed.result:
         raise fail(400, "invalid", f"Only filters may be used as conditions, not {', '.join(parsed.result)}")
@@ -498,9 +502,10 @@ def _count_all(conn: Connection, page: Page, bound: int | None = None) -> int:
 
 
 def _includes(
-    conn: Connection, reg: Any, rows: list[Any], result: dict[str, list[str]], base: str
+    conn: Connection, reg: Any, rows: list[Any], result: dict[str, list[str]], base: str, limits: Limits
 ) -> list[tuple[str, str, bytes]]:
-    """_include and _revinclude (with :iterate): referenced and referring resources, each once."""
+    """_include and _revinclude (with :iterate): referenced and referring resources, each once; iterating
+    beyond `limits.iterate` rounds is a 400."""
     seen = {(r.res_type, r.res_id) for r in rows}
     frontier = set(seen)
     out: list[tuple[str, str, bytes]] = []
@@ -516,7 +521,7 @@ def _includes(
         )
         for v in result.get(name, [])
     ]
-    for round_ in range(_ITERATE_LIMIT):
+    for round_ in range(limits.iterate + 2):
         found: set[tuple[str, str]] = set()
         for name, spec in specs:
             if round_ > 0 and ":" not in name:
@@ -525,6 +530,8 @@ def _includes(
         new = found - seen
         if not new:
             break
+        if round_ > limits.iterate:
+            raise limits.iterated_too_deep(limits.iterate)
         seen |= new
         shown: set[tuple[str, str]] = set()
         for t in sorted({t for t, _ in new}):

@@ -20,6 +20,7 @@ from fhir_node.outcome import FHIRError, error, fail
 from fhir_node.registry import kind, require
 from fhir_node.rules import billing, death, principal
 from fhir_node.rules.patients import patient_of
+from fhir_node.search.limits import Limits
 from fhir_node.security import policy
 from fhir_node.store import repository
 from fhir_node.store.repository import ConcurrentWrite, Version
@@ -55,7 +56,7 @@ def create(node: Node, res_type: str, body: Any, if_none_exist: str | None = Non
     with transaction(node) as conn:
         if if_none_exist is not None:
             node.db.lock(conn, f"write:{res_type}")
-            ids = unique_match(conn, res_type, if_none_exist)
+            ids = unique_match(conn, res_type, if_none_exist, Limits.of(node.settings))
             if ids:
                 found = repository.current(conn, res_type, ids[0])
                 if found is not None:
@@ -147,7 +148,7 @@ def conditional_update(node: Node, res_type: str, query: str, body: Any, if_matc
     given = body.get("id")
     with transaction(node) as conn:
         node.db.lock(conn, f"write:{res_type}")
-        ids = unique_match(conn, res_type, query)
+        ids = unique_match(conn, res_type, query, Limits.of(node.settings))
         if ids and given not in (None, ids[0]):
             raise fail(400, "invalid", f"Body id '{given}' is not the matching {res_type}/{ids[0]}", f"{res_type}.id")
         target = ids[0] if ids else given
@@ -188,13 +189,13 @@ def conditional_delete(node: Node, res_type: str, query: str, if_match: str | No
     expected = parse_if_match(if_match)
     with transaction(node) as conn:
         node.db.lock(conn, f"write:{res_type}")
-        ids = unique_match(conn, res_type, query)
+        ids = unique_match(conn, res_type, query, Limits.of(node.settings))
         return delete_in(conn, res_type, ids[0], expected) if ids else None
 
 
-def unique_match(conn: Connection, res_type: str, query: str) -> list[str]:
+def unique_match(conn: Connection, res_type: str, query: str, limits: Limits) -> list[str]:
     """The id matching a conditional operation's criteria (none or one); several is a 412."""
-    ids = matching(conn, res_type, query)
+    ids = matching(conn, res_type, query, limits)
     if len(ids) > 1:
         raise fail(412, "multiple-matches", f"The criteria '{query}' match more than one {res_type}")
     return ids

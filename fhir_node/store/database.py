@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import threading
+import time
 import zlib
 from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -15,6 +19,36 @@ from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK = zlib.crc32(b"fhir-node:migrate")
+#: SQLite asks the progress handler whether to stop every this many virtual-machine steps.
+_PROGRESS_STEPS = 1000
+
+
+class Cancel:
+    """Stops the statements one request runs, from another thread (its client went away): SQLite's
+    progress handler sees the flag, a PostgreSQL statement in flight gets a cancel request."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self._running: set[Any] = set()
+        self._guard = threading.Lock()
+
+    def fire(self) -> None:
+        with self._guard:
+            self.cancelled = True
+            for dbapi_conn in self._running:
+                if hasattr(dbapi_conn, "cancel_safe"):
+                    dbapi_conn.cancel_safe()
+
+    def running(self, dbapi_conn: Any, now: bool) -> None:
+        with self._guard:
+            if now:
+                self._running.add(dbapi_conn)
+            else:
+                self._running.discard(dbapi_conn)
+
+
+#: The Cancel of the request whose statements run in this context (None: nothing can cancel them).
+cancelling: ContextVar[Cancel | None] = ContextVar("cancelling", default=None)
 
 
 def normalise_url(url: str) -> str:
@@ -28,18 +62,32 @@ def normalise_url(url: str) -> str:
 class Database:
     """One engine; `write()` is a transaction that takes the write lock up front, `read()` a snapshot."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, statement_timeout: float | None = None, write_wait: float = 120) -> None:
+        """`statement_timeout`: seconds after which a statement is cancelled (None: never, for the CLI's long
+        jobs); `write_wait`: seconds a writer waits for the write lock another holds."""
         self.url = normalise_url(url)
+        self.statement_timeout = statement_timeout
+        self.write_wait = write_wait
         self._writing: ContextVar[Connection | None] = ContextVar(f"writing:{id(self)}", default=None)
         parsed = make_url(self.url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            self.engine = create_engine(self.url, connect_args={"check_same_thread": False})
-            _tune_sqlite(self.engine)
+            self.engine = create_engine(
+                self.url, connect_args={"check_same_thread": False}, execution_options={"write_wait": write_wait}
+            )
+            _tune_sqlite(self.engine, statement_timeout, write_wait)
         else:
-            self.engine = create_engine(self.url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+            self.engine = create_engine(
+                self.url,
+                pool_size=10,
+                max_overflow=20,
+                pool_pre_ping=True,
+                connect_args=_pg_options(statement_timeout),
+                execution_options={"write_wait": write_wait},
+            )
+        _track_statements(self.engine)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
@@ -81,8 +129,9 @@ class Database:
         """Bring the schema to the newest revision; PostgreSQL workers starting together take turns."""
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as conn:
+        with self.engine.execution_options(statement_timeout=None).begin() as conn:
             if not self.is_sqlite:
+                conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
@@ -92,23 +141,83 @@ class Database:
 
 
 def lock(conn: Connection, key: str) -> None:
-    """Serialise writers on `key` until `conn` commits (PostgreSQL; SQLite writers are already serial)."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(key.encode())})
+    """Serialise writers on `key` until `conn` commits (PostgreSQL; SQLite writers are already serial),
+    waiting at most the engine's `write_wait` seconds, not the statement timeout (past it lock_timeout fails
+    the statement: a 503). One round trip: the SETs and the lock travel in one simple-query message."""
+    if conn.dialect.name != "postgresql":
+        return
+    k = zlib.crc32(key.encode())
+    wait = conn.get_execution_options().get("write_wait")
+    if wait is None:
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": k})
+        return
+    conn.exec_driver_sql(
+        f"SET LOCAL lock_timeout = {int(wait * 1000)}; SET LOCAL statement_timeout = 0; "
+        f"SELECT pg_advisory_xact_lock({k}); RESET statement_timeout; RESET lock_timeout"
+    )
 
 
-def _tune_sqlite(engine: Engine) -> None:
-    """WAL for concurrent readers, a busy timeout, and explicit BEGIN so `write()` can say IMMEDIATE."""
+def _pg_options(statement_timeout: float | None) -> dict[str, str]:
+    """Every PostgreSQL session gets the statement timeout (the server cancels what runs longer)."""
+    return {"options": f"-c statement_timeout={int(statement_timeout * 1000)}"} if statement_timeout else {}
+
+
+def _track_statements(engine: Engine) -> None:
+    """While a statement runs, the request's Cancel (if any) knows its connection."""
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _started(conn, _cursor, _statement, _params, _context, _many) -> None:  # type: ignore[no-untyped-def]
+        cancel = cancelling.get()
+        if cancel is not None:
+            cancel.running(conn.connection.dbapi_connection, True)
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _ended(conn, _cursor, _statement, _params, _context, _many) -> None:  # type: ignore[no-untyped-def]
+        cancel = cancelling.get()
+        if cancel is not None:
+            cancel.running(conn.connection.dbapi_connection, False)
+
+    @event.listens_for(engine, "handle_error")
+    def _failed(context) -> None:  # type: ignore[no-untyped-def]
+        cancel = cancelling.get()
+        if cancel is not None and context.connection is not None and context.connection.connection is not None:
+            cancel.running(context.connection.connection.dbapi_connection, False)
+
+
+def _tune_sqlite(engine: Engine, statement_timeout: float | None, write_wait: float) -> None:
+    """WAL for concurrent readers, a busy timeout of `write_wait` (writers queue for the lock rather than
+    fail), explicit BEGIN so `write()` can say IMMEDIATE, and a progress handler that stops a statement
+    past its deadline or when its request is cancelled (SQLite has no statement timeout of its own)."""
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(dbapi_conn, record) -> None:  # type: ignore[no-untyped-def]
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=10000")
+        cur.execute(f"PRAGMA busy_timeout={int(write_wait * 1000)}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
+        statement: dict[str, Any] = {"deadline": math.inf, "cancel": None}
+        record.info["statement"] = statement
+
+        def stop() -> bool:
+            cancel = statement["cancel"]
+            return time.monotonic() > statement["deadline"] or (cancel is not None and cancel.cancelled)
+
+        dbapi_conn.set_progress_handler(stop, _PROGRESS_STEPS)
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn, record) -> None:  # type: ignore[no-untyped-def]
+        if "statement" in record.info:
+            record.info["statement"].update(deadline=math.inf, cancel=None)
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _deadline(conn, _cursor, _statement, _params, _context, _many) -> None:  # type: ignore[no-untyped-def]
+        timeout = conn.get_execution_options().get("statement_timeout", statement_timeout)
+        statement = conn.info["statement"]
+        statement["deadline"] = time.monotonic() + timeout if timeout else math.inf
+        statement["cancel"] = cancelling.get()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
