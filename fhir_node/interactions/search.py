@@ -153,12 +153,14 @@ def _shown_total(total: int | None, node: Node) -> dict[str, Any]:
     return bundle_total(total, policy.count_minimum(node.settings.small_cell_min))
 
 
-def matching(conn: Connection, res_type: str, query: str, limits: Limits, limit: int = 2) -> list[str]:
-    """Ids matching a conditional operation's criteria (If-None-Exist, conditional update/delete)."""
+def matching(conn: Connection, res_type: str, query: str, limits: Limits | None, limit: int = 2) -> list[str]:
+    """Ids matching a conditional operation's criteria (If-None-Exist, conditional update/delete), within
+    the node's `limits` (None: a query the node wrote itself, one criterion, not a client's)."""
     params = parse_query(query.lstrip("?"))
     if not params:
         raise fail(400, "invalid", "Conditional operations need search criteria")
-    limits.check(params)
+    if limits is not None:
+        limits.check(params)
     parsed = _parse(registry(), res_type, params, lenient=False)
     if parsed.result:
         raise fail(400, "invalid", f"Only filters may be used as conditions, not {', '.join(parsed.result)}")

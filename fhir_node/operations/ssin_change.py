@@ -54,7 +54,7 @@ def ssin_change(node: Node, _query: list[tuple[str, str]], body: Any, res_id: st
             raise fail(422, "business-rule", f"The current SSIN is not valid: {problem}", "Patient.identifier")
         for name in Patient(frozenset({res_id}), frozenset({old, new})).lock_names():  # as rules.principal does
             lock(conn, name)
-        if set(matching(conn, "Patient", f"identifier={ssin_token(new)}", MANY)) - {res_id}:
+        if set(matching(conn, "Patient", f"identifier={ssin_token(new)}", None, MANY)) - {res_id}:
             raise fail(409, "conflict", "Another Patient already carries the new SSIN", "Parameters.parameter")
         renamed = _relinked(orjson.loads(found.content), old, new, identifier_only=True)
         write.update_in(

@@ -71,7 +71,7 @@ def patient_of(conn: Connection, reference: dict[str, Any]) -> Patient:
     if ssin is not None:
         ssins.add(ssin)
     for value in sorted(ssins):
-        ids.update(matching(conn, "Patient", f"identifier={ssin_token(value)}", MANY))
+        ids.update(matching(conn, "Patient", f"identifier={ssin_token(value)}", None, MANY))
     return Patient(frozenset(ids), frozenset(ssins))
 
 
@@ -82,7 +82,7 @@ def inclusions_of(conn: Connection, patient: Patient, criteria: str = "") -> set
     queries = [f"patient=Patient/{i}" for i in sorted(patient.ids)]
     for value in sorted(patient.ssins):
         queries += [f"patient:identifier={ssin_token(value)}", f"patient.identifier={ssin_token(value)}"]
-    return {found for q in queries for found in matching(conn, "EpisodeOfCare", q + extra, MANY)}
+    return {found for q in queries for found in matching(conn, "EpisodeOfCare", q + extra, None, MANY)}
 
 
 def referring(conn: Connection, ssin: str) -> dict[str, set[str]]:
@@ -94,7 +94,7 @@ def referring(conn: Connection, ssin: str) -> dict[str, set[str]]:
             continue
         for param in registry().of(res_type).values():
             if param.type == "reference" and (not param.targets or "Patient" in param.targets):
-                ids = matching(conn, res_type, f"{param.code}:identifier={ssin_token(ssin)}", MANY)
+                ids = matching(conn, res_type, f"{param.code}:identifier={ssin_token(ssin)}", None, MANY)
                 found.setdefault(res_type, set()).update(ids)
     return {t: ids for t, ids in found.items() if ids}
 
