@@ -21,6 +21,7 @@ import httpx
 import jwt
 import orjson
 import uvicorn
+from access_data import consent
 from jwt_keys import ISSUER, TestIssuer, jwt_settings
 from live_node import free_port, serve_node
 from starlette.applications import Starlette
@@ -29,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from fhir_node.federation.backend_services import ASSERTION_SECONDS, ASSERTION_TYPE
+from fhir_node.rules.small_cells import bundle_total
 
 SSIN_SYSTEM = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/ssin"
 
@@ -149,8 +151,9 @@ def _oauth_error(error: str, description: str, status: int = 400) -> Response:
 @dataclass
 class FaultProxy:
     """`/{route}/...` forwards to a node's base after a fault: `delay` seconds of silence, `busy` answers
-    first (status, Retry-After) before forwarding, `broken` a 500 instead, `garbage` a 200 web page instead.
-    `hits` counts the requests each route received."""
+    first (status, Retry-After) before forwarding, `broken` a 500 instead, `garbage` a 200 web page instead,
+    `masked` a count Bundle whose total the node withheld (small-cell suppression). `hits` counts the
+    requests each route received."""
 
     routes: dict[str, dict[str, Any]] = field(default_factory=dict)
     hits: Counter[str] = field(default_factory=Counter)
@@ -174,6 +177,9 @@ class FaultProxy:
             return Response(orjson.dumps(outcome), 500, media_type="application/fhir+json")
         if route.get("garbage"):
             return Response("<html><body>Welcome to nginx!</body></html>", 200, media_type="text/html")
+        if route.get("masked"):  # a node withholding its own small count
+            withheld = {"resourceType": "Bundle", "type": "searchset"} | bundle_total(1, 5)
+            return Response(orjson.dumps(withheld), 200, media_type="application/fhir+json")
         url = f"{route['target']}/{request.path_params['path']}"
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "accept")}
         async with httpx.AsyncClient() as client:
@@ -220,6 +226,8 @@ def _load_episodes(target: Any, episodes: dict[str, str]) -> None:
     entries: list[dict[str, Any]] = [
         _put({"resourceType": "Patient", "id": "p1", "identifier": [{"system": SSIN_SYSTEM, "value": "85073003328"}]})
     ]
+    # The central index is an aggregator: it sees only patients whose research consent is an active permit.
+    entries.append(_put({**consent("Patient/p1"), "id": "c1"}))
     entries += [
         _put({"resourceType": "EpisodeOfCare", "id": rid, "status": status, "patient": {"reference": "Patient/p1"}})
         for rid, status in episodes.items()

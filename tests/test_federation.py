@@ -89,7 +89,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         proxy_base = stack.enter_context(serve_asgi(proxy.app()))
         folders = {name: tmp_path_factory.mktemp(name) for name in DATA}
         node_databases(folders, DATA)
-        env = {"FHIR_NODE_AUDIT": "true", "FHIR_NODE_LOG_LEVEL": "WARNING"}
+        # The nodes' own small-cell suppression off: what is tested is the federation's, after summing.
+        env = {"FHIR_NODE_AUDIT": "true", "FHIR_NODE_LOG_LEVEL": "WARNING", "FHIR_NODE_SMALL_CELL_MIN": "0"}
         envs = {name: {**tokens.node_env(name), **env} for name in DATA}
         bases = stack.enter_context(serve_nodes(folders, envs, stopped={"west"}))
         proxy.routes["slow-east"] = {"target": bases["east"], "delay": SLOW_SECONDS}
@@ -159,6 +160,13 @@ def test_small_counts_are_suppressed_after_summing_never_per_node(world: World) 
     assert stricter.total is None and stricter.as_json() == {"nodes": stricter.as_json()["nodes"], "total": None}
     nothing = search(world, "EpisodeOfCare?status=cancelled&_summary=count", north, south)
     assert nothing.total == 0 and not nothing.suppressed
+
+
+def test_a_count_a_node_withheld_leaves_no_sum_to_publish(world: World) -> None:
+    world.proxy.routes["masked"] = {"target": world.bases["north"], "masked": True}
+    answer = search(world, COUNT, world.node("north"), world.node("south", via="masked", key="ec"))
+    assert [(r.name, r.ok) for r in answer.nodes] == [("north", True), ("masked", True)]
+    assert answer.total is None and answer.suppressed and answer.as_json()["total"] is None
 
 
 def test_a_search_merges_every_page_with_each_nodes_full_urls(world: World, capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,6 +19,7 @@ from fhir_node import __version__
 from fhir_node.federation.backend_services import TokenSource
 from fhir_node.federation.calls import CONNECTION_ERRORS, Busy, Failure, json_body, send, why
 from fhir_node.federation.nodes import Node
+from fhir_node.rules import small_cells
 
 #: A search relative to a node's base: `Type?params`, `Type/_history?...`, or `?params` (all types).
 _QUERY = re.compile(r"(?:[A-Z][A-Za-z]+(?:/[A-Za-z0-9_$.\-]+)*)?(?:\?.*)?", re.DOTALL)
@@ -136,8 +137,10 @@ class Federation:
         reports = [report for report, _ in asked]
         if is_count:
             counts = [count for report, count in asked if report.ok]
-            total = sum(counts) if counts else None  # no node answered: nothing to sum
-            suppressed = total is not None and 0 < total < self.suppress_below
+            # A node that withheld its own small count (None) leaves no exact sum to publish.
+            masked = None in counts
+            total = sum(counts) if counts and not masked else None  # no node answered: nothing to sum
+            suppressed = masked or (total is not None and 0 < total < self.suppress_below)
             return Answer(query, reports, True, None if suppressed else total, suppressed)
         entries = tuple((node.name, entry) for node, (_, got) in zip(self.nodes, asked, strict=True) for entry in got)
         return Answer(query, reports, False, entries=entries)
@@ -192,8 +195,12 @@ class Federation:
             raise Failure("the answer is not a FHIR searchset Bundle", response.status_code)
         return body
 
-    async def _count(self, node: Node, query: str, deadline: float) -> int:
-        total = (await self._get(node, f"{node.url}/{query}", deadline)).get("total")
+    async def _count(self, node: Node, query: str, deadline: float) -> int | None:
+        """The node's count; None when the node withheld it as a small cell (its own suppression)."""
+        bundle = await self._get(node, f"{node.url}/{query}", deadline)
+        total = bundle.get("total")
+        if total is None and small_cells.masked(bundle):
+            return None
         if isinstance(total, bool) or not isinstance(total, int) or total < 0:
             raise Failure("the count Bundle has no total", 200)
         return total

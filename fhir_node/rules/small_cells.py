@@ -30,3 +30,9 @@ def bundle_total(count: int | None, minimum: int | None) -> dict[str, Any]:
     if minimum is None or not suppressed(count, minimum):
         return {"total": count}
     return {"_total": {"extension": [{"url": DATA_ABSENT_REASON, "valueCode": "masked"}]}}
+
+
+def masked(bundle: dict[str, Any]) -> bool:
+    """Whether a Bundle's total was withheld this way (by this node or another one)."""
+    extensions = (bundle.get("_total") or {}).get("extension") or []
+    return any(e.get("url") == DATA_ABSENT_REASON and e.get("valueCode") == "masked" for e in extensions)
