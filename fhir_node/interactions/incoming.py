@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from fhir_node.outcome import FHIRError, fail
+from fhir_node.rules import minimisation
 from fhir_node.validation.structure import validate_structure
 from fhir_node.validation.validator import ERRORS, conformance
 
@@ -32,7 +33,7 @@ def parse_body(raw: bytes) -> Any:
 
 def check_resource(body: Any, res_type: str, url_id: str | None = None, *, enforce_profiles: bool) -> dict[str, Any]:
     """The resource to store, or a 400 listing every structural problem, or (enforcing profiles) a 422
-    listing where it does not conform. `url_id` is set for updates."""
+    listing where it does not conform, or what data minimisation forbids storing. `url_id` is set for updates."""
     if not isinstance(body, dict):
         raise fail(400, "structure", "The body must be a JSON object holding one resource")
     given = body.get("resourceType")
@@ -48,6 +49,7 @@ def check_resource(body: Any, res_type: str, url_id: str | None = None, *, enfor
     issues = [i for i in validate_structure(body) if i.severity in ERRORS]
     if issues:
         raise FHIRError(400, issues)
+    minimisation.check(body)
     if enforce_profiles:
         refused = [i for i in conformance(body) if i.severity in ERRORS]
         if refused:
