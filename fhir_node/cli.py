@@ -1,4 +1,5 @@
-"""The `fhir-node` command: serve, migrate, reindex, keygen, rekey, load, synth. Flags override the FHIR_NODE_* environment."""
+"""The `fhir-node` command: serve, migrate, reindex, keygen, rekey, load, synth. Flags override the
+FHIR_NODE_* environment."""
 
 from __future__ import annotations
 

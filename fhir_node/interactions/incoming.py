@@ -49,7 +49,7 @@ def check_resource(body: Any, res_type: str, url_id: str | None = None, *, enfor
     issues = [i for i in validate_structure(body) if i.severity in ERRORS]
     if issues:
         raise FHIRError(400, issues)
-    minimisation.check(body)
+    minimisation.check(body, demographics=enforce_profiles)
     if enforce_profiles:
         refused = [i for i in conformance(body) if i.severity in ERRORS]
         if refused:

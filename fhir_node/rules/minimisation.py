@@ -1,9 +1,11 @@
 """Data minimisation (deliberation 18/053, annex items 3-6): the node keeps a patient's SSIN, pseudonymised,
-and nothing that the National Register shows anyway. A Patient's name, birth date, address and telecom
-are refused by our `bihr-patient` profile (FHIR_NODE_ENFORCE_PROFILES, on by default, on every write path);
-this rule adds what no profile can say and holds whatever that setting: no SSIN anywhere but as the value
-of an SSIN Identifier, the one place it is pseudonymised (in a narrative, a display or a note it would
-rest in clear)."""
+and nothing that the National Register shows anyway.
+
+- A Patient's name, birth date, address and telecom are refused whenever the node enforces profiles
+  (FHIR_NODE_ENFORCE_PROFILES, the default), on every write path, whether or not the Patient declares our
+  `bihr-patient` profile (a Patient declaring none would otherwise be held to base R4 only).
+- Whatever that setting, no SSIN anywhere but as the value of an SSIN Identifier, the one place it is
+  pseudonymised: in a narrative, a display or a note it would rest in clear."""
 
 from __future__ import annotations
 
@@ -12,11 +14,22 @@ from typing import Any
 from fhir_node.outcome import FHIRError, error
 from fhir_node.security.relationships import SSIN
 
-def check(resource: dict[str, Any]) -> None:
-    """422 naming each element that holds an SSIN outside an SSIN Identifier's value."""
+
+#: What the National Register shows, and the node must not keep.
+PATIENT_NOT_STORED = ("name", "birthDate", "address", "telecom")
+
+
+def check(resource: dict[str, Any], demographics: bool) -> None:
+    """422 naming each element that must not be stored (`demographics`: a Patient's too)."""
+    res_type = resource["resourceType"]
     issues = [
+        error("business-rule", f"A Patient's {element} is not stored (data minimisation)", f"Patient.{element}")
+        for element in PATIENT_NOT_STORED
+        if demographics and res_type == "Patient" and element in resource
+    ]
+    issues += [
         error("business-rule", "An SSIN may only appear as the value of an SSIN identifier", where)
-        for where in _elsewhere(resource, set(_ssins(resource)), resource["resourceType"])
+        for where in _elsewhere(resource, set(_ssins(resource)), res_type)
     ]
     if issues:
         raise FHIRError(422, issues)
