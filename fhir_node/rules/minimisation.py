@@ -14,7 +14,6 @@ from typing import Any
 from fhir_node.outcome import FHIRError, error
 from fhir_node.security.relationships import SSIN
 
-
 #: What the National Register shows, and the node must not keep.
 PATIENT_NOT_STORED = ("name", "birthDate", "address", "telecom")
 
