@@ -222,6 +222,10 @@ def run_gets(
 
 @contextlib.contextmanager
 def database(kind: str, tmp: Path) -> Iterator[str]:
+    """A database URL, with a pseudonym key file made for it (the server's, and `load_direct`'s)."""
+    key = tmp / "pseudonym.key"
+    keyring.keygen(key)
+    os.environ["FHIR_NODE_PSEUDONYM_KEY_FILE"] = str(key)
     if kind == "sqlite":
         yield f"sqlite:///{tmp / 'bench.db'}"
         return
@@ -251,9 +255,6 @@ def main() -> None:
             from fhir_node.store.database import Database
 
             Database(url).migrate()
-        key = tmp / "pseudonym.key"
-        keyring.keygen(key)
-        os.environ["FHIR_NODE_PSEUDONYM_KEY_FILE"] = str(key)  # the server's, and --load direct's
         env = {
             "FHIR_NODE_LOG_LEVEL": "WARNING",
             "FHIR_NODE_ENFORCE_PROFILES": "false",
