@@ -43,6 +43,8 @@ class Keyring:
         self.current = keys[0][0]
         #: `clear` under the current key, cached: the same SSINs come back request after request.
         self.seal = lru_cache(maxsize=65536)(lambda clear, context: self._under(self.current, clear, context))
+        #: The clear value of a pseudonym made by one of these keys for `context`, else None; cached too.
+        self.open = lru_cache(maxsize=65536)(self._open)
 
     @property
     def kids(self) -> frozenset[str]:
@@ -78,8 +80,7 @@ class Keyring:
         sealed = self._keys[kid].encrypt(clear.encode(), [context])
         return f"{kid}.{base64.urlsafe_b64encode(sealed).rstrip(b'=').decode()}"
 
-    def open(self, token: str, context: bytes) -> str | None:
-        """The clear value of a pseudonym made by one of these keys for `context`, else None."""
+    def _open(self, token: str, context: bytes) -> str | None:
         m = _TOKEN.fullmatch(token)
         if m is None or m.group(1) not in self._keys:
             return None
