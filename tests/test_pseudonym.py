@@ -248,6 +248,8 @@ def test_a_clear_ssin_outside_an_ssin_identifier_is_refused(client: TestClient) 
     }
     r = client.post("/fhir/EpisodeOfCare", json=noted, headers=FHIR_JSON)
     assert r.status_code == 422 and r.json()["issue"][0]["expression"] == ["EpisodeOfCare.patient.display"]
+    r = client.put(f"/fhir/Patient/{P3}", json={"resourceType": "Patient", "id": P3}, headers=FHIR_JSON)
+    assert r.status_code == 422 and r.json()["issue"][0]["expression"] == ["Patient.id"]
     assert client.get("/fhir/Patient?_summary=count").json()["total"] == 0
 
 

@@ -5,13 +5,15 @@ and nothing that the National Register shows anyway.
   (FHIR_NODE_ENFORCE_PROFILES, the default), on every write path, whether or not the Patient declares our
   `bihr-patient` profile (a Patient declaring none would otherwise be held to base R4 only).
 - Whatever that setting, no SSIN anywhere but as the value of an SSIN Identifier, the one place it is
-  pseudonymised: in a narrative, a display or a note it would rest in clear."""
+  pseudonymised: in a narrative, a display or a note it would rest in clear; nor as a resource id."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fhir_node.outcome import FHIRError, error
+from fhir_node.rules.check_digits import ssin_error
+from fhir_node.rules.pseudonym import holds_ssin
 from fhir_node.security.relationships import SSIN
 
 #: What the National Register shows, and the node must not keep.
@@ -26,10 +28,14 @@ def check(resource: dict[str, Any], demographics: bool) -> None:
         for element in PATIENT_NOT_STORED
         if demographics and res_type == "Patient" and element in resource
     ]
+    ssins = set(_ssins(resource)) if holds_ssin(resource) else set()
     issues += [
         error("business-rule", "An SSIN may only appear as the value of an SSIN identifier", where)
-        for where in _elsewhere(resource, set(_ssins(resource)), res_type)
+        for where in _elsewhere(resource, ssins, res_type)
     ]
+    res_id = resource.get("id")
+    if isinstance(res_id, str) and res_id.isdigit() and ssin_error(res_id) is None:
+        issues.append(error("business-rule", "An SSIN may not be a resource id (in clear)", f"{res_type}.id"))
     if issues:
         raise FHIRError(422, issues)
 

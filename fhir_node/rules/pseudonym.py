@@ -39,8 +39,8 @@ Fix = Callable[[dict[str, Any], str | None], dict[str, Any]]
 def protect(resource: dict[str, Any]) -> dict[str, Any]:
     """The resource as it may rest: every SSIN Identifier's value pseudonymised (a value that is already one
     of the node's pseudonyms stays as it is). The published guide's resources are left alone."""
-    if resource.get("resourceType") in CONFORMANCE_TYPES or _SYSTEM not in orjson.dumps(resource):
-        return resource  # (serialising is ~10x cheaper than walking a resource that holds no SSIN)
+    if resource.get("resourceType") in CONFORMANCE_TYPES or not holds_ssin(resource):
+        return resource
     ring = installed()
 
     def fix(identifier: dict[str, Any], _res_type: str | None) -> dict[str, Any]:
@@ -49,6 +49,11 @@ def protect(resource: dict[str, Any]) -> dict[str, Any]:
         return _marked(identifier, token)
 
     return _walk(resource, fix, None)
+
+
+def holds_ssin(resource: dict[str, Any]) -> bool:
+    """Whether the resource names the SSIN system at all (serialising it is ~10x cheaper than walking it)."""
+    return _SYSTEM in orjson.dumps(resource)
 
 
 def clear(resource: dict[str, Any]) -> dict[str, Any]:
