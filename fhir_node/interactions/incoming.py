@@ -49,11 +49,11 @@ def check_resource(body: Any, res_type: str, url_id: str | None = None, *, enfor
     issues = [i for i in validate_structure(body) if i.severity in ERRORS]
     if issues:
         raise FHIRError(400, issues)
-    minimisation.check(body, demographics=enforce_profiles)
     if enforce_profiles:
         refused = [i for i in conformance(body) if i.severity in ERRORS]
         if refused:
             raise FHIRError(422, refused)
+    minimisation.check(body, demographics=enforce_profiles)  # after the profiles, which say it in their terms
     return body
 
 
