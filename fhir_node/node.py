@@ -25,9 +25,9 @@ class Node:
         ring = keyring.keyring_for(settings)
         keyring.install(ring)
         node = cls(settings, Database(settings.database_url))
-        if settings.auto_migrate:
+        if settings.auto_migrate:  # the start of a node (`serve` migrates once before its workers start)
             node.migrate()
-        check_keys(node.db, ring)
+            check_keys(node.db, ring)
         return node
 
     def migrate(self) -> None:
