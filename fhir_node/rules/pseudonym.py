@@ -75,6 +75,13 @@ def shown(body: bytes) -> bytes:
     return orjson.dumps(_walk(orjson.loads(body), _view(current().principal), None))
 
 
+def shown_lines(ndjson: bytes) -> bytes:
+    """NDJSON (a bulk export file) as the current caller may see it, line by line."""
+    if _MARKED not in ndjson:
+        return ndjson
+    return b"\n".join(shown(line) if line else line for line in ndjson.split(b"\n"))
+
+
 def _view(principal: Principal) -> Fix:
     ring = installed()
     role = principal.role
