@@ -37,6 +37,7 @@ from live_node import serve_node  # noqa: E402
 from postgres_server import start_postgres  # noqa: E402
 
 from fhir_node.rules import check_digits  # noqa: E402
+from fhir_node.security import keyring  # noqa: E402
 
 SSIN = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/ssin"
 NIHDI = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/nihdi"
@@ -140,9 +141,11 @@ def load_direct(database_url: str, resources: list[dict[str, Any]], batch: int =
     """Write through the node's store (validation, index rows, versions) without HTTP, in batches."""
     from fhir_node.interactions.incoming import check_resource
     from fhir_node.interactions.write import create_in
+    from fhir_node.settings import Settings
     from fhir_node.store.batch import batched
     from fhir_node.store.database import Database
 
+    keyring.install(keyring.keyring_for(Settings(database_url=database_url)))  # the server's key
     db = Database(database_url)
     ids = []
     for start in range(0, len(resources), batch):
@@ -219,6 +222,10 @@ def run_gets(
 
 @contextlib.contextmanager
 def database(kind: str, tmp: Path) -> Iterator[str]:
+    """A database URL, with a pseudonym key file made for it (the server's, and `load_direct`'s)."""
+    key = tmp / "pseudonym.key"
+    keyring.keygen(key)
+    os.environ["FHIR_NODE_PSEUDONYM_KEY_FILE"] = str(key)
     if kind == "sqlite":
         yield f"sqlite:///{tmp / 'bench.db'}"
         return

@@ -1,4 +1,5 @@
-"""The `fhir-node` command: serve, migrate, reindex, load, synth. Flags override the FHIR_NODE_* environment."""
+"""The `fhir-node` command: serve, migrate, reindex, keygen, rekey, load, synth. Flags override the
+FHIR_NODE_* environment."""
 
 from __future__ import annotations
 
@@ -142,8 +143,13 @@ def serve(args: argparse.Namespace) -> int:
 
     configure(settings.log_level)
     from fhir_node.node import Node
+    from fhir_node.security.keyring import KeyProblem
 
-    Node.from_settings(settings).db.dispose()  # migrate once, before any worker starts
+    try:
+        Node.from_settings(settings).db.dispose()  # migrate once, before any worker starts
+    except KeyProblem as exc:
+        print(f"fhir-node: {exc}", file=sys.stderr)
+        return 2
     os.environ["FHIR_NODE_AUTO_MIGRATE"] = "false"
     uvicorn.run(
         "fhir_node.app:create_app",
@@ -210,6 +216,40 @@ def retention(args: argparse.Namespace) -> int:
     return 0
 
 
+def keygen(args: argparse.Namespace) -> int:
+    from fhir_node.security.keyring import KeyProblem
+    from fhir_node.security.keyring import keygen as write_key
+
+    try:
+        kid = write_key(Path(args.path), rotate=args.rotate)
+    except KeyProblem as exc:
+        print(f"fhir-node: {exc}", file=sys.stderr)
+        return 2
+    done = "added to" if args.rotate else "written to"
+    print(f"fhir-node: pseudonym key {kid} {done} {args.path} (readable by its owner only)")
+    return 0
+
+
+def rekey(args: argparse.Namespace) -> int:
+    from fhir_node.security import keyring
+    from fhir_node.store.database import Database
+    from fhir_node.store.pseudonyms import rekey as rewrite
+
+    settings = _settings(args)
+    try:
+        ring = keyring.keyring_for(settings)
+    except keyring.KeyProblem as exc:
+        print(f"fhir-node: {exc}", file=sys.stderr)
+        return 2
+    keyring.install(ring)
+    db = Database(settings.database_url)
+    db.migrate()
+    count = rewrite(db, progress=lambda n: print(f"fhir-node: {n} versions re-pseudonymised", file=sys.stderr))
+    db.dispose()
+    print(f"fhir-node: {count} stored versions re-pseudonymised under key {ring.current}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fhir-node", description="FHIR R4 node of a BIHR data holder")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -237,6 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--apply", dest="apply", action="store_true", help="remove it, one AuditEvent per removal")
     _add_setting_flags(p)
     p.set_defaults(run=retention, apply=False)
+    p = sub.add_parser("keygen", help="write a new SSIN pseudonym key file, or add a new key to one (--rotate)")
+    p.add_argument("path", help="the key file (FHIR_NODE_PSEUDONYM_KEY_FILE)")
+    p.add_argument("--rotate", action="store_true", help="put a new current key first, keep the older ones")
+    p.set_defaults(run=keygen)
+    p = sub.add_parser("rekey", help="re-pseudonymise the stored SSINs under the key file's current key")
+    _add_setting_flags(p)
+    p.set_defaults(run=rekey)
     validation_cli.add_parser(sub)
     load.add_parser(sub)
     audit_cli.add_parser(sub)

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fhir_node.conformance.published import synchronise
+from fhir_node.security import keyring
 from fhir_node.settings import Settings
 from fhir_node.store.database import Database
+from fhir_node.store.pseudonyms import check_keys
 
 
 @dataclass
@@ -18,10 +20,15 @@ class Node:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Node:
+        """The node, its SSIN pseudonym keys loaded (`keyring.KeyProblem` when they are missing, or when the
+        store holds pseudonyms of keys the file lacks, or SSINs in clear)."""
+        ring = keyring.keyring_for(settings)
+        keyring.install(ring)
         db = Database(settings.database_url, settings.statement_timeout_seconds, settings.write_wait_seconds)
         node = cls(settings, db)
-        if settings.auto_migrate:
+        if settings.auto_migrate:  # the start of a node (`serve` migrates once before its workers start)
             node.migrate()
+            check_keys(node.db, ring)
         return node
 
     def migrate(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -33,6 +34,11 @@ class Settings(BaseSettings):
         None,
         description="Comma-separated addresses of the proxies that terminate TLS in front of the node; "
         "their X-Forwarded-* headers (and only theirs) are trusted.",
+    )
+    pseudonym_key_file: Path | None = Field(
+        None,
+        description="The SSIN pseudonym keys (`fhir-node keygen PATH`); required unless FHIR_NODE_AUTH=none on "
+        "SQLite, where a key file is created beside the database.",
     )
     coordinator_max_count: int = Field(50, gt=0, description="Page size cap for psi-coordinator searches.")
     small_cell_min: int = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -19,6 +20,7 @@ from postgres_server import (
 from starlette.testclient import TestClient
 
 from fhir_node.app import create_app
+from fhir_node.security.keyring import keygen
 from fhir_node.settings import Settings
 
 # The REST-core, search and bundle suites test base R4 with minimal resources: every Settings they build
@@ -27,6 +29,12 @@ os.environ.setdefault("FHIR_NODE_ENFORCE_PROFILES", "false")
 # Likewise they count versions and history entries exactly, so the node's own AuditEvents are off there;
 # the security and audit suites (and test_audit_on) turn them on.
 os.environ.setdefault("FHIR_NODE_AUDIT", "false")
+# One SSIN pseudonym key for the session, so every node a test builds (PostgreSQL and jwt ones too, which
+# refuse to start without one) and every `fhir-node serve` it starts reads what the others wrote.
+if "FHIR_NODE_PSEUDONYM_KEY_FILE" not in os.environ:
+    _KEY = Path(tempfile.mkdtemp(prefix="fhir-node-key-")) / "pseudonym.key"
+    keygen(_KEY)
+    os.environ["FHIR_NODE_PSEUDONYM_KEY_FILE"] = str(_KEY)
 
 
 @pytest.fixture(scope="session")

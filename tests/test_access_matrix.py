@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from access_data import World, consent, episode, headers, secured
+from access_data import SSIN, World, consent, episode, headers, secured
 from starlette.testclient import TestClient
 
 Secured = tuple[TestClient, World]
@@ -305,9 +305,10 @@ def test_a_patient_sees_who_accessed_their_data(fresh: Secured) -> None:
         agent.get("altId")
         for e in mine["entry"]
         for agent in e["resource"]["agent"]
-        if agent.get("who", {}).get("identifier", {}).get("value") == "79121203389"
+        if agent.get("who", {}).get("identifier", {}).get("system") == SSIN
     ]
-    assert "18780485003" in readers
+    assert "18780485003" in readers  # the provider's NIHDI number; their SSIN is not the patient's to see
+    assert "79121203389" not in str(mine)
     theirs = search(client, "patient", f"AuditEvent?patient={w.ref('P2')}")
     assert theirs.get("entry", []) == []
 

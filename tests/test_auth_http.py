@@ -17,6 +17,7 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from fhir_node.app import create_app
+from fhir_node.rules.pseudonym import clear
 from fhir_node.settings import Settings
 from fhir_node.store.schema import resources
 from fhir_node.validation.validator import has_errors, validate
@@ -106,7 +107,9 @@ def test_every_audit_event_the_node_writes_conforms_to_its_profile(world: Secure
     }
     search = queries["GET /fhir/EpisodeOfCare?status=active"]
     user = next(a for a in search["agent"] if a["type"]["coding"][0]["code"] == "IRCP")
-    assert user["who"]["identifier"]["value"] == "79121203389" and user["altId"] == "18780485003"
+    assert user["altId"] == "18780485003"
+    assert user["who"]["identifier"]["value"] != "79121203389"  # it rests pseudonymised
+    assert clear(user["who"])["identifier"]["value"] == "79121203389"
     assert user["role"][0]["coding"][0]["code"] == "provider"
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
-from access_data import World, consent, headers, load, secured, serving_jwt
+from access_data import P1, P2, P3, World, consent, headers, load, secured, serving_jwt
 from starlette.testclient import TestClient
 
 from fhir_node.node import Node
@@ -111,7 +111,8 @@ def test_the_aggregator_exports_only_consented_patients_and_their_data(exported:
     manifest = finish(client, "aggregator", kick_off(client, "aggregator"))
     assert manifest["requiresAccessToken"] is True and manifest["error"] == []
     assert manifest["request"].endswith("/$export") and manifest["transactionTime"]
-    got = names(w, contents(client, "aggregator", manifest))
+    found = contents(client, "aggregator", manifest)
+    got = names(w, found)
     assert got == {
         "EpisodeOfCare": {"A1", "B1", "A3", "B3"},
         "Consent": {"C1", "C3"},
@@ -119,6 +120,10 @@ def test_the_aggregator_exports_only_consented_patients_and_their_data(exported:
         "Organization": {"orgA", "orgB", "orgPh"},
         "Practitioner": {"drX", "drY"},
     }
+    # no SSIN in clear: the aggregator's own pseudonyms, the ones its reads give it
+    exported_p1 = next(p for p in found["Patient"] if p["id"] == w.ids["P1"])["identifier"]
+    assert exported_p1 == client.get(f"/fhir/{w.ref('P1')}", headers=headers("aggregator")).json()["identifier"]
+    assert P1 not in str(found) and P3 not in str(found)
 
 
 def test_the_operator_exports_a_patient_compartment_by_type(exported: Secured) -> None:
@@ -126,8 +131,9 @@ def test_the_operator_exports_a_patient_compartment_by_type(exported: Secured) -
     url = kick_off(
         client, "operator", "Patient/$export?_type=Patient,EpisodeOfCare&_outputFormat=application/fhir%2Bndjson"
     )
-    got = names(w, contents(client, "operator", finish(client, "operator", url)))
-    assert got == {"Patient": {"P1", "P2", "P3"}, "EpisodeOfCare": {"A1", "B1", "B2", "A3", "B3"}}
+    found = contents(client, "operator", finish(client, "operator", url))
+    assert names(w, found) == {"Patient": {"P1", "P2", "P3"}, "EpisodeOfCare": {"A1", "B1", "B2", "A3", "B3"}}
+    assert {p["identifier"][0]["value"] for p in found["Patient"]} == {P1, P2, P3}  # the operator's: clear
 
 
 def test_a_group_export_covers_its_current_members_the_caller_may_see(exported: Secured) -> None:

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_node.api.failures import CLIENT_GONE, classify
 from fhir_node.outcome import error, operation_outcome
+from fhir_node.rules.pseudonym import scrub
 
 access_log = logging.getLogger("fhir_node.access")
 error_log = logging.getLogger("fhir_node.errors")
@@ -59,6 +60,7 @@ class RequestContext:
             status = await _unexpected(send_with_id, exc, rid)
         finally:
             path = scope["path"] + (f"?{scope['query_string'].decode('latin-1')}" if scope["query_string"] else "")
+            path = scrub(path)  # no SSIN in clear in a log (`identifier=ssin|...`)
             fields = {
                 "request_id": rid,
                 "method": scope["method"],

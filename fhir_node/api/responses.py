@@ -11,6 +11,7 @@ from starlette.responses import Response
 
 from fhir_node.api.negotiate import FHIR_JSON, Negotiated
 from fhir_node.outcome import Issue, operation_outcome
+from fhir_node.rules.pseudonym import shown
 from fhir_node.store.repository import Version
 
 
@@ -26,7 +27,8 @@ def version_headers(v: Version, base: str, location: bool = False) -> dict[str, 
 
 
 def fhir_response(neg: Negotiated, body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(neg.render(body), status, headers, media_type=neg.media_type)
+    """Every answer holding resources: their SSINs as the caller may see them (`rules.pseudonym`)."""
+    return Response(neg.render(shown(body)), status, headers, media_type=neg.media_type)
 
 
 def outcome_response(issues: list[Issue], status: int, headers: dict[str, str] | None = None) -> Response:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from fhir_node.rules.pseudonym import protect, scrub
 from fhir_node.security.access import Access, Record
 from fhir_node.security.relationships import SSIN
 from fhir_node.store.repository import instant, now
@@ -94,7 +95,7 @@ def _agents(
         user: dict[str, Any] = {
             "type": _concept(("http://terminology.hl7.org/CodeSystem/v3-ParticipationType", user_type)),
             "role": [role],
-            "who": {"identifier": {"system": SSIN, "value": p.sub}},
+            "who": protect({"identifier": {"system": SSIN, "value": p.sub}}),
             "requestor": True,
         }
         if p.nihdi or p.psi:
@@ -111,7 +112,7 @@ def _entities(access: Access, record: Record, profile: str | None, patients: lis
         }
     ]
     if profile == "query" or record.interaction == "operation":  # an operation says which, with what
-        query = f"{record.method} {record.path}" + (f"?{record.query}" if record.query else "")
+        query = scrub(f"{record.method} {record.path}" + (f"?{record.query}" if record.query else ""))
         entities.append(
             {
                 "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},

@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from fhir_node.outcome import FHIRError, fail
+from fhir_node.rules import minimisation
 from fhir_node.validation.structure import validate_structure
 from fhir_node.validation.validator import ERRORS, conformance
 
@@ -100,7 +101,7 @@ def _repeated_key(raw: bytes) -> str:
 
 def check_resource(body: Any, res_type: str, url_id: str | None = None, *, enforce_profiles: bool) -> dict[str, Any]:
     """The resource to store, or a 400 listing every structural problem, or (enforcing profiles) a 422
-    listing where it does not conform. `url_id` is set for updates."""
+    listing where it does not conform, or what data minimisation forbids storing. `url_id` is set for updates."""
     if not isinstance(body, dict):
         raise fail(400, "structure", "The body must be a JSON object holding one resource")
     given = body.get("resourceType")
@@ -120,6 +121,7 @@ def check_resource(body: Any, res_type: str, url_id: str | None = None, *, enfor
         refused = [i for i in conformance(body) if i.severity in ERRORS]
         if refused:
             raise FHIRError(422, refused)
+    minimisation.check(body, demographics=enforce_profiles)  # after the profiles, which say it in their terms
     return body
 
 

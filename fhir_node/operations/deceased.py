@@ -12,14 +12,13 @@ import re
 from datetime import date
 from typing import Any
 
-import orjson
-
 from fhir_node.datetimes import date_range
 from fhir_node.interactions import write
 from fhir_node.interactions.incoming import check_id, check_resource
 from fhir_node.node import Node
 from fhir_node.operations.notice import one, patient
 from fhir_node.outcome import fail
+from fhir_node.rules.patients import in_clear
 from fhir_node.store import repository
 
 NAME = "deceased"
@@ -36,7 +35,7 @@ def deceased(node: Node, _query: list[tuple[str, str]], body: Any, res_id: str) 
         raise fail(422, "business-rule", f"A death on {day} would be in the future", "Parameters.parameter.valueDate")
     with write.transaction(node) as conn:
         found = patient(conn, NAME, res_id)
-        stored = orjson.loads(found.content)
+        stored = in_clear(found.content)
         if stored.get("deceasedDateTime") == day:
             closed: tuple[repository.Version, ...] = ()
         else:

@@ -26,6 +26,7 @@ from fhir_node.interactions.incoming import single_values
 from fhir_node.node import Node
 from fhir_node.outcome import fail
 from fhir_node.registry import CONFORMANCE_TYPES, KINDS
+from fhir_node.rules.pseudonym import shown_lines
 from fhir_node.security import policy
 from fhir_node.security.access import current
 from fhir_node.security.principal import Principal, Scopes
@@ -142,9 +143,11 @@ def file_segments(node: Node, job_id: str, name: str) -> Iterator[bytes]:
 
 
 def _segments(node: Node, seqs: list[int]) -> Iterator[bytes]:
+    """Files rest with the node's pseudonyms; the owner gets the SSINs it may see (the aggregator its own)."""
     for seq in seqs:
         with node.db.read() as conn:
-            yield conn.execute(select(export_files.c.content).where(export_files.c.seq == seq)).scalar_one()
+            segment = conn.execute(select(export_files.c.content).where(export_files.c.seq == seq)).scalar_one()
+        yield shown_lines(segment)
 
 
 def file_name(res_type: str, part: int) -> str:

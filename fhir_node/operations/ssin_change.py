@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from fhir_node.interactions import write
 from fhir_node.interactions.incoming import check_id, check_resource
 from fhir_node.interactions.search import matching
@@ -23,7 +21,7 @@ from fhir_node.node import Node
 from fhir_node.operations.notice import one, patient
 from fhir_node.outcome import fail
 from fhir_node.rules.check_digits import ssin_error
-from fhir_node.rules.patients import MANY, Patient, patient_ssins, referring, ssin_token
+from fhir_node.rules.patients import MANY, Patient, in_clear, patient_ssins, referring, ssin_token
 from fhir_node.security.relationships import SSIN
 from fhir_node.store import repository
 from fhir_node.store.database import lock
@@ -56,7 +54,7 @@ def ssin_change(node: Node, _query: list[tuple[str, str]], body: Any, res_id: st
             lock(conn, name)
         if set(matching(conn, "Patient", f"identifier={ssin_token(new)}", None, MANY)) - {res_id}:
             raise fail(409, "conflict", "Another Patient already carries the new SSIN", "Parameters.parameter")
-        renamed = _relinked(orjson.loads(found.content), old, new, identifier_only=True)
+        renamed = _relinked(in_clear(found.content), old, new, identifier_only=True)
         write.update_in(
             conn, "Patient", res_id, check_resource(renamed, "Patient", res_id, enforce_profiles=enforce), None
         )
@@ -65,7 +63,7 @@ def ssin_change(node: Node, _query: list[tuple[str, str]], body: Any, res_id: st
             for ref_id in sorted(ids):
                 current = repository.current(conn, res_type, ref_id, for_update=True)
                 assert current is not None and current.content is not None  # a search just found it
-                resource = _relinked(orjson.loads(current.content), old, new)
+                resource = _relinked(in_clear(current.content), old, new)
                 checked = check_resource(resource, res_type, ref_id, enforce_profiles=enforce)
                 changed.append(write.update_in(conn, res_type, ref_id, checked, None).version)
     return _answer(res_id, changed)

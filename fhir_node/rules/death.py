@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection
 
 from fhir_node.datetimes import date_range
 from fhir_node.rules.inclusion import RUNNING, Inclusion
-from fhir_node.rules.patients import Patient, inclusions_of, patient_of
+from fhir_node.rules.patients import Patient, in_clear, inclusions_of, patient_of
 from fhir_node.store import repository
 
 
@@ -36,7 +35,7 @@ def closures(conn: Connection, patient_id: str, resource: dict[str, Any]) -> lis
         found = repository.current(conn, "EpisodeOfCare", res_id)
         if found is None or found.content is None:
             continue
-        content = orjson.loads(found.content)
+        content = in_clear(found.content)
         closed = closed_on(content, day)
         if closed != content:
             out.append((res_id, closed))
@@ -47,7 +46,7 @@ def closed_for(conn: Connection, patient: Patient, resource: dict[str, Any]) -> 
     """The EpisodeOfCare `resource` of `patient`, closed if a stored Patient it refers to is deceased."""
     for patient_id in sorted(patient.ids):
         found = repository.current(conn, "Patient", patient_id)
-        day = death_day(orjson.loads(found.content)) if found is not None and found.content else None
+        day = death_day(in_clear(found.content)) if found is not None and found.content else None
         if day is not None:
             return closed_on(resource, day)
     return resource

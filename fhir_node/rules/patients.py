@@ -15,6 +15,7 @@ from sqlalchemy import Connection
 from fhir_node.interactions.search import matching
 from fhir_node.registry import CONFORMANCE_TYPES, KINDS
 from fhir_node.rules.inclusion import INCLUSION_STATUS, Inclusion
+from fhir_node.rules.pseudonym import clear
 from fhir_node.search.registry import registry
 from fhir_node.security.relationships import SSIN
 from fhir_node.store import repository
@@ -49,11 +50,16 @@ def ssin_of(reference: dict[str, Any]) -> str | None:
     return value if ident.get("system") == SSIN and isinstance(value, str) else None
 
 
+def in_clear(content: bytes) -> dict[str, Any]:
+    """A stored resource as the rules reason about it: its SSINs in clear, not as the pseudonyms they rest as."""
+    return clear(orjson.loads(content))
+
+
 def patient_ssins(content: bytes | None) -> list[str]:
     """The SSINs a stored Patient carries."""
     if content is None:
         return []
-    return [i["value"] for i in orjson.loads(content).get("identifier", []) if i.get("system") == SSIN and "value" in i]
+    return [i["value"] for i in in_clear(content).get("identifier", []) if i.get("system") == SSIN and "value" in i]
 
 
 def patient_of(conn: Connection, reference: dict[str, Any]) -> Patient:
@@ -109,7 +115,7 @@ def loaded(conn: Connection, ids: Iterable[str]) -> dict[str, Inclusion]:
     for res_id in sorted(ids):
         found = repository.current(conn, "EpisodeOfCare", res_id)
         if found is not None and found.content is not None:
-            out[res_id] = Inclusion.of(res_id, orjson.loads(found.content))
+            out[res_id] = Inclusion.of(res_id, in_clear(found.content))
     return out
 
 

@@ -14,13 +14,12 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
-import orjson
 from sqlalchemy import Connection, select, true
 
 from fhir_node.audit import chain
 from fhir_node.audit.events import build
 from fhir_node.rules.inclusion import Inclusion
-from fhir_node.rules.patients import patient_of, patient_ssins, referring
+from fhir_node.rules.patients import in_clear, patient_of, patient_ssins, referring
 from fhir_node.security.access import Access, Record
 from fhir_node.security.principal import LOCAL_OPERATOR
 from fhir_node.store import repository
@@ -89,7 +88,7 @@ def _due(conn: Connection, before: datetime) -> list[str]:
 def _excluded_before(conn: Connection, res_id: str, before: datetime, lock: bool = False) -> bool:
     """Whether the inclusion's (last) period ended before `before`; `lock` holds its row until commit."""
     content = _content(conn, res_id, lock)
-    return content is not None and Inclusion.of(res_id, orjson.loads(content)).span()[1] < before
+    return content is not None and Inclusion.of(res_id, in_clear(content)).span()[1] < before
 
 
 def _content(conn: Connection, res_id: str, lock: bool = False) -> bytes | None:
@@ -107,7 +106,7 @@ def _patients(conn: Connection, res_id: str) -> set[str]:
     content = _content(conn, res_id)
     if content is None:
         return set()
-    patient = patient_of(conn, Inclusion.of(res_id, orjson.loads(content)).reference)
+    patient = patient_of(conn, Inclusion.of(res_id, in_clear(content)).reference)
     return {p for p in patient.ids if repository.current(conn, "Patient", p) is not None}
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import ColumnElement, FromClause, Select, Table, and_, false, li
 
 from fhir_node.datetimes import date_range
 from fhir_node.outcome import error
+from fhir_node.rules import pseudonym
 from fhir_node.search.parse import Criterion, SearchError, split_prefix, unescape
 from fhir_node.search.values import fold, number_range
 from fhir_node.security import policy
@@ -162,7 +163,7 @@ def _token(t: FromClause, value: str, modifier: str | None, c: Criterion, _base:
             raise SearchError(error("value", f"{c.name} needs type-system|type-code|value, got '{value}'", c.name))
         return and_(t.c.type_system == parts[0], t.c.type_code == parts[1], t.c.code == parts[2])
     if len(parts) == 1:
-        return t.c.code == parts[0]
+        return _code(t.c.code, parts[0], None)
     if len(parts) != 2:
         raise SearchError(error("value", f"{c.name}: a token is [system|]code, got '{value}'", c.name))
     system, code = parts
@@ -170,7 +171,17 @@ def _token(t: FromClause, value: str, modifier: str | None, c: Criterion, _base:
         return and_(t.c.system.is_(None), t.c.code == code)
     if not code:
         return t.c.system == system
-    return and_(t.c.system == system, t.c.code == code)
+    return and_(t.c.system == system, _code(t.c.code, code, system))
+
+
+def _code(column: Any, value: str, system: str | None) -> ColumnElement[bool]:
+    """A code or identifier value equal to `value`; SSINs rest pseudonymised, so an SSIN (or a value that
+    may be one, when no system is given) is looked for as its pseudonyms."""
+    if system == pseudonym.SSIN:
+        return column.in_(pseudonym.search_forms(value))
+    if system is None and pseudonym.may_be_ssin(value):
+        return or_(column == value, column.in_(pseudonym.search_forms(value)))
+    return column == value
 
 
 def _string(t: FromClause, value: str, modifier: str | None, _c: Criterion, _base: str = "") -> ColumnElement[bool]:
@@ -260,9 +271,11 @@ def _reference(t: FromClause, value: str, modifier: str | None, c: Criterion, ba
     if modifier == "identifier":
         parts = _UNESCAPED_PIPE.split(value)
         if len(parts) == 1:
-            return t.c.id_value == unescape(parts[0])
+            return _code(t.c.id_value, unescape(parts[0]), None)
         system, ident = (unescape(p) for p in parts[:2])
-        return and_(t.c.id_system == system, t.c.id_value == ident) if system else t.c.id_value == ident
+        if not system:
+            return _code(t.c.id_value, ident, None)
+        return and_(t.c.id_system == system, _code(t.c.id_value, ident, system))
     if text.startswith(base + "/"):
         text = text[len(base) + 1 :]
     local = re.fullmatch(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?", text)

@@ -15,8 +15,10 @@ from sqlalchemy import ColumnElement, Connection, FromClause, Select, Table, and
 from fhir_node.outcome import FHIRError, fail
 from fhir_node.rules.billing import BILLING_PERIOD
 from fhir_node.rules.inclusion import INCLUSION_STATUS
+from fhir_node.rules.pseudonym import protect
 from fhir_node.rules.research_consent import consented
 from fhir_node.security.access import current
+from fhir_node.security.keyring import installed
 from fhir_node.security.relationships import NIHDI_SYSTEMS, SSIN
 from fhir_node.security.rules import (
     BULK_EXPORT,
@@ -201,7 +203,7 @@ def _check_mutable(res_type: str, before: dict[str, Any], after: dict[str, Any])
     paths = MUTABLE.get(role, {}).get(res_type)
     if role == "operator" or (res_type in MUTABLE.get(role, {}) and paths is None):
         return
-    if paths is None or _without(before, paths) != _without(after, paths):
+    if paths is None or _without(before, paths) != _without(protect(after), paths):  # `before` is as stored
         raise fail(403, "forbidden", f"Your role may only change {', '.join(paths or ()) or 'nothing'} here")
 
 
@@ -255,11 +257,11 @@ def _indexed(
 
 
 def _own_patients() -> Select[Any]:
-    """The Patients carrying the caller's SSIN."""
+    """The Patients carrying the caller's SSIN (as it rests: pseudonymised)."""
     t = idx_token.alias()
-    sub = current().principal.sub
+    stored = installed().forms(current().principal.sub)
     return select(t.c.res_id).where(
-        t.c.res_type == "Patient", t.c.param == "identifier", t.c.system == SSIN, t.c.code == sub
+        t.c.res_type == "Patient", t.c.param == "identifier", t.c.system == SSIN, t.c.code.in_(stored)
     )
 
 

@@ -14,6 +14,7 @@ import orjson
 from sqlalchemy import Connection, and_, false, or_, select
 
 from fhir_node.search.values import dates, references
+from fhir_node.security.keyring import installed
 from fhir_node.security.principal import Principal
 from fhir_node.settings import Settings
 from fhir_node.store.schema import idx_reference, idx_token, resources
@@ -127,11 +128,14 @@ def _covers(period: dict[str, Any] | None, at: datetime) -> bool:
 
 
 def _patients_with_ssin(conn: Connection, ssins: set[str]) -> set[str]:
-    """Ids of the live Patients carrying one of these SSINs."""
+    """Ids of the live Patients carrying one of these SSINs (pseudonyms, possibly of an older key than the
+    Patient's: each is looked up under every key)."""
     if not ssins:
         return set()
+    ring = installed()
+    stored = {form for ssin in ssins for form in ring.forms(ssin)}
     t = idx_token.c
-    q = select(t.res_id).where(t.res_type == "Patient", t.param == "identifier", t.system == SSIN, t.code.in_(ssins))
+    q = select(t.res_id).where(t.res_type == "Patient", t.param == "identifier", t.system == SSIN, t.code.in_(stored))
     return set(conn.scalars(q))
 
 

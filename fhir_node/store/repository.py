@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, delete, select, update
 
+from fhir_node.rules.pseudonym import protect
 from fhir_node.search.index import write_index
 from fhir_node.store.batch import add_rows
 from fhir_node.store.schema import INDEX_TABLES, resource_versions, resources
@@ -122,10 +123,10 @@ def write(
     method: str,
 ) -> Version:
     """Store the next version after `previous` (None: first version); resource None means a deletion.
-    `method` (POST, PUT, DELETE) is how it was written, as history shows it."""
+    `method` (POST, PUT, DELETE) is how it was written, as history shows it. SSINs rest pseudonymised."""
     ts = now()
     version_id = previous.version_id + 1 if previous else 1
-    stored = stored_form(resource, res_id, version_id, ts) if resource is not None else None
+    stored = stored_form(protect(resource), res_id, version_id, ts) if resource is not None else None
     content = orjson.dumps(stored) if stored is not None else None
     values = {"version_id": version_id, "last_updated": ts, "content": content}
     if previous is None:
