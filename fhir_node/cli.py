@@ -21,6 +21,7 @@ from fhir_node.api.protocol import BoundedHead
 from fhir_node.audit import cli as audit_cli
 from fhir_node.conformance import package
 from fhir_node.federation import cli as federation_cli
+from fhir_node.security.keyring import Keyring
 from fhir_node.settings import Settings
 from fhir_node.validation import cli as validation_cli
 
@@ -197,8 +198,11 @@ def retention(args: argparse.Namespace) -> int:
     from fhir_node.store.repository import instant, now
 
     settings = _settings(args)
+    if _keys(settings) is None:
+        return 2
     before = cutoff(now().date(), settings.inclusion_retention_years)
     db = Database(settings.database_url)
+    db.migrate()
     try:
         done = run(db, before, apply=args.apply)
     finally:
@@ -216,6 +220,20 @@ def retention(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(settings: Settings) -> Keyring | None:
+    """The node's SSIN pseudonym keys, installed for a command that reads or writes stored SSINs; None (said
+    on stderr) when they cannot be loaded."""
+    from fhir_node.security import keyring
+
+    try:
+        ring = keyring.keyring_for(settings)
+    except keyring.KeyProblem as exc:
+        print(f"fhir-node: {exc}", file=sys.stderr)
+        return None
+    keyring.install(ring)
+    return ring
+
+
 def keygen(args: argparse.Namespace) -> int:
     from fhir_node.security.keyring import KeyProblem
     from fhir_node.security.keyring import keygen as write_key
@@ -231,17 +249,13 @@ def keygen(args: argparse.Namespace) -> int:
 
 
 def rekey(args: argparse.Namespace) -> int:
-    from fhir_node.security import keyring
     from fhir_node.store.database import Database
     from fhir_node.store.pseudonyms import rekey as rewrite
 
     settings = _settings(args)
-    try:
-        ring = keyring.keyring_for(settings)
-    except keyring.KeyProblem as exc:
-        print(f"fhir-node: {exc}", file=sys.stderr)
+    ring = _keys(settings)
+    if ring is None:
         return 2
-    keyring.install(ring)
     db = Database(settings.database_url)
     db.migrate()
     count = rewrite(db, progress=lambda n: print(f"fhir-node: {n} versions re-pseudonymised", file=sys.stderr))
