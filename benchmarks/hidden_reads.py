@@ -23,9 +23,10 @@ import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from access_data import headers, secured  # noqa: E402
-from postgres_server import start_postgres  # noqa: E402
+from search_load import database  # noqa: E402
 
 
 def main() -> None:
@@ -33,12 +34,8 @@ def main() -> None:
     ap.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
     ap.add_argument("--reads", type=int, default=500)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.database == "sqlite":
-            run(f"sqlite:///{tmp}/node.db", args.reads)
-        else:
-            with start_postgres() as server, server.fresh_database() as url:
-                run(url, args.reads)
+    with tempfile.TemporaryDirectory() as tmp, database(args.database, Path(tmp)) as url:
+        run(url, args.reads)
 
 
 def run(url: str, reads: int) -> None:
