@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import sys
@@ -29,8 +30,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from federation_servers import FaultProxy, TokenServer, node_databases, serve_asgi, serve_nodes  # noqa: E402
+from search_load import pseudonym_key  # noqa: E402
 
 from fhir_node.federation import Auth, Federation, Node  # noqa: E402
 from fhir_node.federation.nodes import thumbprint  # noqa: E402
@@ -114,6 +117,8 @@ def main() -> None:
         folders = {name: Path(tmp) / name for name in names}
         for folder in folders.values():
             folder.mkdir()
+        pseudonym_key(Path(tmp))  # the nodes run with FHIR_NODE_AUTH=jwt: their key is the operator's to give
+        os.environ["FHIR_NODE_ENFORCE_PROFILES"] = "false"  # minimal data, as in tests/test_federation.py
         node_databases(folders, data)
         envs = {
             name: {

@@ -221,11 +221,16 @@ def run_gets(
 
 
 @contextlib.contextmanager
-def database(kind: str, tmp: Path) -> Iterator[str]:
-    """A database URL, with a pseudonym key file made for it (the server's, and `load_direct`'s)."""
+def pseudonym_key(tmp: Path) -> None:
+    """A pseudonym key file in `tmp` for the nodes this process starts or loads directly."""
     key = tmp / "pseudonym.key"
     keyring.keygen(key)
     os.environ["FHIR_NODE_PSEUDONYM_KEY_FILE"] = str(key)
+
+
+def database(kind: str, tmp: Path) -> Iterator[str]:
+    """A database URL, with a pseudonym key file made for it (the server's, and `load_direct`'s)."""
+    pseudonym_key(tmp)
     if kind == "sqlite":
         yield f"sqlite:///{tmp / 'bench.db'}"
         return
