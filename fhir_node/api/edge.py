@@ -57,8 +57,10 @@ class Edge:
             return
 
         async def secured(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            if message["type"] == "http.response.start":  # an answer's own choice (a web page's CSP) stands
+                headers = message.get("headers", [])
+                present = {name.lower() for name, _ in headers}
+                message["headers"] = [*headers, *((k, v) for k, v in SECURITY_HEADERS if k not in present)]
             await send(message)
 
         problem = self._problem(scope)

@@ -36,7 +36,12 @@ COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     "CareTeam": (("Status", "status"), ("Patient", "subject.reference"), ("Members", "participant.member.reference")),
     "AuditEvent": (
         ("When", "recorded"),
-        ("Who", f"{_REQUESTOR}.who.identifier.value | {_REQUESTOR}.who.display"),
+        # A person by their NIHDI or PSI number when they have one: their SSIN is shown only to themselves.
+        (
+            "Who",
+            f"iif({_REQUESTOR}.altId.exists(), {_REQUESTOR}.altId, "
+            f"iif({_REQUESTOR}.who.identifier.exists(), {_REQUESTOR}.who.identifier.value, {_REQUESTOR}.who.display))",
+        ),
         ("Role", f"{_REQUESTOR}.role.coding.code"),
         ("Did", "subtype.code"),
         ("Outcome", "iif(outcomeDesc.exists(), outcomeDesc, outcome)"),

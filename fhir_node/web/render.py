@@ -18,12 +18,11 @@ STATIC = HERE / "static"
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
+#: What pages need besides the headers every answer gets (`api.edge`: no-store, nosniff): their own CSP,
+#: which lets their stylesheet load and their forms submit, and no referrer (URLs carry search values).
 HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-    "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
-    # Pages may show a person's data: no shared or browser cache keeps them.
-    "Cache-Control": "no-store",
 }
 
 
