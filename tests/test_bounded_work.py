@@ -262,9 +262,11 @@ def test_heavy_searches_leave_health_answering(database_url: str, tmp_path: Path
             for w in workers:
                 w.join()
         searching, answering = statistics.median(search_times), statistics.median(health)
-        assert searching > 0.05, search_times  # the load is real: each search outlasts the bound on /health
-        bound = 0.05 if database_url.startswith("sqlite") else searching / 2
-        assert answering < bound, (answering, searching)
+        # Waiting behind the searches (as on the event loop before) would take about a search or more; how
+        # long a search takes depends on the machine, so the bound is relative, and 50 ms on SQLite too.
+        assert answering < searching / 2, (answering, searching)
+        if database_url.startswith("sqlite"):
+            assert answering < 0.05, (answering, searching)
 
 
 def test_a_big_transaction_makes_a_concurrent_small_write_wait_not_fail(database_url: str, tmp_path: Path) -> None:
