@@ -13,6 +13,7 @@ fetched or expanded.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from html.parser import HTMLParser
 
 # fmt: off
@@ -46,14 +47,17 @@ _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _STYLE_HAZARDS = re.compile(r"url\s*\(|expression\s*\(|@import|javascript:|behavior\s*:|-moz-binding", re.IGNORECASE)
 
 
-def narrative_problems(div: str) -> list[str]:
-    """What breaks txt-1 or txt-2 in one `div` value, each problem once; [] when it is a safe narrative."""
+@lru_cache(maxsize=256)
+def narrative_problems(div: str) -> tuple[str, ...]:
+    """What breaks txt-1 or txt-2 in one `div` value, each problem once; () when it is a safe narrative.
+    Both the structure check (every xhtml value) and the `htmlChecks()` invariant ask about the same div in
+    one write: remembered, it is parsed once."""
     checker = _Checker()
     checker.feed(div)
     checker.close()
     if not checker.content:
         checker.problem("txt-2: the narrative has no content (text or an image)")
-    return list(dict.fromkeys(checker.problems))
+    return tuple(dict.fromkeys(checker.problems))
 
 
 class _Checker(HTMLParser):
