@@ -67,7 +67,7 @@ def parser() -> argparse.ArgumentParser:
         type=_positive(int),
         default=5,
         metavar="N",
-        help="withhold a summed count from 1 to N-1 (small-cell suppression; default %(default)s)",
+        help="withhold a summed count below N, 0 included (small-cell suppression; default %(default)s)",
     )
     return p
 

@@ -104,7 +104,7 @@ class Federation:
     ```
     `timeout`: seconds for a node's whole answer (token, retries and pages included) unless its entry in the nodes
     file sets one; `retries`: further tries after a 429, a 503 or a failed connection; `suppress_below`: a summed
-    count from 1 to this minus one is withheld (small-cell suppression).
+    count below this, zero included, is withheld (`small_cells.suppressed`, the nodes' own rule).
     """
 
     def __init__(
@@ -140,7 +140,7 @@ class Federation:
             # A node that withheld its own small count (None) leaves no exact sum to publish.
             masked = None in counts
             total = sum(counts) if counts and not masked else None  # no node answered: nothing to sum
-            suppressed = masked or (total is not None and 0 < total < self.suppress_below)
+            suppressed = masked or (total is not None and small_cells.suppressed(total, self.suppress_below))
             return Answer(query, reports, True, None if suppressed else total, suppressed)
         entries = tuple((node.name, entry) for node, (_, got) in zip(self.nodes, asked, strict=True) for entry in got)
         return Answer(query, reports, False, entries=entries)

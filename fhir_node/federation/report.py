@@ -30,7 +30,7 @@ def as_table(answer: Answer, suppress_below: int) -> str:
     lines.append("")
     if answer.is_count:
         if answer.suppressed:
-            lines.append(f"total: suppressed (between 1 and {suppress_below - 1})")
+            lines.append(f"total: suppressed (a small cell: below {suppress_below}, or withheld by a node)")
         else:
             lines.append(f"total: {answer.total}")
     else:
