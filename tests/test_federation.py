@@ -28,6 +28,7 @@ from fhir_node.federation import Federation, NodesFileError, QueryError, load_no
 from fhir_node.federation.calls import retry_after
 from fhir_node.federation.fanout import parse_query
 from fhir_node.federation.nodes import thumbprint
+from fhir_node.rules import small_cells
 
 COUNT = "EpisodeOfCare?status=active&_summary=count"
 ACTIVE = "EpisodeOfCare?status=active&_count=2"
@@ -153,6 +154,7 @@ def test_small_counts_are_suppressed_after_summing_never_per_node(world: World) 
     north, south = world.node("north"), world.node("south", key="ec")
     alone = search(world, COUNT, south)  # 2 on its own
     assert alone.total is None and alone.suppressed and alone.as_json()["total"] is None
+    assert small_cells.masked(alone.bundle()) and "total" not in alone.bundle()
     both = search(world, COUNT, north, south)  # 3 + 2: each small, the sum is not
     assert both.total == 5 and not both.suppressed
     assert both.bundle() == {"resourceType": "Bundle", "type": "searchset", "total": 5}

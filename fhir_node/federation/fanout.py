@@ -85,13 +85,10 @@ class Answer:
         return {"nodes": nodes, "entries": [entry for _, entry in self.entries]}
 
     def bundle(self) -> dict[str, Any]:
-        """The merged answer as a searchset Bundle."""
+        """The merged answer as a searchset Bundle; a suppressed count masked as a node masks its own."""
         if self.is_count:
-            return {
-                "resourceType": "Bundle",
-                "type": "searchset",
-                **({} if self.total is None else {"total": self.total}),
-            }
+            total = small_cells.withheld() if self.suppressed else small_cells.bundle_total(self.total, None)
+            return {"resourceType": "Bundle", "type": "searchset", **total}
         return {"resourceType": "Bundle", "type": "searchset", "entry": [entry for _, entry in self.entries]}
 
 

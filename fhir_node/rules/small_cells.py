@@ -29,6 +29,11 @@ def bundle_total(count: int | None, minimum: int | None) -> dict[str, Any]:
         return {}
     if minimum is None or not suppressed(count, minimum):
         return {"total": count}
+    return withheld()
+
+
+def withheld() -> dict[str, Any]:
+    """The Bundle fields of a withheld total (the masked `_total`), for callers that decided it themselves."""
     return {"_total": {"extension": [{"url": DATA_ABSENT_REASON, "valueCode": "masked"}]}}
 
 
