@@ -33,18 +33,11 @@ class Failure(Exception):
 
 
 class Busy(Exception):
-    """A 429 or 503 answer, raised so that it is retried; what is left when the retries run out."""
+    """A 429 or 503 answer, raised so that tenacity retries it; `send` turns the last one into a Failure."""
 
     def __init__(self, response: httpx.Response) -> None:
         super().__init__(response.status_code)
         self.response = response
-
-    def failure(self) -> Failure:
-        after = self.response.headers.get("retry-after")
-        wait = f" (Retry-After: {after})" if after else ""
-        return Failure(
-            f"HTTP {self.response.status_code}{wait}: still refused when giving up", self.response.status_code
-        )
 
 
 def retry_after(response: httpx.Response) -> float | None:
@@ -68,19 +61,24 @@ def _wait(state: tenacity.RetryCallState) -> float:
 
 async def send(request: Callable[[float], Awaitable[httpx.Response]], deadline: float, retries: int) -> httpx.Response:
     """`request(timeout)`, again while it answers 429/503 or cannot connect, up to `retries` more times and only
-    while the next try could start before `deadline` (time.monotonic()). Raises Busy or the connection error
-    of the last try when giving up."""
+    while the next try could start before `deadline` (time.monotonic()). Raises a Failure (still busy) or the
+    connection error of the last try when giving up."""
     retrying = tenacity.AsyncRetrying(
         stop=tenacity.stop_after_attempt(retries + 1) | tenacity.stop_before_delay(deadline - time.monotonic()),
         wait=_wait,
         retry=tenacity.retry_if_exception_type((Busy, *CONNECTION_ERRORS)),
         reraise=True,
     )
-    async for attempt in retrying:
-        with attempt:
-            response = await request(max(deadline - time.monotonic(), 0.001))
-            if response.status_code in RETRY_STATUSES:
-                raise Busy(response)
+    try:
+        async for attempt in retrying:
+            with attempt:
+                response = await request(max(deadline - time.monotonic(), 0.001))
+                if response.status_code in RETRY_STATUSES:
+                    raise Busy(response)
+    except Busy as busy:
+        status, after = busy.response.status_code, busy.response.headers.get("retry-after")
+        wait = f" (Retry-After: {after})" if after else ""
+        raise Failure(f"HTTP {status}{wait}: still refused when giving up", status) from None
     return response
 
 

@@ -17,7 +17,7 @@ import httpx
 
 from fhir_node import __version__
 from fhir_node.federation.backend_services import TokenSource
-from fhir_node.federation.calls import CONNECTION_ERRORS, Busy, Failure, json_body, send, why
+from fhir_node.federation.calls import CONNECTION_ERRORS, Failure, json_body, send, why
 from fhir_node.federation.nodes import Node
 from fhir_node.rules import small_cells
 
@@ -158,9 +158,6 @@ class Federation:
                 status = 200
         except Failure as exc:
             status, error = exc.status, exc.reason
-        except Busy as exc:
-            failure = exc.failure()
-            status, error = failure.status, failure.reason
         except (TimeoutError, httpx.TimeoutException):
             error = f"no answer within {timeout:g} s"
         except CONNECTION_ERRORS as exc:
