@@ -83,18 +83,22 @@ class ExportRunner:
 
 
 def claim(node: Node) -> str | None:
-    """Take the oldest runnable job whose lease is free (never run, or its worker gone); its id or None."""
+    """Take the oldest runnable job whose lease is free (never run, or its worker gone); its id or None.
+    An idle node finds none: that is asked in a read transaction first, so every worker's poll does not
+    take the write lock (SQLite's BEGIN IMMEDIATE) when there is nothing to claim."""
     j = export_jobs.c
     at = now()
+    runnable = (
+        select(j.id)
+        .where(j.status.in_((ACCEPTED, RUNNING)), or_(j.lease_until.is_(None), j.lease_until < at))
+        .order_by(j.transaction_time)
+        .limit(1)
+    )
+    with node.db.read() as conn:
+        if conn.execute(runnable).first() is None:
+            return None
     with node.db.write() as conn:
-        q = (
-            select(j.id)
-            .where(j.status.in_((ACCEPTED, RUNNING)), or_(j.lease_until.is_(None), j.lease_until < at))
-            .order_by(j.transaction_time)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
-        job_id = conn.execute(q).scalar()
+        job_id = conn.execute(runnable.with_for_update(skip_locked=True)).scalar()
         if job_id is not None:
             mark(conn, job_id, status=RUNNING, lease_until=at + LEASE)
         return job_id
@@ -131,11 +135,15 @@ def step(node: Node, job_id: str) -> bool:
 
 
 def purge(node: Node) -> int:
-    """Delete the jobs (and files) finished more than `export_retention_hours` ago; how many."""
+    """Delete the jobs (and files) finished more than `export_retention_hours` ago; how many. Found in a
+    read transaction (an expired job stays expired), so a poll with nothing to purge writes nothing."""
     j = export_jobs.c
     cutoff = now() - timedelta(hours=node.settings.export_retention_hours)
-    with node.db.write() as conn:
+    with node.db.read() as conn:
         expired = list(conn.execute(select(j.id).where(j.finished.is_not(None), j.finished < cutoff)).scalars())
+    if not expired:
+        return 0
+    with node.db.write() as conn:
         for job_id in expired:
             forget(conn, job_id)
     return len(expired)
