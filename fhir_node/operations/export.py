@@ -55,7 +55,7 @@ ACCEPTED, RUNNING, COMPLETED, FAILED = "accepted", "in-progress", "completed", "
 def kick_off(node: Node, request: str, params: list[tuple[str, str]], level: str, group_id: str | None = None) -> str:
     """A new job for the caller (403 unless its role may export); returns the job id. `request` is the
     kick-off URL (for the manifest); `level` is `system`, `Patient` or `Group`."""
-    policy.require_export()
+    policy.require_operation("export")
     values = single_values(params, _PARAMETERS, "$export")
     fmt = values.get("_outputFormat", NDJSON)
     if fmt not in _FORMATS:

@@ -21,7 +21,6 @@ from fhir_node.security.access import current
 from fhir_node.security.keyring import installed
 from fhir_node.security.relationships import NIHDI_SYSTEMS, SSIN
 from fhir_node.security.rules import (
-    BULK_EXPORT,
     GRANTS,
     MUTABLE,
     OPERATIONS,
@@ -179,12 +178,6 @@ def page_cap(requested: int, default_max: int, coordinator_max: int) -> int:
     if current().principal.role == "psi-coordinator" and requested > coordinator_max:
         raise fail(403, "forbidden", f"A psi-coordinator's pages hold at most {coordinator_max} resources", "_count")
     return min(requested, default_max)
-
-
-def require_export() -> None:
-    """403 unless the caller's role may run a Bulk Data export."""
-    if current().principal.role not in BULK_EXPORT:
-        raise forbidden()
 
 
 def of_patients(res_type: str, patient_ids: Collection[str]) -> ColumnElement[bool]:

@@ -78,10 +78,13 @@ GRANTS: dict[str, Grants] = {
 #: Who may call the node's own operations. `Patient/[id]/$deceased` and `$ssin-change` carry the National
 #: Register's mutation feed (deliberation 18/053, §9), which the node's operator runs: nobody else changes
 #: a patient's identity or closes all of a patient's inclusions in one call. Each write an operation makes
-#: is then checked like any other (the token's scopes too).
+#: is then checked like any other (the token's scopes too). A Bulk Data `$export` (each of what it may
+#: search) is for the central index (consented patients only) and the operator; PSI staff may not (no mass
+#: export, §12), nor anyone else.
 OPERATIONS: dict[str, frozenset[str]] = {
     "deceased": frozenset({"operator"}),
     "ssin-change": frozenset({"operator"}),
+    "export": frozenset({"aggregator", "operator"}),
 }
 
 #: What an update may change, per role and type: top-level elements or `element.child` paths (None:
@@ -99,10 +102,6 @@ MUTABLE: dict[str, dict[str, tuple[str, ...] | None]] = {
 REDACTED_KEEPS = ("resourceType", "id", "meta", "status", "type", "patient", "period")
 #: Search parameters over those kept elements: any other criterion or sort leaves redacted ones out.
 REDACTED_PARAMS = frozenset({"patient", "status", "type", "date", "_id", "_lastUpdated"})
-
-#: Roles that may run a Bulk Data export ($export), each of what it may search: the central index (consented
-#: patients only) and the operator. PSI staff may not (no mass export, §12), nor anyone else.
-BULK_EXPORT = frozenset({"aggregator", "operator"})
 
 #: Roles whose counts (`_summary=count`, Bundle.total) are small-cell suppressed (`fhir_node.rules.small_cells`).
 SUPPRESSED_COUNTS = frozenset({"aggregator"})
