@@ -18,8 +18,15 @@ from fhir_node.search.values import EXTRACTORS
 from fhir_node.settings import Settings
 from fhir_node.validation.definitions import registry as profiles
 
-#: The node's own operations, per type (OperationDefinitions published in profiles/).
-_OWN_OPERATIONS = {"Patient": ((deceased.NAME, deceased.DEFINITION), (ssin_change.NAME, ssin_change.DEFINITION))}
+#: The node's own operations, per type: Bulk Data's, and ours (OperationDefinitions published in profiles/).
+_OWN_OPERATIONS = {
+    "Patient": (
+        ("export", export.DEFINITIONS["Patient"]),
+        (deceased.NAME, deceased.DEFINITION),
+        (ssin_change.NAME, ssin_change.DEFINITION),
+    ),
+    "Group": (("export", export.DEFINITIONS["Group"]),),
+}
 _RELEASED = "2026-11-24"  # the date of this software version, the same on every worker
 
 
@@ -85,7 +92,6 @@ def _resource(res_kind: ResourceKind) -> dict[str, Any]:
             for name, definition in (
                 ("validate", VALIDATE_DEFINITION),
                 *OPERATIONS.get(res_kind.name, ()),
-                *((("export", export.DEFINITIONS[res_kind.name]),) if res_kind.name in export.DEFINITIONS else ()),
                 *_OWN_OPERATIONS.get(res_kind.name, ()),
             )
         ],
