@@ -220,7 +220,6 @@ def run_gets(
     return time.perf_counter() - t0, latencies
 
 
-@contextlib.contextmanager
 def pseudonym_key(tmp: Path) -> None:
     """A pseudonym key file in `tmp` for the nodes this process starts or loads directly."""
     key = tmp / "pseudonym.key"
@@ -228,6 +227,7 @@ def pseudonym_key(tmp: Path) -> None:
     os.environ["FHIR_NODE_PSEUDONYM_KEY_FILE"] = str(key)
 
 
+@contextlib.contextmanager
 def database(kind: str, tmp: Path) -> Iterator[str]:
     """A database URL, with a pseudonym key file made for it (the server's, and `load_direct`'s)."""
     pseudonym_key(tmp)
