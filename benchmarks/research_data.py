@@ -6,6 +6,7 @@ and a node served with JWTs so the same queries can be asked as the aggregator a
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -18,8 +19,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from jwt_keys import TestIssuer, jwt_settings  # noqa: E402
 from live_node import serve_node  # noqa: E402
-from search_load import database  # noqa: E402
+from search_load import database, load_direct  # noqa: E402
 
+from fhir_node.security import keyring  # noqa: E402
 from fhir_node.synth import TYPE_ORDER, Options, synth  # noqa: E402
 
 #: The scenario without its audit trail: the research benchmarks read inclusions, consents and patients.
@@ -31,8 +33,12 @@ CALLERS = {"aggregator": ("bihr-central-index", "aggregator"), "operator": ("nod
 @contextlib.contextmanager
 def kept_or_fresh(kind: str, keep: str | None, tmp: Path) -> Iterator[tuple[str, bool]]:
     """The database to use, and whether it holds the scenario already: `keep` (a SQLite file, reused when it
-    exists), else a fresh one."""
+    exists, with its pseudonym key kept beside it as `keep.key`), else a fresh one."""
     if keep and kind == "sqlite":
+        key = Path(f"{keep}.key").resolve()
+        if not key.exists():
+            keyring.keygen(key)
+        os.environ["FHIR_NODE_PSEUDONYM_KEY_FILE"] = str(key)  # the loader's and the served node's
         yield f"sqlite:///{Path(keep).resolve()}", Path(keep).exists()
         return
     with database(kind, tmp) as url:
@@ -41,26 +47,17 @@ def kept_or_fresh(kind: str, keep: str | None, tmp: Path) -> Iterator[tuple[str,
 
 def load_scenario(database_url: str, patients: int, seed: int = 1, batch: int = 2000) -> dict[str, int]:
     """Generate the scenario (NDJSON, our ids) and write it in type order; returns resources per type."""
-    from fhir_node.interactions.incoming import check_resource
-    from fhir_node.interactions.write import create_in
-    from fhir_node.store.batch import batched
     from fhir_node.store.database import Database
 
     db = Database(database_url)
     db.migrate()
+    db.dispose()
     counts: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as out:
         synth(Options(patients, seed, Path(out), "ndjson"))
         for res_type in TYPES:
             lines = (Path(out) / f"{TYPE_ORDER.index(res_type) + 1}-{res_type}.ndjson").read_bytes().splitlines()
-            counts[res_type] = len(lines)
-            for start in range(0, len(lines), batch):
-                with db.write() as conn, batched(conn):
-                    for line in lines[start : start + batch]:
-                        res = orjson.loads(line)
-                        checked = check_resource(res, res_type, enforce_profiles=False)
-                        create_in(conn, res_type, checked, res["id"])
-    db.dispose()
+            counts[res_type] = len(load_direct(database_url, map(orjson.loads, lines), batch))
     return counts
 
 

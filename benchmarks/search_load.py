@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import datetime
 import http.client
+import itertools
 import os
 import random
 import statistics
@@ -24,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,8 +138,9 @@ def load_http(host: str, port: int, resources: list[dict[str, Any]], clients: in
     return ids
 
 
-def load_direct(database_url: str, resources: list[dict[str, Any]], batch: int = 1000) -> list[str]:
-    """Write through the node's store (validation, index rows, versions) without HTTP, in batches."""
+def load_direct(database_url: str, resources: Iterable[dict[str, Any]], batch: int = 1000) -> list[str]:
+    """Write through the node's store (validation, index rows, versions) without HTTP, in batches, read
+    lazily (a large scenario need not be in memory at once); a resource's own `id` is kept."""
     from fhir_node.interactions.incoming import check_resource
     from fhir_node.interactions.write import create_in
     from fhir_node.settings import Settings
@@ -148,14 +150,12 @@ def load_direct(database_url: str, resources: list[dict[str, Any]], batch: int =
     keyring.install(keyring.keyring_for(Settings(database_url=database_url)))  # the server's key
     db = Database(database_url)
     ids = []
-    for start in range(0, len(resources), batch):
+    items = iter(resources)
+    while chunk := list(itertools.islice(items, batch)):
         with db.write() as conn, batched(conn):
-            for res in resources[start : start + batch]:
-                ids.append(
-                    create_in(
-                        conn, res["resourceType"], check_resource(res, res["resourceType"], enforce_profiles=False)
-                    ).version.res_id
-                )
+            for res in chunk:
+                checked = check_resource(res, res["resourceType"], enforce_profiles=False)
+                ids.append(create_in(conn, res["resourceType"], checked, res.get("id")).version.res_id)
     db.dispose()
     return ids
 
