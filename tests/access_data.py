@@ -131,6 +131,13 @@ def headers(caller: str, scope: str = "system/*.cruds") -> dict[str, str]:
     return {"Authorization": f"Bearer {token(caller, scope)}"}
 
 
+def search(client: TestClient, caller: str, query: str) -> dict[str, Any]:
+    """A GET on `/fhir/{query}` as `caller` that must succeed: its Bundle."""
+    r = client.get(f"/fhir/{query}", headers=headers(caller))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
 @contextlib.contextmanager
 def secured(
     database_url: str, loader: Callable[[TestClient], Any] = load, **settings: Any

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from access_data import SSIN, World, consent, episode, headers, secured
+from access_data import SSIN, World, consent, episode, headers, search, secured
 from starlette.testclient import TestClient
 
 Secured = tuple[TestClient, World]
@@ -28,12 +28,6 @@ def names(world: World, bundle: dict[str, Any], mode: str = "match") -> set[str]
         for e in bundle.get("entry", [])
         if e["search"]["mode"] == mode
     }
-
-
-def search(client: TestClient, caller: str, query: str) -> dict[str, Any]:
-    r = client.get(f"/fhir/{query}", headers=headers(caller))
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 EPISODES = {

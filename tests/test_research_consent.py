@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from access_data import CALLERS, HRESCH, NIHDI, PSI_A, SSIN, consent, episode, headers, secured
+from access_data import CALLERS, HRESCH, NIHDI, PSI_A, SSIN, consent, episode, headers, search, secured
 from postgres_server import PostgresServer
 from starlette.testclient import TestClient
 
@@ -118,15 +118,9 @@ def world(
         yield env
 
 
-def _get(client: TestClient, caller: str, query: str) -> dict[str, Any]:
-    r = client.get(f"/fhir/{query}", headers=headers(caller))
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
 def _all(client: TestClient, caller: str, query: str) -> list[dict[str, Any]]:
     """Every entry of a search, following next links (pages of 3, so paging is exercised)."""
-    found = _get(client, caller, f"{query}{'&' if '?' in query else '?'}_count=3")
+    found = search(client, caller, f"{query}{'&' if '?' in query else '?'}_count=3")
     entries = list(found.get("entry", []))
     while nxt := next((link["url"] for link in found.get("link", []) if link["relation"] == "next"), None):
         found = client.get(nxt, headers=headers(caller)).json()
@@ -156,8 +150,8 @@ def test_each_role_sees_and_counts_by_consent_state(world: Any, caller: str, res
     client, w = world
     entries = _all(client, caller, res_type)
     assert _states(w, entries) == _expected(caller, res_type)
-    assert _get(client, caller, f"{res_type}?_summary=count")["total"] == len(entries)
-    assert _get(client, caller, f"{res_type}?_total=accurate&_count=1").get("total") == len(entries)
+    assert search(client, caller, f"{res_type}?_summary=count")["total"] == len(entries)
+    assert search(client, caller, f"{res_type}?_total=accurate&_count=1").get("total") == len(entries)
 
 
 def _expected(caller: str, res_type: str) -> set[str]:
@@ -177,7 +171,7 @@ def test_reads_and_history_follow_the_consent_state(world: Any, name: str) -> No
         assert client.get(f"/fhir/{path}", headers=agg).status_code == expected, path
         assert client.get(f"/fhir/{path}/_history/1", headers=agg).status_code == expected, path
         assert client.get(f"/fhir/{path}/_history", headers=agg).status_code == expected, path
-    history = _get(client, "aggregator", "EpisodeOfCare/_history?_count=100")
+    history = search(client, "aggregator", "EpisodeOfCare/_history?_count=100")
     assert (w.episodes[name] in {e["resource"]["id"] for e in history.get("entry", [])}) == STATES[name][1]
 
 
@@ -190,7 +184,7 @@ def test_includes_chains_and_has_never_reach_unconsented_patients(world: Any) ->
     assert _states(w, found, "include") == VISIBLE
     for name in NAMES:  # the aggregator searches by its own pseudonyms (it never gets an SSIN in clear)
         theirs = keyring.installed().seal(w.ssins[name], keyring.recipient(CALLERS["aggregator"][0]))
-        chained = _get(client, "aggregator", f"EpisodeOfCare?patient.identifier={SSIN}|{theirs}")
+        chained = search(client, "aggregator", f"EpisodeOfCare?patient.identifier={SSIN}|{theirs}")
         assert len(chained.get("entry", [])) == (1 if name in VISIBLE else 0), name
     has = _all(client, "aggregator", "Patient?_has:EpisodeOfCare:patient:status=active")
     assert _states(w, has) == VISIBLE
@@ -202,13 +196,13 @@ def test_a_consent_change_counts_from_the_next_request(world: Any) -> None:
     client, w = world
     name = "permit"
     cid = w.consents[name][0]
-    count_before = _get(client, "aggregator", "EpisodeOfCare?_summary=count")["total"]
+    count_before = search(client, "aggregator", "EpisodeOfCare?_summary=count")["total"]
     op = headers("operator")
     body = client.get(f"/fhir/Consent/{cid}", headers=op).json()
     try:
         assert client.put(f"/fhir/Consent/{cid}", json={**body, "status": "inactive"}, headers=op).status_code == 200
         assert client.get(f"/fhir/EpisodeOfCare/{w.episodes[name]}", headers=headers("aggregator")).status_code == 404
-        assert _get(client, "aggregator", "EpisodeOfCare?_summary=count")["total"] == count_before - 1
+        assert search(client, "aggregator", "EpisodeOfCare?_summary=count")["total"] == count_before - 1
     finally:
         body = client.get(f"/fhir/Consent/{cid}", headers=op).json()
         assert client.put(f"/fhir/Consent/{cid}", json={**body, "status": "active"}, headers=op).status_code == 200

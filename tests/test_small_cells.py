@@ -4,10 +4,8 @@ The world (tests/access_data.py) gives the aggregator 4 inclusions, 2 consents a
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from access_data import World, headers
+from access_data import World, search
 from starlette.testclient import TestClient
 
 from fhir_node.rules.small_cells import DATA_ABSENT_REASON, bundle_total, suppressed
@@ -26,12 +24,6 @@ def test_no_minimum_or_no_count_leaves_the_total_as_it_is() -> None:
     assert bundle_total(None, 5) == {}
 
 
-def _get(client: TestClient, caller: str, query: str) -> dict[str, Any]:
-    r = client.get(f"/fhir/{query}", headers=headers(caller))
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
 @pytest.mark.parametrize(
     "query",
     [
@@ -45,13 +37,13 @@ def test_the_aggregators_small_counts_are_masked_wherever_a_total_appears(
     world: tuple[TestClient, World], query: str
 ) -> None:
     client, _ = world
-    found = _get(client, "aggregator", query)
+    found = search(client, "aggregator", query)
     assert "total" not in found
     assert found["_total"] == MASKED["_total"]
-    assert _get(client, "operator", query)["total"] >= 2
+    assert search(client, "operator", query)["total"] >= 2
 
 
 def test_counts_at_or_above_the_minimum_are_shown(world: tuple[TestClient, World]) -> None:
     client, _ = world
-    found = _get(client, "aggregator", "?_type=EpisodeOfCare,Consent,Patient&_summary=count")
+    found = search(client, "aggregator", "?_type=EpisodeOfCare,Consent,Patient&_summary=count")
     assert found["total"] == 8 and "_total" not in found
