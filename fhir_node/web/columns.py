@@ -62,8 +62,10 @@ class Cell:
 
 
 @cache
-def _evaluator(res_type: str, expression: str) -> Evaluator:
-    return compile_expression(f"{res_type}.{expression}".replace(" | ", f" | {res_type}."))
+def _evaluators(res_type: str) -> tuple[Evaluator, ...]:
+    """The type's columns, compiled once; as `Type.expression`, the form whose plain paths
+    `compile_expression` evaluates without the FHIRPath engine."""
+    return tuple(compile_expression(f"{res_type}.{expression}") for _, expression in COLUMNS.get(res_type, ()))
 
 
 def headings(res_type: str) -> list[str]:
@@ -72,11 +74,8 @@ def headings(res_type: str) -> list[str]:
 
 def row(resource: dict[str, Any]) -> list[list[Cell]]:
     """The resource's cells, in the order of `headings`."""
-    res_type = resource.get("resourceType", "")
-    return [
-        [_cell(value) for value in _evaluator(res_type, expression)(resource)]
-        for _, expression in COLUMNS.get(res_type, ())
-    ]
+    evaluators = _evaluators(resource.get("resourceType", ""))
+    return [[_cell(value) for value in evaluate(resource)] for evaluate in evaluators]
 
 
 def _cell(value: Any) -> Cell:
