@@ -22,6 +22,7 @@ def sources() -> dict[str, dict[str, Any]]:
     return load_sources()
 
 
+@cache
 def profiles() -> dict[str, dict[str, Any]]:
     """The guide's StructureDefinitions by id."""
     return {r["id"]: r for r in sources().values() if r["resourceType"] == "StructureDefinition"}
