@@ -60,7 +60,7 @@ def package_tarball() -> bytes:
     """The guide's npm package (what `fhir-node package` writes) as the tarball npm serves: `package/...`."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "package"
-        build(out)
+        build(out, sources())
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
             tar.add(out, arcname="package")
