@@ -8,9 +8,9 @@ import json
 import re
 import tarfile
 from html import unescape
-from typing import Any
 
 import pytest
+from inclusions import created
 from starlette.testclient import TestClient
 
 from fhir_node import __version__
@@ -36,12 +36,6 @@ def html_of(client: TestClient, path: str, status: int = 200) -> str:
 def text_of(page: str) -> str:
     """The page as a reader sees it: tags dropped, entities decoded, whitespace collapsed."""
     return " ".join(unescape(re.sub(r"<[^>]+>", " ", page)).split())
-
-
-def post(client: TestClient, body: dict[str, Any]) -> str:
-    r = client.post(f"/fhir/{body['resourceType']}", json=body)
-    assert r.status_code == 201, r.text
-    return r.json()["id"]
 
 
 def test_home_shows_identity_version_database_and_the_capability_statement(client: TestClient) -> None:
@@ -88,7 +82,7 @@ def test_the_npm_package_link_serves_the_guide_as_an_npm_tarball(client: TestCli
 
 
 def test_values_and_narratives_are_shown_as_text_never_as_markup(client: TestClient) -> None:
-    pid = post(
+    pid = created(
         client,
         {
             "resourceType": "Patient",
@@ -96,7 +90,7 @@ def test_values_and_narratives_are_shown_as_text_never_as_markup(client: TestCli
             "identifier": [{"system": "urn:example", "value": SCRIPT}],
         },
     )
-    org = post(client, {"resourceType": "Organization", "name": f'"><img src=x onerror=alert(1)>{SCRIPT}'})
+    org = created(client, {"resourceType": "Organization", "name": f'"><img src=x onerror=alert(1)>{SCRIPT}'})
     pages = [
         html_of(client, f"/resource/Patient/{pid}"),
         html_of(client, f"/patient/{pid}"),
@@ -111,8 +105,8 @@ def test_values_and_narratives_are_shown_as_text_never_as_markup(client: TestCli
 
 
 def test_search_builds_the_fhir_query_from_the_form_and_pages_through_results(client: TestClient) -> None:
-    ids = {post(client, {"resourceType": "Organization", "name": f"Project {n}", "active": True}) for n in range(5)}
-    post(client, {"resourceType": "Organization", "name": "Closed", "active": False})
+    ids = {created(client, {"resourceType": "Organization", "name": f"Project {n}", "active": True}) for n in range(5)}
+    created(client, {"resourceType": "Organization", "name": "Closed", "active": False})
     form = html_of(client, "/search?resource=Organization")
     for param in client.get("/fhir/metadata").json()["rest"][0]["resource"]:
         if param["type"] == "Organization":
