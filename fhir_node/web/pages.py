@@ -27,13 +27,13 @@ from fhir_node import FHIR_VERSION, __version__
 from fhir_node.api.errors import http_error
 from fhir_node.api.routes import base_of, node_of
 from fhir_node.conformance.capability import capability_statement
+from fhir_node.interactions.incoming import ID_PATTERN
 from fhir_node.security.relationships import SSIN
 from fhir_node.web import columns, publication
 from fhir_node.web.guide import index_page, profile_page
 from fhir_node.web.internal import Answer, fhir_get
 from fhir_node.web.render import HEADERS, STATIC, page
 
-_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 #: The page's own controls on /search; every other query parameter is a FHIR search parameter.
 _CONTROLS = ("resource", "run", "q")
 _AUDIT_PAGE = "20"
@@ -205,7 +205,7 @@ def _describe(documentation: str, res_type: str) -> str:
 
 async def resource(request: Request) -> Response:
     res_type, res_id = request.path_params["type"], request.path_params["id"]
-    if res_type not in _served(request) or not _ID.fullmatch(res_id):
+    if res_type not in _served(request) or not ID_PATTERN.fullmatch(res_id):
         return _not_found(f"This node serves no {res_type}/{res_id}")
     answer = await fhir_get(request, f"{res_type}/{res_id}")
     if not answer.ok:
@@ -223,7 +223,7 @@ async def resource(request: Request) -> Response:
 
 async def patient(request: Request) -> Response:
     res_id = request.path_params["id"]
-    if not _ID.fullmatch(res_id):
+    if not ID_PATTERN.fullmatch(res_id):
         return _not_found(f"No Patient/{res_id}")
     return await _patient_page(request, res_id)
 
