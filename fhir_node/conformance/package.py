@@ -14,6 +14,7 @@ import argparse
 import json
 import shutil
 import sys
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,13 @@ def load_sources(dirs: tuple[Path, ...] = SOURCE_DIRS) -> dict[str, dict[str, An
                 raise PackageError(f"{path.name} is in more than one source directory")
             sources[path.name] = json.loads(path.read_text(encoding="utf-8"))
     return sources
+
+
+@cache
+def shipped() -> dict[str, dict[str, Any]]:
+    """The guide the node ships (`SOURCE_DIRS`), read once per process (~10 MB parsed) and shared by the
+    published resources, the web pages and the served package: read it, never edit it."""
+    return load_sources()
 
 
 def guide_of(sources: dict[str, dict[str, Any]]) -> dict[str, Any]:

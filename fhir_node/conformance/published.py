@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, false, select
 
-from fhir_node.conformance.package import load_sources
+from fhir_node.conformance.package import shipped
 from fhir_node.registry import CONFORMANCE_TYPES
 from fhir_node.store import repository
 from fhir_node.store.database import Database
@@ -34,7 +34,7 @@ class Synchronised:
 @cache
 def published() -> dict[tuple[str, str], dict[str, Any]]:
     """The guide's resources of the served conformance types, by (type, id); read once per process."""
-    return {(r["resourceType"], r["id"]): r for r in load_sources().values() if r["resourceType"] in CONFORMANCE_TYPES}
+    return {(r["resourceType"], r["id"]): r for r in shipped().values() if r["resourceType"] in CONFORMANCE_TYPES}
 
 
 def synchronise(db: Database) -> Synchronised:

@@ -27,6 +27,7 @@ from fhir_node import FHIR_VERSION, __version__
 from fhir_node.api.errors import http_error
 from fhir_node.api.routes import base_of, node_of
 from fhir_node.conformance.capability import capability_statement
+from fhir_node.conformance.package import shipped
 from fhir_node.interactions.incoming import ID_PATTERN
 from fhir_node.security.relationships import SSIN
 from fhir_node.web import columns, publication
@@ -121,7 +122,7 @@ async def home(request: Request) -> Response:
 @cache
 def _index_html() -> str:
     """The guide's page, rendered once: it depends only on the files the node ships."""
-    return index_page(publication.guide(), publication.sources(), package=publication.package_name())
+    return index_page(publication.guide(), shipped(), package=publication.package_name())
 
 
 @cache

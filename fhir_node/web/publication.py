@@ -12,24 +12,19 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from fhir_node.conformance.package import ROOT, build, guide_of, load_sources
+from fhir_node.conformance.package import ROOT, build, guide_of, shipped
 
 EXAMPLES = ROOT / "examples" / "resources"
 
 
 @cache
-def sources() -> dict[str, dict[str, Any]]:
-    return load_sources()
-
-
-@cache
 def profiles() -> dict[str, dict[str, Any]]:
     """The guide's StructureDefinitions by id."""
-    return {r["id"]: r for r in sources().values() if r["resourceType"] == "StructureDefinition"}
+    return {r["id"]: r for r in shipped().values() if r["resourceType"] == "StructureDefinition"}
 
 
 def guide() -> dict[str, Any]:
-    return guide_of(sources())
+    return guide_of(shipped())
 
 
 @cache
@@ -60,7 +55,7 @@ def package_tarball() -> bytes:
     """The guide's npm package (what `fhir-node package` writes) as the tarball npm serves: `package/...`."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "package"
-        build(out, sources())
+        build(out, shipped())
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
             tar.add(out, arcname="package")
