@@ -41,16 +41,18 @@ _AUDIT_PAGE = "20"
 
 
 def _capability(request: Request) -> dict[str, Any]:
-    return capability_statement(node_of(request).settings, base_of(request))
+    """The CapabilityStatement the pages show, built once per app (~4 ms): it depends on the node's settings
+    and definitions, not on the request, but for `implementation.url`, which no page shows (they show
+    `base_of` the request)."""
+    state = request.app.state
+    if not hasattr(state, "web_capability"):
+        state.web_capability = capability_statement(node_of(request).settings, base_of(request))
+    return state.web_capability
 
 
 def _served(request: Request) -> dict[str, dict[str, Any]]:
-    """The CapabilityStatement's resource entries, by type; built once per app (they depend on the node's
-    definitions, not on the request, and building them costs milliseconds)."""
-    state = request.app.state
-    if not hasattr(state, "web_served"):
-        state.web_served = {r["type"]: r for r in _capability(request)["rest"][0]["resource"]}
-    return state.web_served
+    """The CapabilityStatement's resource entries, by type."""
+    return {r["type"]: r for r in _capability(request)["rest"][0]["resource"]}
 
 
 def _curl(request: Request, path: str, params: list[tuple[str, str]]) -> str:
