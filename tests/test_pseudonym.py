@@ -253,6 +253,18 @@ def test_a_clear_ssin_outside_an_ssin_identifier_is_refused(client: TestClient) 
     assert client.get("/fhir/Patient?_summary=count").json()["total"] == 0
 
 
+def test_an_identical_put_or_no_op_patch_of_a_patient_keeps_its_version(client: TestClient) -> None:
+    """The stored version holds the pseudonym, the PUT the clear SSIN: they say the same, so no new version."""
+    body = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": SSIN, "value": P1}]}
+    assert client.put("/fhir/Patient/p1", json=body, headers=FHIR_JSON).status_code == 201
+    r = client.put("/fhir/Patient/p1", json=body, headers=FHIR_JSON)
+    assert r.status_code == 200 and r.json()["meta"]["versionId"] == "1", r.text
+    no_op = orjson.dumps([{"op": "test", "path": "/identifier/0/value", "value": P1}])
+    r = client.patch("/fhir/Patient/p1", content=no_op, headers={"Content-Type": "application/json-patch+json"})
+    assert r.status_code == 200 and r.json()["meta"]["versionId"] == "1", r.text
+    assert len(client.get("/fhir/Patient/p1/_history").json()["entry"]) == 1
+
+
 # --- minimisation on every write path -------------------------------------------------------------------
 
 

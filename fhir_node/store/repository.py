@@ -75,8 +75,11 @@ def stored_form(resource: dict[str, Any], res_id: str, version_id: int, ts: date
 
 
 def unchanged(previous: Version, resource: dict[str, Any]) -> bool:
-    """Whether `resource` says exactly what the stored `previous` says (server-owned meta aside)."""
-    return previous.content is not None and _comparable(orjson.loads(previous.content)) == _comparable(resource)
+    """Whether `resource` says exactly what the stored `previous` says (server-owned meta aside), compared as
+    it would be stored: with its SSINs pseudonymised, as `previous` holds them."""
+    return previous.content is not None and _comparable(orjson.loads(previous.content)) == _comparable(
+        protect(resource)
+    )
 
 
 def _comparable(resource: dict[str, Any]) -> dict[str, Any]:
