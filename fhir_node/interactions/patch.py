@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import jsonpatch
-import orjson
 from sqlalchemy import Connection
 
 from fhir_node.interactions.incoming import check_id, check_resource
@@ -13,7 +12,7 @@ from fhir_node.interactions.write import Written, parse_if_match, transaction, u
 from fhir_node.node import Node
 from fhir_node.outcome import fail
 from fhir_node.registry import kind, require
-from fhir_node.rules.pseudonym import clear
+from fhir_node.rules.pseudonym import in_clear
 from fhir_node.store import repository
 
 _SERVER_OWNED = ("/id", "/resourceType", "/meta/versionId", "/meta/lastUpdated")
@@ -44,7 +43,7 @@ def patch_in(
         if any(path == p or path.startswith(p + "/") for path in paths for p in _SERVER_OWNED):
             raise fail(400, "invalid", f"JSON Patch may not change {op.get('path')}: the server owns it")
     try:
-        patched = jsonpatch.apply_patch(clear(orjson.loads(current.content)), operations)  # as the client saw it
+        patched = jsonpatch.apply_patch(in_clear(current.content), operations)  # as the client saw it
     except (jsonpatch.InvalidJsonPatch, TypeError, KeyError, ValueError) as exc:
         raise fail(400, "structure", f"Malformed JSON Patch: {exc}") from None
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:

@@ -18,7 +18,7 @@ from fhir_node.interactions.incoming import check_id, check_resource
 from fhir_node.node import Node
 from fhir_node.operations.notice import one, patient
 from fhir_node.outcome import fail
-from fhir_node.rules.patients import in_clear
+from fhir_node.rules.pseudonym import in_clear
 from fhir_node.store import repository
 
 NAME = "deceased"

@@ -21,7 +21,8 @@ from fhir_node.node import Node
 from fhir_node.operations.notice import one, patient
 from fhir_node.outcome import fail
 from fhir_node.rules.check_digits import ssin_error
-from fhir_node.rules.patients import MANY, Patient, in_clear, patient_ssins, referring, ssin_token
+from fhir_node.rules.patients import MANY, Patient, patient_ssins, referring, ssin_token
+from fhir_node.rules.pseudonym import in_clear
 from fhir_node.security.relationships import SSIN
 from fhir_node.store import repository
 from fhir_node.store.database import lock

@@ -14,7 +14,8 @@ from sqlalchemy import Connection
 
 from fhir_node.datetimes import date_range
 from fhir_node.rules.inclusion import RUNNING, Inclusion
-from fhir_node.rules.patients import Patient, in_clear, inclusions_of, patient_of
+from fhir_node.rules.patients import Patient, inclusions_of, patient_of
+from fhir_node.rules.pseudonym import in_clear
 from fhir_node.store import repository
 
 

@@ -9,13 +9,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import orjson
 from sqlalchemy import Connection
 
 from fhir_node.interactions.search import matching
 from fhir_node.registry import CONFORMANCE_TYPES, KINDS
 from fhir_node.rules.inclusion import INCLUSION_STATUS, Inclusion
-from fhir_node.rules.pseudonym import clear
+from fhir_node.rules.pseudonym import in_clear
 from fhir_node.search.registry import registry
 from fhir_node.security.relationships import SSIN
 from fhir_node.store import repository
@@ -48,11 +47,6 @@ def ssin_of(reference: dict[str, Any]) -> str | None:
     ident = reference.get("identifier") or {}
     value = ident.get("value")
     return value if ident.get("system") == SSIN and isinstance(value, str) else None
-
-
-def in_clear(content: bytes) -> dict[str, Any]:
-    """A stored resource as the rules reason about it: its SSINs in clear, not as the pseudonyms they rest as."""
-    return clear(orjson.loads(content))
 
 
 def patient_ssins(content: bytes | None) -> list[str]:

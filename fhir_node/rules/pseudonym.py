@@ -68,6 +68,13 @@ def clear(resource: dict[str, Any]) -> dict[str, Any]:
     return _walk(resource, fix, None)
 
 
+def in_clear(content: bytes) -> dict[str, Any]:
+    """A stored resource parsed, its SSINs in clear: for the node's own reasoning (the inclusion rules, a
+    JSON Patch applied to what the client saw), never stored. Walked only when it holds a pseudonym."""
+    resource = orjson.loads(content)
+    return clear(resource) if _MARKED in content else resource
+
+
 def shown(body: bytes) -> bytes:
     """A response body (a resource, or a Bundle of them) as the current caller may see it."""
     if _MARKED not in body:

@@ -19,7 +19,8 @@ from sqlalchemy import Connection, select, true
 from fhir_node.audit import chain
 from fhir_node.audit.events import build
 from fhir_node.rules.inclusion import Inclusion
-from fhir_node.rules.patients import in_clear, patient_of, patient_ssins, referring
+from fhir_node.rules.patients import patient_of, patient_ssins, referring
+from fhir_node.rules.pseudonym import in_clear
 from fhir_node.security.access import Access, Record
 from fhir_node.security.principal import LOCAL_OPERATOR
 from fhir_node.store import repository
