@@ -41,6 +41,21 @@ def protect(resource: dict[str, Any]) -> dict[str, Any]:
     of the node's pseudonyms stays as it is). The published guide's resources are left alone."""
     if resource.get("resourceType") in CONFORMANCE_TYPES or not holds_ssin(resource):
         return resource
+    return _sealed(resource)
+
+
+def protected(resource: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """`protect(resource)` and its JSON, for a write: serialised once when it names no SSIN (most resources),
+    where `protect` and then storing would serialise it twice."""
+    content = orjson.dumps(resource)
+    if _SYSTEM not in content or resource.get("resourceType") in CONFORMANCE_TYPES:
+        return resource, content
+    sealed = _sealed(resource)
+    return sealed, orjson.dumps(sealed)
+
+
+def _sealed(resource: dict[str, Any]) -> dict[str, Any]:
+    """Every SSIN Identifier's value as the node's pseudonym (one that already is stays as it is)."""
     ring = installed()
 
     def fix(identifier: dict[str, Any], _res_type: str | None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, delete, select, update
 
-from fhir_node.rules.pseudonym import protect
+from fhir_node.rules.pseudonym import protect, protected
 from fhir_node.search.index import write_index
 from fhir_node.store.batch import add_rows
 from fhir_node.store.schema import INDEX_TABLES, resource_versions, resources
@@ -129,8 +129,7 @@ def write(
     `method` (POST, PUT, DELETE) is how it was written, as history shows it. SSINs rest pseudonymised."""
     ts = now()
     version_id = previous.version_id + 1 if previous else 1
-    stored = stored_form(protect(resource), res_id, version_id, ts) if resource is not None else None
-    content = orjson.dumps(stored) if stored is not None else None
+    stored, content = protected(stored_form(resource, res_id, version_id, ts)) if resource is not None else (None, None)
     values = {"version_id": version_id, "last_updated": ts, "content": content}
     if previous is None:
         add_rows(conn, resources, [{"res_type": res_type, "res_id": res_id, "deleted": False, **values}])
