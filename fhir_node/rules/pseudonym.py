@@ -107,7 +107,7 @@ def shown_lines(ndjson: bytes) -> bytes:
 def _view(principal: Principal) -> Fix:
     ring = installed()
     role = principal.role
-    own = recipient(principal.client_id or principal.sub)
+    own = _context_of(principal)
 
     def fix(identifier: dict[str, Any], res_type: str | None) -> dict[str, Any]:
         value = ring.open(identifier["value"], STORED)
@@ -121,13 +121,18 @@ def _view(principal: Principal) -> Fix:
     return fix
 
 
+def _context_of(principal: Principal) -> bytes:
+    """The context of the pseudonyms this caller is shown, and so searches by: one place for both."""
+    return recipient(principal.client_id or principal.sub)
+
+
 def search_forms(value: str) -> list[str]:
     """The stored values a search for this SSIN must match. The aggregator searches by the pseudonyms it
     was given (a clear SSIN from it matches nothing: it must not learn which pseudonym is whose); anyone
     else by the clear SSIN, or by a pseudonym it was given."""
     ring = installed()
     principal = current().principal
-    found = ring.open(value, recipient(principal.client_id or principal.sub))
+    found = ring.open(value, _context_of(principal))
     if found is None and principal.role == "aggregator":
         return []
     return ring.forms(found or value)
