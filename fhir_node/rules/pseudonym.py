@@ -31,6 +31,7 @@ _SYSTEM = SSIN.encode()
 #: Resources whose SSINs are those of people acting (or of the directory), not of the patient concerned.
 PERSON_TYPES = frozenset({"AuditEvent", "Practitioner", "PractitionerRole", "Organization", "RelatedPerson"})
 _SSIN_LIKE = re.compile(r"(?<![0-9])[0-9]{11}(?![0-9])")
+_CONTAINERS = (dict, list)
 
 #: (an SSIN Identifier as stored, the type of the resource holding it) -> the Identifier to put instead.
 Fix = Callable[[dict[str, Any], str | None], dict[str, Any]]
@@ -150,27 +151,31 @@ def scrub(text: str) -> str:
 
 def _walk(node: Any, fix: Fix, res_type: str | None) -> Any:
     """`node` with `fix` applied to each SSIN Identifier, knowing which resource holds it; what holds none
-    is returned as it is, not copied."""
-    kind = type(node)
-    if kind is dict:
-        named = node.get("resourceType")
-        if isinstance(named, str):
-            res_type = named
-        if node.get("system") == SSIN and isinstance(node.get("value"), str):
-            return fix(node, res_type)
-        changed: dict[str, Any] | None = None
-        for key, value in node.items():
-            if type(value) not in (dict, list):
-                continue
+    is returned as it is, not copied. Only containers are visited (most values are scalars)."""
+    if type(node) is list:
+        out: list[Any] | None = None
+        for i, item in enumerate(node):
+            if type(item) in _CONTAINERS:
+                walked = _walk(item, fix, res_type)
+                if walked is not item:
+                    out = out or list(node)
+                    out[i] = walked
+        return node if out is None else out
+    if type(node) is not dict:
+        return node
+    named = node.get("resourceType")
+    if isinstance(named, str):
+        res_type = named
+    if node.get("system") == SSIN and isinstance(node.get("value"), str):
+        return fix(node, res_type)
+    changed: dict[str, Any] | None = None
+    for key, value in node.items():
+        if type(value) in _CONTAINERS:
             walked = _walk(value, fix, res_type)
             if walked is not value:
                 changed = changed or dict(node)
                 changed[key] = walked
-        return node if changed is None else changed
-    if kind is list:
-        items = [_walk(v, fix, res_type) for v in node]
-        return node if all(a is b for a, b in zip(items, node, strict=True)) else items
-    return node
+    return node if changed is None else changed
 
 
 def _marked(identifier: dict[str, Any], token: str) -> dict[str, Any]:
