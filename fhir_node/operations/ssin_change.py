@@ -25,7 +25,6 @@ from fhir_node.rules.patients import MANY, Patient, patient_ssins, referring, ss
 from fhir_node.rules.pseudonym import in_clear
 from fhir_node.security.relationships import SSIN
 from fhir_node.store import repository
-from fhir_node.store.database import lock
 
 NAME = "ssin-change"
 DEFINITION = "https://fhir-node.be/fhir/OperationDefinition/Patient-ssin-change"
@@ -51,8 +50,7 @@ def ssin_change(node: Node, _query: list[tuple[str, str]], body: Any, res_id: st
         problem = ssin_error(old)
         if problem:
             raise fail(422, "business-rule", f"The current SSIN is not valid: {problem}", "Patient.identifier")
-        for name in Patient(frozenset({res_id}), frozenset({old, new})).lock_names():  # as rules.principal does
-            lock(conn, name)
+        Patient(frozenset({res_id}), frozenset({old, new})).lock(conn)  # the locks rules.principal takes
         if set(matching(conn, "Patient", f"identifier={ssin_token(new)}", None, MANY)) - {res_id}:
             raise fail(409, "conflict", "Another Patient already carries the new SSIN", "Parameters.parameter")
         renamed = _relinked(in_clear(found.content), old, new, identifier_only=True)

@@ -18,6 +18,7 @@ from fhir_node.rules.pseudonym import in_clear
 from fhir_node.search.registry import registry
 from fhir_node.security.relationships import SSIN
 from fhir_node.store import repository
+from fhir_node.store.database import lock
 
 #: Types whose references to a patient nothing re-links: evidence, the patients themselves, the guide.
 _UNTOUCHED = ("AuditEvent", "Patient", *CONFORMANCE_TYPES)
@@ -34,9 +35,11 @@ class Patient:
     ids: frozenset[str]
     ssins: frozenset[str]
 
-    def lock_names(self) -> list[str]:
-        """Lock names: every writer about this patient shares at least one, however it refers to it."""
-        return sorted({f"patient:{i}" for i in self.ids} | {f"ssin:{s}" for s in self.ssins})
+    def lock(self, conn: Connection) -> None:
+        """Hold this patient's locks until commit: every writer about it shares at least one, however it
+        refers to it (taken in name order)."""
+        for name in sorted({f"patient:{i}" for i in self.ids} | {f"ssin:{s}" for s in self.ssins}):
+            lock(conn, name)
 
     def meets(self, other: Patient) -> bool:
         return bool(self.ids & other.ids or self.ssins & other.ssins)

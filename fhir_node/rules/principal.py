@@ -18,7 +18,6 @@ from sqlalchemy import Connection
 from fhir_node.outcome import fail
 from fhir_node.rules.inclusion import Inclusion
 from fhir_node.rules.patients import Patient, inclusions_of, loaded, principal_criteria, remember
-from fhir_node.store.database import lock
 
 
 def check(conn: Connection, res_id: str, resource: dict[str, Any], patient: Patient) -> None:
@@ -28,8 +27,7 @@ def check(conn: Connection, res_id: str, resource: dict[str, Any], patient: Pati
     written = remember(conn, inclusion, patient)
     if not (inclusion.principal and inclusion.held and (patient.ids or patient.ssins)):
         return
-    for key in patient.lock_names():
-        lock(conn, key)
+    patient.lock(conn)
     others = loaded(conn, inclusions_of(conn, patient, principal_criteria()) - written.keys() - {res_id})
     others.update({i: inc for i, (inc, p) in written.items() if i != res_id and p.meets(patient)})
     if any(o.principal and o.held and o.overlaps(inclusion) for o in others.values()):
