@@ -59,8 +59,9 @@ def run(db: Database, before: datetime, *, apply: bool) -> Removal:
     patients: set[str] = set()
     for start in range(0, len(due), BATCH):
         with db.write() if apply else db.read() as conn:
-            batch = [i for i in due[start : start + BATCH] if not apply or _excluded_before(conn, i, before, True)]
-            owners = {res_id: _patients(conn, res_id) for res_id in batch}
+            last = {res_id: _last(conn, res_id, apply) for res_id in due[start : start + BATCH]}
+            batch = [i for i, inclusion in last.items() if not apply or _ended_before(inclusion, before)]
+            owners = {res_id: _patients(conn, last[res_id]) for res_id in batch}
             if apply and owners:
                 _remove(conn, "EpisodeOfCare", owners, done.run_id)
         done.inclusions += batch
@@ -83,31 +84,31 @@ def _due(conn: Connection, before: datetime) -> list[str]:
     live = select(d.res_id).where(d.res_type == "EpisodeOfCare", d.param == "date", d.high < before)
     deleted = select(r.res_id).where(r.res_type == "EpisodeOfCare", r.deleted == true())
     candidates = set(conn.execute(live).scalars()) | set(conn.execute(deleted).scalars())
-    return sorted(i for i in candidates if _excluded_before(conn, i, before))
+    return sorted(i for i in candidates if _ended_before(_last(conn, i), before))
 
 
-def _excluded_before(conn: Connection, res_id: str, before: datetime, lock: bool = False) -> bool:
-    """Whether the inclusion's (last) period ended before `before`; `lock` holds its row until commit."""
-    content = _content(conn, res_id, lock)
-    return content is not None and Inclusion.of(res_id, in_clear(content)).span()[1] < before
+def _ended_before(inclusion: Inclusion | None, before: datetime) -> bool:
+    """Whether the inclusion's (last) period ended before `before`."""
+    return inclusion is not None and inclusion.span()[1] < before
 
 
-def _content(conn: Connection, res_id: str, lock: bool = False) -> bytes | None:
-    """The inclusion's current content, or a deleted one's last."""
+def _last(conn: Connection, res_id: str, lock: bool = False) -> Inclusion | None:
+    """The inclusion as its current content, or a deleted one's last, says it; `lock` holds its row until
+    commit. Read once per batch: the check under the lock and the patient lookup both use it."""
     found = repository.current(conn, "EpisodeOfCare", res_id, for_update=lock)
-    if found is None or found.content is not None:
-        return found.content if found is not None else None
-    v = resource_versions.c
-    last = v.res_type == "EpisodeOfCare", v.res_id == res_id, v.content.is_not(None)
-    return conn.execute(select(v.content).where(*last).order_by(v.version_id.desc()).limit(1)).scalar()
+    content = found.content if found is not None else None
+    if found is not None and content is None:
+        v = resource_versions.c
+        last = v.res_type == "EpisodeOfCare", v.res_id == res_id, v.content.is_not(None)
+        content = conn.execute(select(v.content).where(*last).order_by(v.version_id.desc()).limit(1)).scalar()
+    return Inclusion.of(res_id, in_clear(content)) if content is not None else None
 
 
-def _patients(conn: Connection, res_id: str) -> set[str]:
+def _patients(conn: Connection, inclusion: Inclusion | None) -> set[str]:
     """Ids of the stored Patients an inclusion (its last version) refers to."""
-    content = _content(conn, res_id)
-    if content is None:
+    if inclusion is None:
         return set()
-    patient = patient_of(conn, Inclusion.of(res_id, in_clear(content)).reference)
+    patient = patient_of(conn, inclusion.reference)
     return {p for p in patient.ids if repository.current(conn, "Patient", p) is not None}
 
 
