@@ -79,12 +79,12 @@ def patient_of(conn: Connection, reference: dict[str, Any]) -> Patient:
 
 
 def inclusions_of(conn: Connection, patient: Patient, criteria: str = "") -> set[str]:
-    """Ids of the live EpisodeOfCare of this patient (by literal reference, by SSIN, or by a reference to
-    a Patient holding the SSIN), narrowed by extra search `criteria`."""
+    """Ids of the live EpisodeOfCare of this patient (from `patient_of`), by literal reference or by SSIN,
+    narrowed by extra search `criteria`. A reference to another Patient holding the SSIN needs no chained
+    `patient.identifier` search: `patient_of` put every Patient holding it among the ids."""
     extra = f"&{criteria}" if criteria else ""
     queries = [f"patient=Patient/{i}" for i in sorted(patient.ids)]
-    for value in sorted(patient.ssins):
-        queries += [f"patient:identifier={ssin_token(value)}", f"patient.identifier={ssin_token(value)}"]
+    queries += [f"patient:identifier={ssin_token(value)}" for value in sorted(patient.ssins)]
     return {found for q in queries for found in matching(conn, "EpisodeOfCare", q + extra, None, MANY)}
 
 
