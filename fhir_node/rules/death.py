@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection
 
 from fhir_node.datetimes import date_range
@@ -44,10 +45,11 @@ def closures(conn: Connection, patient_id: str, resource: dict[str, Any]) -> lis
 
 
 def closed_for(conn: Connection, patient: Patient, resource: dict[str, Any]) -> dict[str, Any]:
-    """The EpisodeOfCare `resource` of `patient`, closed if a stored Patient it refers to is deceased."""
+    """The EpisodeOfCare `resource` of `patient`, closed if a stored Patient it refers to is deceased (read
+    as stored: its day of death needs none of its SSINs in clear)."""
     for patient_id in sorted(patient.ids):
         found = repository.current(conn, "Patient", patient_id)
-        day = death_day(in_clear(found.content)) if found is not None and found.content else None
+        day = death_day(orjson.loads(found.content)) if found is not None and found.content else None
         if day is not None:
             return closed_on(resource, day)
     return resource
