@@ -87,7 +87,7 @@ class Database:
                 connect_args=_pg_options(statement_timeout),
                 execution_options={"write_wait": write_wait},
             )
-        _track_statements(self.engine)
+            _track_statements(self.engine)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
@@ -163,7 +163,8 @@ def _pg_options(statement_timeout: float | None) -> dict[str, str]:
 
 
 def _track_statements(engine: Engine) -> None:
-    """While a statement runs, the request's Cancel (if any) knows its connection."""
+    """While a statement runs, the request's Cancel (if any) knows its connection, to send PostgreSQL a
+    cancel request (SQLite needs none of this: its progress handler reads the Cancel, see `_tune_sqlite`)."""
 
     @event.listens_for(engine, "before_cursor_execute")
     def _started(conn, _cursor, _statement, _params, _context, _many) -> None:  # type: ignore[no-untyped-def]
