@@ -38,20 +38,30 @@ class Limits:
         )
 
     def check(self, params: list[tuple[str, str]]) -> None:
-        """A 400 `too-costly` for the first bound `params` exceed."""
-        counted = [(name, raw) for name, raw in params if name.partition(":")[0] not in RESULT_PARAMETERS]
-        counted += [(name, raw) for name, raw in params if name.partition(":")[0] in _INCLUDES]
+        """A 400 `too-costly` for the first bound `params` exceed. It runs before every search, so what
+        cannot exceed a bound is not counted: no name repeats more often than there are parameters, and
+        no value lists more values than its commas allow."""
+        criteria: list[tuple[str, str]] = []
+        includes: list[tuple[str, str]] = []
+        for name, raw in params:
+            base = name.partition(":")[0]
+            if base not in RESULT_PARAMETERS:
+                criteria.append((name, raw))
+            elif base in _INCLUDES:
+                includes.append((name, raw))
+        counted = criteria + includes
         if len(counted) > self.criteria:
             raise _too_costly(f"The search has {len(counted)} criteria; this node takes at most {self.criteria}")
-        for name, times in Counter(name for name, _ in params).items():
-            if times > self.repeats:
-                raise _too_costly(f"'{name}' is repeated {times} times; at most {self.repeats} are allowed", name)
+        if len(params) > self.repeats:
+            for name, times in Counter(name for name, _ in params).items():
+                if times > self.repeats:
+                    raise _too_costly(f"'{name}' is repeated {times} times; at most {self.repeats} are allowed", name)
         for name, raw in counted:
             if name.count("_has:") > self.has_depth:
                 raise _too_costly(f"'{name}' nests _has deeper than {self.has_depth}", name)
             if name.count(".") > self.chain_depth:
                 raise _too_costly(f"'{name}' chains more than {self.chain_depth} references", name)
-            if (values := len(split_values(raw))) > self.values:
+            if raw.count(",") >= self.values and (values := len(split_values(raw))) > self.values:
                 raise _too_costly(f"'{name}' lists {values} values; at most {self.values} are allowed", name)
 
     def iterated_too_deep(self, rounds: int) -> Exception:
