@@ -17,12 +17,14 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from bundle_helpers import HEADERS, SSIN, episode, patient, post, seed, send, status
 from live_node import serve_node
 from starlette.testclient import TestClient
 from synth_bundle import big_transaction
 from test_rest_errors import assert_outcome
 
 from fhir_node.app import create_app
+from fhir_node.interactions import bundle
 from fhir_node.settings import Settings
 from fhir_node.store.database import Cancel, Database, cancelling
 
@@ -289,3 +291,42 @@ def test_a_big_transaction_makes_a_concurrent_small_write_wait_not_fail(database
         big.join()
         assert done[0].status_code == 200, done[0].text[:2000]
         assert len(small) > 1 and set(small) == {201}, small
+
+
+@pytest.mark.parametrize("meanwhile", ["moved", "ambiguous"])
+def test_a_transaction_sees_what_was_written_between_its_preparation_and_the_lock(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, meanwhile: str
+) -> None:
+    """A conditional reference resolved from the snapshot is resolved again under the write lock: a
+    write in between that moved its match is followed, one that made it ambiguous is a 412."""
+    first = seed(client, patient("moving"))
+    prepare = bundle._prepare
+    calls: list[int] = []
+
+    def write_in_between(*args: Any) -> Any:
+        calls.append(1)
+        plan = prepare(*args)
+        if len(calls) == 1:  # the snapshot's preparation: another client writes before the lock is taken
+            if meanwhile == "moved":
+                assert client.delete(f"/fhir/Patient/{first}").status_code == 204
+            seed(client, patient("moving"))
+        return plan
+
+    monkeypatch.setattr(bundle, "_prepare", write_in_between)
+    body = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [post(episode(f"Patient?identifier={SSIN}|moving"))],
+    }
+    r = send(client, body)
+    if meanwhile == "ambiguous":
+        assert "matches 2 resources" in assert_outcome(r, 412, "multiple-matches")["issue"][0]["diagnostics"]
+        assert client.get("/fhir/EpisodeOfCare", headers=HEADERS).json().get("entry") is None
+        return
+    assert r.status_code == 200, r.text
+    assert status(r.json()["entry"][0]) == 201
+    assert len(calls) == 2  # prepared again under the lock
+    moved = client.get("/fhir/Patient", params={"identifier": f"{SSIN}|moving"}, headers=HEADERS).json()
+    (now,) = [e["resource"]["id"] for e in moved["entry"]]
+    stored = client.get("/fhir/EpisodeOfCare", headers=HEADERS).json()["entry"][0]["resource"]
+    assert stored["patient"]["reference"] == f"Patient/{now}" != f"Patient/{first}"

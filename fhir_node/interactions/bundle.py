@@ -147,7 +147,7 @@ def _transaction(node: Node, base: str, entries: list[Entry], representation: bo
     with write.transaction(node) as conn:
         for t in sorted({e.res_type for e in entries if e.method not in ("GET", "HEAD") and e.res_type}):
             node.db.lock(conn, f"write:{t}")
-        if _decisions(conn, entries, limits) != plan:
+        if not _still_holds(conn, entries, limits, plan):
             _prepare(conn, entries, limits, enforce)
         with batched(conn):
             for e in sorted(entries, key=lambda e: (_ORDER.get(e.method, 1), e.index)):
@@ -182,15 +182,23 @@ def _prepare(conn: Connection, entries: list[Entry], limits: Limits, enforce: bo
     return _targets(entries), resolved
 
 
-def _decisions(conn: Connection, entries: list[Entry], limits: Limits) -> Decisions:
-    """The decisions `_prepare` took, taken again on `conn` (conditional matches, conditional references)."""
+def _still_holds(conn: Connection, entries: list[Entry], limits: Limits, plan: Decisions) -> bool:
+    """Whether the decisions `_prepare` took still hold on `conn`: the same targets and matches, and each
+    conditional reference it resolved still matching that one resource. Only those are queried again (no
+    walk over the bodies: `plan` names the references); a reference that no longer resolves is reported
+    by the `_prepare` that follows, naming its entry."""
+    targets, resolved = plan
     _assign_ids(conn, entries, limits)
-    resolved: dict[str, str] = {}
-    for e in entries:
-        if e.method in ("POST", "PUT", "PATCH"):
-            for ref in _conditional_references(_body(e)):
-                _at(e, _resolve, conn, e, ref, {}, resolved, limits)
-    return _targets(entries), resolved
+    if _targets(entries) != targets:
+        return False
+    for ref, was in resolved.items():
+        conditional = _CONDITIONAL_REF.fullmatch(ref)
+        assert conditional is not None
+        res_type, query = conditional.groups()
+        found = search.matching(conn, res_type, query, limits)
+        if len(found) != 1 or f"{res_type}/{found[0]}" != was:
+            return False
+    return True
 
 
 def _body(e: Entry) -> Any:
@@ -200,18 +208,6 @@ def _body(e: Entry) -> Any:
 
 def _targets(entries: list[Entry]) -> list[tuple[str | None, bool]]:
     return [(e.target, e.matched) for e in entries]
-
-
-def _conditional_references(value: Any) -> list[str]:
-    if isinstance(value, list):
-        return [ref for v in value for ref in _conditional_references(v)]
-    if not isinstance(value, dict):
-        return []
-    found = [ref for v in value.values() for ref in _conditional_references(v)]
-    ref = value.get("reference")
-    if isinstance(ref, str) and _CONDITIONAL_REF.fullmatch(ref):
-        found.append(ref)
-    return found
 
 
 def _at(e: Entry, fn: Callable[..., Any], *args: Any) -> Any:
