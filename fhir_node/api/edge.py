@@ -23,6 +23,7 @@ SECURITY_HEADERS = (
     (b"x-content-type-options", b"nosniff"),
     (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'; sandbox"),
 )
+_BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 
 
@@ -70,7 +71,7 @@ class Edge:
             return
         received = [0]
         try:
-            await self.app(scope, self._timed(receive, received), secured)
+            await self.app(scope, self._timed(scope, receive, received), secured)
         finally:
             if received[0] >= memory.BIG_BODY_BYTES:
                 await run_in_threadpool(memory.give_back)
@@ -89,10 +90,14 @@ class Edge:
             return "The query string is not UTF-8 once percent-decoded"
         return None
 
-    def _timed(self, receive: Receive, received: list[int]) -> Receive:
+    def _timed(self, scope: Scope, receive: Receive, received: list[int]) -> Receive:
         """`receive`, failing with BodyTimeout once the body is not complete by the deadline; after the
         body it passes through untouched (waiting for a disconnect has no deadline). Counts the body's
-        bytes in `received` (after a big body, memory is given back)."""
+        bytes in `received` (after a big body, memory is given back). A request with neither
+        Content-Length nor Transfer-Encoding has no body (RFC 9112 6.3): `receive` as it is (a search's
+        wait for a disconnect then costs no deadline timer)."""
+        if _BODY_HEADERS.isdisjoint([name for name, _ in scope["headers"]]):
+            return receive
         deadline = asyncio.get_running_loop().time() + self.body_timeout
         body_done = False
 
