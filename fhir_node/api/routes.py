@@ -44,12 +44,16 @@ async def reading(request: Request, fn: Callable[..., T], *args: Any, by_id: boo
 
 
 async def resource_body(request: Request, form: bool = False) -> Any:
-    """The request's JSON body, parsed (in a worker thread when big enough to hold the event loop up)."""
+    """The request's JSON body, parsed."""
     settings = node_of(request).settings
-    raw = await read_body(request, settings.max_body_bytes, form=form)
+    return await parsed(await read_body(request, settings.max_body_bytes, form=form), settings.max_json_depth)
+
+
+async def parsed(raw: bytes, max_depth: int) -> Any:
+    """`parse_body`, in a worker thread when `raw` is big enough to hold the event loop up."""
     if len(raw) > _PARSE_ON_LOOP_BYTES:
-        return await run_in_threadpool(parse_body, raw, settings.max_json_depth)
-    return parse_body(raw, settings.max_json_depth)
+        return await run_in_threadpool(parse_body, raw, max_depth)
+    return parse_body(raw, max_depth)
 
 
 def node_of(request: Request) -> Node:
@@ -218,15 +222,9 @@ async def validate_endpoint(request: Request) -> Response:
     neg = negotiate(request)
     node = node_of(request)
     raw = await read_body(request, node.settings.max_body_bytes, form="content-type" not in request.headers)
+    body = await parsed(raw, node.settings.max_json_depth) if raw else None
     p = request.path_params
-    outcome = await run_in_threadpool(
-        validate_operation,
-        node,
-        p["type"],
-        p.get("id"),
-        _query(request),
-        parse_body(raw, node.settings.max_json_depth) if raw else None,
-    )
+    outcome = await run_in_threadpool(validate_operation, node, p["type"], p.get("id"), _query(request), body)
     return fhir_response(neg, orjson.dumps(outcome))
 
 
@@ -237,7 +235,7 @@ def operation_endpoint(operation: Callable[..., dict[str, Any]]) -> Endpoint:
         neg = negotiate(request)
         node = node_of(request)
         raw = await read_body(request, node.settings.max_body_bytes) if request.method == "POST" else b""
-        body = parse_body(raw, node.settings.max_json_depth) if raw else None
+        body = await parsed(raw, node.settings.max_json_depth) if raw else None
         out = await run_in_threadpool(operation, node, _query(request), body, **request.path_params)
         return fhir_response(neg, orjson.dumps(out))
 
