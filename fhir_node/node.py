@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from fhir_node.conformance.published import synchronise
+from fhir_node.search.limits import Limits
 from fhir_node.security import keyring
 from fhir_node.settings import Settings
 from fhir_node.store.database import Database
@@ -30,6 +32,11 @@ class Node:
             node.migrate()
             check_keys(node.db, ring)
         return node
+
+    @cached_property
+    def limits(self) -> Limits:
+        """The bounds on one search's work (FHIR_NODE_SEARCH_MAX_*): settings do not change while it runs."""
+        return Limits.of(self.settings)
 
     def migrate(self) -> None:
         """The schema at its newest revision, then our published guide synchronised into the store."""

@@ -139,7 +139,7 @@ def _transaction(node: Node, base: str, entries: list[Entry], representation: bo
     """Ids, references and validation are worked out first, from a snapshot and without the write lock,
     so a big Bundle holds it only to write. Under the lock the plan is checked against what others wrote
     meanwhile (conditional matches, conditional references); if it changed, it is made again there."""
-    limits = Limits.of(node.settings)
+    limits = node.limits
     enforce = node.settings.enforce_profiles
     with node.db.read() as conn:
         plan = _prepare(conn, entries, limits, enforce)

@@ -86,8 +86,7 @@ class Page:
 def search(node: Node, base: str, res_type: str | None, params: list[tuple[str, str]], lenient: bool = False) -> bytes:
     """A `searchset` Bundle for one page of results."""
     reg = registry()
-    limits = Limits.of(node.settings)
-    limits.check(params)
+    node.limits.check(params)
     types = _types(res_type, params)
     parsed_by_type = {t: _parse(reg, t, params, lenient) for t in types}
     parsed = parsed_by_type[types[0]]
@@ -129,7 +128,7 @@ def _answer(
     total = _total(conn, page, total_mode, cursor, rows, has_next)
     shown = [policy.shown(conn, r.res_type, r.content) for r in rows]
     unredacted = [r for r, (_, redacted) in zip(rows, shown, strict=True) if not redacted]
-    included = _includes(conn, reg, unredacted, result, base, Limits.of(node.settings))
+    included = _includes(conn, reg, unredacted, result, base, node.limits)
     trail.note(conn, [(r.res_type, r.res_id) for r in rows] + [(t, i) for t, i, _ in included])
 
     links = {"self": _link(base, res_type, params, _single(result, "_cursor"))}

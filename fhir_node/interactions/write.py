@@ -56,7 +56,7 @@ def create(node: Node, res_type: str, body: Any, if_none_exist: str | None = Non
     with transaction(node) as conn:
         if if_none_exist is not None:
             node.db.lock(conn, f"write:{res_type}")
-            ids = unique_match(conn, res_type, if_none_exist, Limits.of(node.settings))
+            ids = unique_match(conn, res_type, if_none_exist, node.limits)
             if ids:
                 found = repository.current(conn, res_type, ids[0])
                 if found is not None:
@@ -148,7 +148,7 @@ def conditional_update(node: Node, res_type: str, query: str, body: Any, if_matc
     given = body.get("id")
     with transaction(node) as conn:
         node.db.lock(conn, f"write:{res_type}")
-        ids = unique_match(conn, res_type, query, Limits.of(node.settings))
+        ids = unique_match(conn, res_type, query, node.limits)
         if ids and given not in (None, ids[0]):
             raise fail(400, "invalid", f"Body id '{given}' is not the matching {res_type}/{ids[0]}", f"{res_type}.id")
         target = ids[0] if ids else given
@@ -189,7 +189,7 @@ def conditional_delete(node: Node, res_type: str, query: str, if_match: str | No
     expected = parse_if_match(if_match)
     with transaction(node) as conn:
         node.db.lock(conn, f"write:{res_type}")
-        ids = unique_match(conn, res_type, query, Limits.of(node.settings))
+        ids = unique_match(conn, res_type, query, node.limits)
         return delete_in(conn, res_type, ids[0], expected) if ids else None
 
 
