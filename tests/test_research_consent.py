@@ -10,12 +10,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from access_data import CALLERS, HRESCH, NIHDI, PSI_A, SSIN, consent, episode, headers, search, secured
+from access_data import CALLERS, HRESCH, NIHDI, PSI_A, SSIN, consent, episode, headers, search, secured, serving_jwt
+from alembic import command
+from alembic.config import Config
 from postgres_server import PostgresServer
+from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from fhir_node.rules.check_digits import ssin
+from fhir_node.rules.research_consent import consented_patients
 from fhir_node.security import keyring
+from fhir_node.store.database import MIGRATIONS
+from fhir_node.store.schema import research_consented
 
 STATISTICS = ("https://fhir-node.be/fhir/CodeSystem/consent-purpose", "statistics")
 TREATMENT = ("http://terminology.hl7.org/CodeSystem/v3-ActReason", "TREAT")
@@ -207,3 +213,98 @@ def test_a_consent_change_counts_from_the_next_request(world: Any) -> None:
         body = client.get(f"/fhir/Consent/{cid}", headers=op).json()
         assert client.put(f"/fhir/Consent/{cid}", json={**body, "status": "active"}, headers=op).status_code == 200
     assert client.get(f"/fhir/EpisodeOfCare/{w.episodes[name]}", headers=headers("aggregator")).status_code == 200
+
+
+def _kept(client: TestClient) -> set[str]:
+    """The Patients the node's `research_consented` table holds."""
+    with client.app.state.node.db.read() as conn:  # type: ignore[attr-defined]
+        return {pid for (pid,) in conn.execute(select(research_consented.c.patient_id))}
+
+
+def _defined(client: TestClient) -> set[str]:
+    """The Patients the definition (`consented`, over the index rows) says are consented, asked directly."""
+    with client.app.state.node.db.read() as conn:  # type: ignore[attr-defined]
+        return {pid for (pid,) in conn.execute(consented_patients())}
+
+
+def test_the_kept_set_is_the_definition_for_every_state(world: Any) -> None:
+    client, w = world
+    assert _kept(client) == _defined(client) == {w.patients[n] for n in VISIBLE}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def operator(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[TestClient]:
+    """An empty node, as the operator, with profiles off (the consents here are minimal)."""
+    if request.param == "sqlite":
+        with serving_jwt(f"sqlite:///{tmp_path / 'node.db'}", audit=False) as client:
+            yield client
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    with server.fresh_database() as url, serving_jwt(url, audit=False) as client:
+        yield client
+
+
+def test_every_write_path_keeps_the_set_in_step(operator: TestClient) -> None:
+    """Transaction Bundles (batched inserts), a Consent by SSIN before its Patient exists, PATCH, PUT,
+    delete, an SSIN change: after each, the kept set is exactly what the definition says."""
+    client, op = operator, headers("operator")
+
+    def step(r: Any, status: int = 200) -> Any:
+        assert r.status_code == status, r.text
+        assert _kept(client) == _defined(client)
+        return r.json() if r.content else None
+
+    first, second, third = _ssin(1), _ssin(2), _ssin(3)
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:0b6f6f3e-0000-4000-8000-000000000001",
+                "resource": {"resourceType": "Patient", "identifier": [{"system": SSIN, "value": first}]},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "resource": {**consent("urn:uuid:0b6f6f3e-0000-4000-8000-000000000001"), **decision()},
+                "request": {"method": "POST", "url": "Consent"},
+            },
+        ],
+    }
+    answer = step(client.post("/fhir", json=bundle, headers=op))
+    pid, cid = (e["response"]["location"].split("/")[1] for e in answer["entry"])
+    assert _kept(client) == {pid}
+    # By SSIN only, before the Patient exists: the Patient's creation ties it.
+    by_ssin = {**consent("Patient/x"), **decision(), "patient": {"identifier": {"system": SSIN, "value": second}}}
+    step(client.post("/fhir/Consent", json=by_ssin, headers=op), 201)
+    patient = {"resourceType": "Patient", "identifier": [{"system": SSIN, "value": second}]}
+    other = step(client.post("/fhir/Patient", json=patient, headers=op), 201)["id"]
+    assert _kept(client) == {pid, other}
+    # The SSIN changes: the consent naming the old one is re-linked to the new one, and still speaks for it.
+    change = {"resourceType": "Parameters", "parameter": [{"name": "ssin", "valueString": third}]}
+    step(client.post(f"/fhir/Patient/{other}/$ssin-change", json=change, headers=op))
+    assert _kept(client) == {pid, other}
+    # A newer deny by PATCH of the first consent's status, then back; then its deletion.
+    patch = [{"op": "replace", "path": "/status", "value": "inactive"}]
+    json_patch = {**op, "Content-Type": "application/json-patch+json"}
+    step(client.patch(f"/fhir/Consent/{cid}", json=patch, headers=json_patch))
+    assert _kept(client) == {other}
+    body = client.get(f"/fhir/Consent/{cid}", headers=op).json()
+    step(client.put(f"/fhir/Consent/{cid}", json={**body, "status": "active"}, headers=op))
+    assert _kept(client) == {pid, other}
+    step(client.delete(f"/fhir/Consent/{cid}", headers=op), 204)
+    assert _kept(client) == {other}
+    step(client.put(f"/fhir/Consent/{cid}", json={**body, "status": "active"}, headers=op), 201)
+    step(client.delete(f"/fhir/Patient/{pid}", headers=op), 204)
+    assert _kept(client) == {other}
+
+def test_the_migration_fills_the_set_from_stored_consents(world: Any) -> None:
+    """Consents stored before the table existed: upgrading to it computes the set from them."""
+    client, w = world
+    db = client.app.state.node.db
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0004")
+    db.migrate()
+    assert _kept(client) == {w.patients[n] for n in VISIBLE}

@@ -16,7 +16,7 @@ from fhir_node.outcome import FHIRError, fail
 from fhir_node.rules.billing import BILLING_PERIOD
 from fhir_node.rules.inclusion import INCLUSION_STATUS
 from fhir_node.rules.pseudonym import protect
-from fhir_node.rules.research_consent import consented
+from fhir_node.rules.research_consent import in_consent
 from fhir_node.security.access import current
 from fhir_node.security.keyring import installed
 from fhir_node.security.relationships import NIHDI_SYSTEMS, SSIN
@@ -231,11 +231,11 @@ def _of_consented(res_type: str) -> ColumnElement[bool]:
     of patients is built: a page stops as soon as it is full). Built once per type: it depends on nothing
     but the type, and the same expression object lets SQLAlchemy reuse its compiled form."""
     if res_type == "Patient":
-        return consented(resources.c.res_id)
+        return in_consent(resources.c.res_id)
     param = PATIENT_PARAM.get(res_type)
     if param is None:
         return false()
-    return _indexed(idx_reference, param, lambda ref: (ref.c.target_type == "Patient", consented(ref.c.target_id)))
+    return _indexed(idx_reference, param, lambda ref: (ref.c.target_type == "Patient", in_consent(ref.c.target_id)))
 
 
 def _indexed(

@@ -5,12 +5,13 @@ costs a handful of statements, not ~600). Safe because a Bundle writes each reso
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import Connection, Insert, Table, insert
 
 _PENDING = "fhir_node.pending_inserts"
+_AFTER = "fhir_node.after_inserts"
 _INSERTS: dict[str, Insert] = {}
 
 
@@ -33,6 +34,17 @@ def add_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None
         pending.setdefault(table.name, (table, []))[1].extend(rows)
 
 
+def after_inserts(conn: Connection, task: Callable[[Connection], None]) -> None:
+    """Run `task(conn)` once the rows added so far are written: now, or (once, however often it is asked
+    for) at the end of the enclosing `batched` block. For work that reads what the writes index."""
+    if conn.info.get(_PENDING) is None:
+        task(conn)
+        return
+    tasks: list[Callable[[Connection], None]] = conn.info.setdefault(_AFTER, [])
+    if task not in tasks:
+        tasks.append(task)
+
+
 @contextlib.contextmanager
 def batched(conn: Connection) -> Iterator[None]:
     """Gather inserts on `conn` until the block ends, then write them (not when the block fails)."""
@@ -42,5 +54,8 @@ def batched(conn: Connection) -> Iterator[None]:
         yield
     finally:
         conn.info.pop(_PENDING, None)
+        tasks = conn.info.pop(_AFTER, [])
     for table, rows in pending.values():
         conn.execute(_statement(table), rows)
+    for task in tasks:
+        task(conn)

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, delete, select, update
 
+from fhir_node.rules import research_consent
 from fhir_node.rules.pseudonym import protect, protected
 from fhir_node.search.index import write_index
 from fhir_node.store.batch import add_rows
@@ -138,7 +139,9 @@ def write(
         done = conn.execute(_UPDATE_CURRENT, {**keys, "deleted": resource is None, **values})
         if done.rowcount != 1:
             raise ConcurrentWrite(res_type, res_id)
+    before = research_consent.tied(conn, [res_id]) if res_type == "Consent" and previous is not None else set()
     write_index(conn, res_type, res_id, stored, replace=previous is not None)
+    research_consent.follow(conn, res_type, res_id, before)
     status = 204 if resource is None else 201 if previous is None or previous.deleted else 200
     row = {"res_type": res_type, "res_id": res_id, "method": method, "status": status, **values}
     add_rows(conn, resource_versions, [row])
@@ -148,8 +151,10 @@ def write(
 def erase(conn: Connection, res_type: str, ids: list[str]) -> None:
     """Remove every version and index row of these resources: retention, not a FHIR delete (which keeps
     the versions). Only retention jobs call it."""
+    before = research_consent.tied(conn, ids) if res_type == "Consent" else set(ids) if res_type == "Patient" else set()
     for table in (resources, resource_versions, *set(INDEX_TABLES.values())):
         conn.execute(delete(table).where(table.c.res_type == res_type, table.c.res_id.in_(ids)))
+    research_consent.refresh(conn, before)
 
 
 def history(

@@ -157,6 +157,15 @@ audit_anchor = Table(
     comment="Where verification starts once retention removed the oldest events: the last removed one.",
 )
 
+research_consented = Table(
+    "research_consented",
+    metadata,
+    Column("patient_id", String(64), primary_key=True),
+    comment="The Patients whose latest research consent is an active permit (rules.research_consent), kept "
+    "in step by every write of a Consent or Patient in its own transaction: one key probe per row filters "
+    "the aggregator's searches, where the definition itself takes ~20 index probes.",
+)
+
 export_jobs = Table(
     "export_jobs",
     metadata,
