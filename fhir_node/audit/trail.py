@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from fhir_node.audit import chain
 from fhir_node.audit.events import build
@@ -48,6 +48,14 @@ def note_query(query: str) -> None:
         record.query = query
 
 
+# Built once: a statement built per call costs SQLAlchemy more than running it (~100 of ~350 µs for a
+# page of 50, measured); the ids travel as one expanding parameter.
+_REF = idx_reference.c
+_PATIENTS_OF = select(_REF.target_type, _REF.target_id, _REF.url).where(
+    _REF.res_type == bindparam("t"), _REF.res_id.in_(bindparam("ids", expanding=True)), _REF.param == bindparam("p")
+)
+
+
 def patients_of(conn: Connection, items: list[tuple[str, str]]) -> set[str]:
     """Ids of the Patients these resources are, or belong to (one query per type). The query names only
     the columns of the resource key index and selects `url` too: given `target_type = 'Patient'` or a
@@ -57,12 +65,9 @@ def patients_of(conn: Connection, items: list[tuple[str, str]]) -> set[str]:
     for t, i in items:
         if t in PATIENT_PARAM:
             by_type.setdefault(t, []).append(i)
-    ref = idx_reference.c
     for t, ids in by_type.items():
-        q = select(ref.target_type, ref.target_id, ref.url).where(
-            ref.res_type == t, ref.res_id.in_(ids), ref.param == PATIENT_PARAM[t]
-        )
-        found.update(row.target_id for row in conn.execute(q) if row.target_type == "Patient" and row.target_id)
+        rows = conn.execute(_PATIENTS_OF, {"t": t, "ids": ids, "p": PATIENT_PARAM[t]})
+        found.update(target_id for target_type, target_id, _ in rows if target_type == "Patient" and target_id)
     return found
 
 
