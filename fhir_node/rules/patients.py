@@ -38,8 +38,7 @@ class Patient:
     def lock(self, conn: Connection) -> None:
         """Hold this patient's locks until commit: every writer about it shares at least one, however it
         refers to it (taken in name order)."""
-        for name in sorted({f"patient:{i}" for i in self.ids} | {f"ssin:{s}" for s in self.ssins}):
-            lock(conn, name)
+        lock(conn, *sorted({f"patient:{i}" for i in self.ids} | {f"ssin:{s}" for s in self.ssins}))
 
     def meets(self, other: Patient) -> bool:
         return bool(self.ids & other.ids or self.ssins & other.ssins)

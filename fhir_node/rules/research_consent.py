@@ -10,18 +10,21 @@ highest id (so there is always exactly one). The patient is consented when that 
 root `provision.type` `permit`; a deny, a withdrawal, a newer decision or no decision at all leaves the
 patient out.
 
-Written as SQL over the search index rows (never the JSON): `consented`. Filtering with it costs ~20
-index probes per candidate row, so its result is kept in the table `research_consented`, refreshed by
-every write of a Consent or Patient in the write's own transaction (`follow`), and searches probe that
-table once per row (`in_consent`): they still page by keyset and count exactly, and a consent change
-counts from the next request."""
+Decided from the search index rows (never the JSON) of the patients' Consents, a few indexed queries per
+batch of patients (`decide`), and kept in the table `research_consented`: every write of a Consent or
+Patient refreshes the patients it may change in the write's own transaction (`follow`), and searches
+probe that table once per row (`in_consent`), so they page by keyset, count exactly, and a consent
+change counts from the next request."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import islice
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, delete, false, func, insert, or_, select, union
+from sqlalchemy import ColumnElement, Connection, delete, false, func, insert, select
 
 from fhir_node.security.relationships import SSIN
 from fhir_node.store.batch import after_inserts
@@ -34,7 +37,8 @@ RESEARCH_PURPOSES = (
 )
 #: Consent statuses that record the patient's decision (or its withdrawal).
 DECISION_STATUSES = ("active", "inactive", "rejected")
-
+#: Patients decided per round of queries (bounded IN lists).
+_CHUNK = 500
 
 #: On a connection: (patients, consents) written in its transaction whose refresh is still to come.
 _DIRTY = "fhir_node.research_consent_dirty"
@@ -66,131 +70,112 @@ def _settle(conn: Connection) -> None:
 
 def tied(conn: Connection, consent_ids: Collection[str]) -> set[str]:
     """Ids of the Patients these Consents are about (by reference, or by the SSIN they name)."""
-    if not consent_ids:
-        return set()
     link, token = idx_reference.c, idx_token.c
-    of = (link.res_type == "Consent", link.res_id.in_(list(consent_ids)), link.param == "patient")
-    by_reference = select(link.target_id).where(*of, link.target_type == "Patient")
-    by_ssin = select(token.res_id).where(
-        token.res_type == "Patient",
-        token.param == "identifier",
-        token.system == SSIN,
-        token.code.in_(select(link.id_value).where(*of, link.id_system == SSIN)),
-    )
-    return {pid for (pid,) in conn.execute(union(by_reference, by_ssin)) if pid}
+    found: set[str] = set()
+    for ids in _chunks(consent_ids):
+        of = (link.res_type == "Consent", link.res_id.in_(ids), link.param == "patient")
+        found.update(pid for (pid,) in conn.execute(select(link.target_id).where(*of, link.target_type == "Patient")))
+        ssins = select(link.id_value).where(*of, link.id_system == SSIN)
+        found.update(pid for pid, _ in _with_ssin(conn, token.code.in_(ssins)))
+    return {pid for pid in found if pid}
 
 
 def refresh(conn: Connection, patient_ids: Collection[str]) -> None:
-    """Make `research_consented` say, for these patients, what `consented` says now. Each patient's lock is
-    held to commit (PostgreSQL): two writers about one patient then refresh it in turn, the second seeing
-    the first's consent, never both deciding from a state without the other's."""
+    """Make `research_consented` say, for these patients, what their Consents decide now. Their locks are
+    held to commit (PostgreSQL): two writers about one patient refresh it in turn, the second seeing the
+    first's consent, never both deciding from a state without the other's."""
     ids = sorted(patient_ids)
-    if not ids:
-        return
-    for pid in ids:
-        lock(conn, f"patient:{pid}")
-    conn.execute(delete(research_consented).where(research_consented.c.patient_id.in_(ids)))
-    conn.execute(insert(research_consented).from_select(["patient_id"], consented_patients(ids)))
+    lock(conn, *(f"patient:{pid}" for pid in ids))
+    fill(conn, ids)
 
 
-def consented_patients(ids: Collection[str] | None = None) -> Select[Any]:
-    """SQL: the ids of the live Patients (of `ids`, or all) that are consented, as the definition says."""
-    r = resources.c
-    q = select(r.res_id).where(r.res_type == "Patient", r.deleted == false(), consented(r.res_id))
-    return q if ids is None else q.where(r.res_id.in_(ids))
+def fill(conn: Connection, patient_ids: Collection[str]) -> None:
+    """Rewrite the rows of these patients in `research_consented` from what their Consents decide."""
+    for ids in _chunks(patient_ids):
+        conn.execute(delete(research_consented).where(research_consented.c.patient_id.in_(ids)))
+        keep = decide(conn, ids)
+        if keep:
+            conn.execute(insert(research_consented), [{"patient_id": pid} for pid in sorted(keep)])
 
 
-def consented(patient_id: ColumnElement[Any]) -> ColumnElement[bool]:
-    """SQL: the Patient with id `patient_id` (a column of the enclosing query) is consented for research:
-    it has a decision in force that no other decision is later than. Decisions tie to the patient by
-    reference or by SSIN, each probed through its own index (an OR of both would scan)."""
-    kinds = ("reference", "ssin")
-    return or_(
-        *(
-            permit.select()
-            .where(
-                permit.has("status", "active"),
-                permit.has("provision-type", "permit"),
-                *(
-                    ~newer.select().where(newer.later_than(permit)).exists()
-                    for newer in (_Decision(patient_id, k) for k in kinds)
-                ),
-            )
-            .exists()
-            for permit in (_Decision(patient_id, k) for k in kinds)
-        )
-    )
-
-
+@dataclass
 class _Decision:
-    """One research decision of the patient, as FROM clauses of its own: the index row tying a Consent to
-    the patient (`by` reference, or by the SSIN it carries: a Consent may name the patient by identifier
-    only), the Consent's row (`written`: its last write) and its `dateTime` (`at`)."""
+    """What the index says of one research Consent: enough to order it and read its decision."""
 
-    def __init__(self, patient_id: ColumnElement[Any], by: str) -> None:
-        self.patient_id = patient_id
-        self.by = by
-        self.link = idx_reference.alias()
-        self.consent = resources.alias()
-        self.date = idx_date.alias()
-        self.at = self.date.c.low
-        self.written = self.consent.c.last_updated
+    consent_id: str
+    status: str = ""
+    permit: bool = False
+    research: bool = False
+    at: datetime | None = None
+    written: datetime | None = None
+    patients: set[str] = field(default_factory=set)
 
-    def select(self) -> Select[Any]:
-        link, c, d = self.link, self.consent, self.date
-        # Subqueries name what they take from outside: auto-correlation only looks one level up.
-        return (
-            select(link.c.res_id)
-            .correlate_except(link, c, d)
-            .where(
-                link.c.res_type == "Consent",
-                link.c.param == "patient",
-                *self._tied(),
-                c.c.res_type == "Consent",
-                c.c.res_id == link.c.res_id,
-                d.c.res_type == "Consent",
-                d.c.res_id == link.c.res_id,
-                d.c.param == "date",
-                self.has("purpose", *RESEARCH_PURPOSES),
-                self.has("status", *DECISION_STATUSES),
-            )
-        )
+    def key(self) -> tuple[datetime, datetime, str]:
+        """Later decisions sort higher: `dateTime`, then the last write, then the id."""
+        assert self.at is not None and self.written is not None
+        return (self.at, self.written, self.consent_id)
 
-    def later_than(self, other: _Decision) -> ColumnElement[bool]:
-        """This decision comes after `other`: a later dateTime, then a later write, then a higher id."""
-        return or_(
-            self.at > other.at,
-            and_(
-                self.at == other.at,
-                or_(
-                    self.written > other.written,
-                    and_(self.written == other.written, self.link.c.res_id > other.link.c.res_id),
-                ),
-            ),
-        )
 
-    def _tied(self) -> tuple[ColumnElement[bool], ...]:
-        link = self.link
-        if self.by == "reference":
-            return (link.c.target_type == "Patient", link.c.target_id == self.patient_id)
-        token = idx_token.alias()
-        ssins = (
-            select(token.c.code)
-            .correlate_except(token)
-            .where(
-                token.c.res_type == "Patient",
-                token.c.res_id == self.patient_id,
-                token.c.param == "identifier",
-                token.c.system == SSIN,
-            )
-        )
-        # Only identifier-only references (with a literal one, the reference decides); tested through
-        # coalesce() so the planner walks the SSIN's index rows, not every row without a target.
-        return (link.c.id_value.in_(ssins), link.c.id_system == SSIN, func.coalesce(link.c.target_type, "") == "")
+def decide(conn: Connection, patient_ids: list[str]) -> set[str]:
+    """Those of these (at most _CHUNK) live patients that are consented: a handful of indexed queries."""
+    r, link, token, date = resources.c, idx_reference.c, idx_token.c, idx_date.c
+    live = select(r.res_id).where(r.res_type == "Patient", r.res_id.in_(patient_ids), r.deleted == false())
+    alive = {pid for (pid,) in conn.execute(live)}
+    if not alive:
+        return set()
+    of = (link.res_type == "Consent", link.param == "patient")
+    decisions: dict[str, _Decision] = {}
+    by_reference = select(link.res_id, link.target_id).where(
+        *of, link.target_type == "Patient", link.target_id.in_(alive)
+    )
+    ssins = dict(_with_ssin(conn, token.res_id.in_(alive)))
+    # Only identifier-only references (with a literal one, the reference decides); tested through
+    # coalesce() so the planner walks the SSIN's index rows, not every row without a target.
+    by_ssin = select(link.res_id, link.id_value).where(
+        *of, link.id_system == SSIN, link.id_value.in_(list(ssins.values())), func.coalesce(link.target_type, "") == ""
+    )
+    owner = {ssin: pid for pid, ssin in ssins.items()}
+    for consent_id, pid in conn.execute(by_reference):
+        decisions.setdefault(consent_id, _Decision(consent_id)).patients.add(pid)
+    for consent_id, ssin in conn.execute(by_ssin):
+        decisions.setdefault(consent_id, _Decision(consent_id)).patients.add(owner[ssin])
+    ids = list(decisions)
+    facts = select(token.res_id, token.param, token.system, token.code).where(
+        token.res_type == "Consent", token.res_id.in_(ids), token.param.in_(("purpose", "status", "provision-type"))
+    )
+    for consent_id, param, system, code in conn.execute(facts):
+        d = decisions[consent_id]
+        if param == "purpose":
+            d.research = d.research or (system, code) in RESEARCH_PURPOSES
+        elif param == "status":
+            d.status = code if code in DECISION_STATUSES else d.status
+        else:
+            d.permit = d.permit or code == "permit"
+    dates = select(date.res_id, date.low).where(date.res_type == "Consent", date.res_id.in_(ids), date.param == "date")
+    for consent_id, low in conn.execute(dates):
+        decisions[consent_id].at = low
+    writes = select(r.res_id, r.last_updated).where(r.res_type == "Consent", r.res_id.in_(ids), r.deleted == false())
+    for consent_id, written in conn.execute(writes):
+        decisions[consent_id].written = written
+    latest: dict[str, _Decision] = {}
+    for d in decisions.values():
+        if d.research and d.status and d.at is not None and d.written is not None:
+            for pid in d.patients:
+                if pid not in latest or d.key() > latest[pid].key():
+                    latest[pid] = d
+    return {pid for pid, d in latest.items() if d.status == "active" and d.permit}
 
-    def has(self, param: str, *values: str | tuple[str, str]) -> ColumnElement[bool]:
-        """The Consent has a token of `param` among `values` (codes, or (system, code) pairs)."""
-        t = idx_token.alias()
-        match = [and_(t.c.system == v[0], t.c.code == v[1]) if isinstance(v, tuple) else t.c.code == v for v in values]
-        own = (t.c.res_type == "Consent", t.c.res_id == self.link.c.res_id, t.c.param == param)
-        return select(t.c.res_id).correlate_except(t).where(*own, or_(*match)).exists()
+
+def _with_ssin(conn: Connection, which: ColumnElement[bool]) -> Iterator[tuple[str, str]]:
+    """(Patient id, SSIN as it rests) of the Patients' SSIN identifiers that `which` selects."""
+    token = idx_token.c
+    q = select(token.res_id, token.code).where(
+        token.res_type == "Patient", token.param == "identifier", token.system == SSIN, which
+    )
+    yield from ((pid, code) for pid, code in conn.execute(q))
+
+
+def _chunks(items: Collection[str]) -> Iterator[list[str]]:
+    it = iter(sorted(items))
+    while chunk := list(islice(it, _CHUNK)):
+        yield chunk

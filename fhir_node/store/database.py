@@ -88,6 +88,9 @@ class Database:
                 execution_options={"write_wait": write_wait},
             )
             _track_statements(self.engine)
+        # PostgreSQL reads in autocommit: under READ COMMITTED every statement takes its own snapshot, in a
+        # transaction or not, so BEGIN and COMMIT (two of a read's three round trips) bought nothing.
+        self._reader = self.engine if self.is_sqlite else self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
@@ -103,13 +106,13 @@ class Database:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
-        """A read-only transaction: one consistent snapshot for everything a request reads (or the
-        enclosing write transaction, when there is one)."""
+        """A read-only connection (or the enclosing write transaction, when there is one): on SQLite a
+        transaction, one snapshot for everything a request reads; on PostgreSQL autocommit (see __init__)."""
         active = self._writing.get()
         if active is not None:
             yield active
             return
-        with self.engine.begin() as conn:
+        with self._reader.begin() as conn:
             yield conn
 
     def lock(self, conn: Connection, key: str) -> None:
@@ -140,20 +143,22 @@ class Database:
         self.engine.dispose()
 
 
-def lock(conn: Connection, key: str) -> None:
-    """Serialise writers on `key` until `conn` commits (PostgreSQL; SQLite writers are already serial),
-    waiting at most the engine's `write_wait` seconds, not the statement timeout (past it lock_timeout fails
-    the statement: a 503). One round trip: the SETs and the lock travel in one simple-query message."""
-    if conn.dialect.name != "postgresql":
+def lock(conn: Connection, *keys: str) -> None:
+    """Serialise writers on each of `keys` until `conn` commits (PostgreSQL; SQLite writers are already
+    serial), taken in the order given, waiting at most the engine's `write_wait` seconds, not the statement
+    timeout (past it lock_timeout fails the statement: a 503). One round trip however many keys: the SETs
+    and the locks travel in one simple-query message."""
+    if conn.dialect.name != "postgresql" or not keys:
         return
-    k = zlib.crc32(key.encode())
+    numbers = ",".join(str(zlib.crc32(k.encode())) for k in keys)
+    taken = f"SELECT pg_advisory_xact_lock(k) FROM unnest(ARRAY[{numbers}]::bigint[]) AS k"
     wait = conn.get_execution_options().get("write_wait")
     if wait is None:
-        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": k})
+        conn.exec_driver_sql(taken)
         return
     conn.exec_driver_sql(
-        f"SET LOCAL lock_timeout = {int(wait * 1000)}; SET LOCAL statement_timeout = 0; "
-        f"SELECT pg_advisory_xact_lock({k}); RESET statement_timeout; RESET lock_timeout"
+        f"SET LOCAL lock_timeout = {int(wait * 1000)}; SET LOCAL statement_timeout = 0; {taken}; "
+        "RESET statement_timeout; RESET lock_timeout"
     )
 
 

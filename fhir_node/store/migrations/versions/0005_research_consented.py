@@ -8,8 +8,8 @@ Revises: 0004
 import sqlalchemy as sa
 from alembic import op
 
-from fhir_node.rules.research_consent import consented_patients
-from fhir_node.store.schema import research_consented
+from fhir_node.rules.research_consent import fill
+from fhir_node.store.schema import research_consented, resources
 
 revision = "0005"
 down_revision = "0004"
@@ -24,7 +24,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("patient_id"),
         comment=research_consented.comment,
     )
-    op.execute(sa.insert(research_consented).from_select(["patient_id"], consented_patients()))
+    conn = op.get_bind()
+    r = resources.c
+    fill(conn, [pid for (pid,) in conn.execute(sa.select(r.res_id).where(r.res_type == "Patient", r.deleted == sa.false()))])
 
 
 def downgrade() -> None:
