@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from access_data import CALLERS, HRESCH, NIHDI, PSI_A, SSIN, consent, episode, headers, search, secured, serving_jwt
 from alembic import command
 from alembic.config import Config
+from live_node import serve_node
 from postgres_server import PostgresServer
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from fhir_node.rules.check_digits import ssin
 from fhir_node.security import keyring
-from fhir_node.store.database import MIGRATIONS
+from fhir_node.store.database import MIGRATIONS, Database
 from fhir_node.store.schema import research_consented
 
 STATISTICS = ("https://fhir-node.be/fhir/CodeSystem/consent-purpose", "statistics")
@@ -300,3 +304,41 @@ def test_the_migration_fills_the_set_from_stored_consents(world: Any) -> None:
         command.downgrade(cfg, "0004")
     db.migrate()
     assert _kept(client) == {w.patients[n] for n in VISIBLE}
+
+
+def test_concurrent_consent_writers_leave_the_latest_decision(database_url: str, tmp_path: Path) -> None:
+    """For each of three patients, ten clients at once, over real HTTP to two worker processes, record a
+    permit or a deny (each with its own dateTime, by reference or by SSIN, some in transactions): the kept
+    set ends as the latest of each patient's decisions says, whoever committed last."""
+    ssins = [_ssin(40 + i) for i in range(3)]
+    env = {"FHIR_NODE_ENFORCE_PROFILES": "false", "FHIR_NODE_AUDIT": "false"}
+    with serve_node(database_url, tmp_path, env, workers=2) as base, httpx.Client(timeout=60) as http:
+        ids = [
+            http.post(f"{base}/Patient", json={"resourceType": "Patient", "identifier": [{"system": SSIN, "value": s}]})
+            .json()["id"]
+            for s in ssins
+        ]
+
+        def record(n: int) -> int:
+            who, kind = n % 3, "permit" if n % 4 < 2 else "deny"
+            body = {**consent(f"Patient/{ids[who]}"), **decision(kind=kind, at=f"2024-01-01T10:{n:02d}:00Z")}
+            if n % 5 == 0:
+                body["patient"] = {"identifier": {"system": SSIN, "value": ssins[who]}}
+            with httpx.Client(timeout=60) as client:
+                if n % 3 == 1:
+                    entry = {"resource": body, "request": {"method": "POST", "url": "Consent"}}
+                    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
+                    return client.post(base, json=bundle).status_code
+                return client.post(f"{base}/Consent", json=body).status_code
+
+        with ThreadPoolExecutor(30) as pool:
+            assert set(pool.map(record, range(30))) <= {200, 201}
+    latest = {who: max(n for n in range(30) if n % 3 == who) for who in range(3)}
+    expected = {ids[who] for who, n in latest.items() if n % 4 < 2}
+    db = Database(database_url)
+    try:
+        with db.read() as conn:
+            kept = {pid for (pid,) in conn.execute(select(research_consented.c.patient_id))}
+    finally:
+        db.dispose()
+    assert kept == expected
