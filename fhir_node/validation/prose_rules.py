@@ -16,6 +16,7 @@ from typing import Any
 
 from fhir_node.outcome import Issue, error
 from fhir_node.search.registry import load_definitions
+from fhir_node.validation.value_set_rules import value_set_rules
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
 _UUID = re.compile(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -104,6 +105,7 @@ def _value_set(value_set: dict[str, Any], where: str) -> Iterator[Issue]:
             if isinstance(system, str) and not _SCHEME.match(system):
                 at = f"{where}.compose.{part}[{i}].system"
                 yield error("invalid", f"ValueSet.compose.{part}.system '{system}' must be an absolute URI", at)
+    yield from value_set_rules(value_set, where)
 
 
 def _code_system(code_system: dict[str, Any], where: str) -> Iterator[Issue]:
