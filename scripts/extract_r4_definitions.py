@@ -277,13 +277,22 @@ def base_structure_definitions(resources: dict[str, dict[str, Any]]) -> dict[str
 
 def extension_contexts(resources: dict[str, dict[str, Any]]) -> dict[str, list[list[str]]]:
     """Each official extension's contexts of use, [type, expression] pairs, by URL: what tells a known R4
-    extension from an unknown one, and where it may be used."""
-    return {
-        r["url"]: sorted([c["type"], c["expression"]] for c in r.get("context", ()))
-        for r in sorted(resources.values(), key=lambda r: r.get("url", ""))
+    extension from an unknown one, and where it may be used. The places where the package itself uses an
+    extension outside its stated contexts are added as `element` contexts (what the specification
+    publishes passes HL7's validator). Run after the schema is written: the walk reads it."""
+    from fhir_node.validation.extension_rules import official_misplacements
+
+    contexts = {
+        r["url"]: [(c["type"], c["expression"]) for c in r.get("context", ())]
+        for r in resources.values()
         if r["resourceType"] == "StructureDefinition"
         and r.get("type") == "Extension"
         and r["derivation"] == "constraint"
+    }
+    extra = official_misplacements(resources.values(), contexts)
+    return {
+        url: [list(pair) for pair in sorted({*pairs, *(("element", path) for path in extra.get(url, ()))})]
+        for url, pairs in sorted(contexts.items())
     }
 
 

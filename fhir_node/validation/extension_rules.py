@@ -10,6 +10,8 @@ where it may be used. HL7's validator reports an extension whose definition it c
 - an extension under a canonical base of a package our ImplementationGuide depends on, or published by
   HL7 (hl7.org/fhir/...: the extensions pack, cross-version extensions, tools) is known to exist but not
   held here: the core pass warns that it is not checked;
+- so is one on the example hosts the specification's examples use (example.org, acme.com) or DICOM's
+  (nema.org), which HL7's validator lets pass;
 - any other URL is an error.
 
 Writes are not judged by these rules (a node refusing every extension it does not know would refuse real
@@ -18,11 +20,12 @@ vendors' data): they keep the core pass's warning.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -33,11 +36,9 @@ from fhir_node.validation.structure import element_children
 _EXTENSIONS_FILE = Path(__file__).resolve().parent.parent / "data" / "r4" / "extensions.json"
 #: Where HL7 publishes extensions beyond the R4 package (extensions pack, cross-version, tools IG).
 _HL7_PUBLISHED = ("http://hl7.org/fhir/",)
-#: Contexts R4 states wrongly, as HL7's validator corrects them (jira FHIR-13328: the R4 package itself puts
-#: this one on ElementDefinition.type, though its definition says ElementDefinition.type.code).
-_CONTEXT_ERRATA = {
-    "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type": ("ElementDefinition.type",),
-}
+#: Hosts whose extensions HL7's validator lets pass unresolved: the example domains of the specification's
+#: examples, and DICOM's (NEMA) attributes used as extensions.
+_EXAMPLE_HOSTS = ("example.org", "acme.com", "nema.org")
 #: Profiles of Quantity: an extension allowed on Quantity is allowed on them.
 _QUANTITY_PROFILES = frozenset({"Age", "Count", "Distance", "Duration", "MoneyQuantity", "SimpleQuantity"})
 
@@ -64,8 +65,9 @@ def _dependency_bases() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class _Holder:
-    """The element carrying extensions: its path in the resource, its path in its data type (for a child
-    of a data type: `HumanName.family`), its type or backbone name, and whether it is a resource."""
+    """The element carrying extensions: its path in the resource, its logical path (a recursive element by
+    the element that defines it: `Questionnaire.item` for `Questionnaire.item.item`; a data type's child by
+    the type: `HumanName.family`), its type or backbone name, and whether it is a resource."""
 
     path: str
     local: str
@@ -76,42 +78,48 @@ class _Holder:
 
 def extension_rules(resource: dict[str, Any], registry: Registry) -> list[Issue]:
     """Every unknown or misplaced extension in `resource` and the resources it contains."""
+    return [
+        issue for extension, holder, at in extensions_in(resource) for issue in _judge(extension, holder, at, registry)
+    ]
+
+
+def extensions_in(resource: dict[str, Any]) -> Iterator[tuple[dict[str, Any], _Holder, str]]:
+    """(extension, the element holding it, location) of every extension in `resource` and the resources
+    it carries."""
     rt = resource.get("resourceType", "")
-    return list(_walk(resource, _Holder(rt, rt, rt, True), rt, registry))
+    yield from _walk(resource, _Holder(rt, rt, rt, True), rt, {})
 
 
-def _walk(value: dict[str, Any], holder: _Holder, where: str, registry: Registry) -> Iterator[Issue]:
-    for modifier in (False, True):
-        key = "modifierExtension" if modifier else "extension"
+def _walk(
+    value: dict[str, Any], holder: _Holder, where: str, defined: dict[str, str]
+) -> Iterator[tuple[dict[str, Any], _Holder, str]]:
+    """`defined`: the logical path of each backbone type met on the way down (recursion ends there)."""
+    for key in ("extension", "modifierExtension"):
         for i, extension in enumerate(value.get(key, ()) if isinstance(value.get(key), list) else ()):
             if isinstance(extension, dict):
                 at = f"{where}.{key}[{i}]"
-                yield from _judge(extension, holder, at, registry)
-                url = extension.get("url")
-                inner = _Holder(f"{holder.path}.extension", "Extension", "Extension", False, url)
-                yield from _walk(extension, inner, at, registry)
+                yield extension, holder, at
+                inner = _Holder(f"{holder.path}.extension", "Extension", "Extension", False, extension.get("url"))
+                yield from _walk(extension, inner, at, defined)
     children = element_children(holder.type or "")
     for key, child in value.items():
         if key in ("extension", "modifierExtension"):
             continue
-        if isinstance(child, dict) and "resourceType" in child:  # contained, Bundle entries, parameters
-            rt = child["resourceType"]
-            yield from _walk(child, _Holder(rt, rt, rt, True), f"{where}.{key}", registry)
-            continue
         name, type_name = children.get(key, (key.removeprefix("_"), None))
         type_name = None if key.startswith("_") else type_name  # a primitive's extensions: its type unknown here
         path = f"{holder.path}.{name}"
-        local = path if holder.resource or "_" in (holder.type or "") else f"{holder.type}.{name}"
+        local = f"{holder.local}.{name}" if holder.resource or "_" in (holder.type or "") else f"{holder.type}.{name}"
+        if type_name and "_" in type_name:
+            local = defined.setdefault(type_name, local)
         items = child if isinstance(child, list) else [child]
         for i, item in enumerate(items):
             if isinstance(item, dict):
                 at = f"{where}.{key}[{i}]" if isinstance(child, list) else f"{where}.{key}"
-                resource = isinstance(item.get("resourceType"), str)
-                if resource:
+                if isinstance(item.get("resourceType"), str):  # contained, Bundle entries, parameters
                     rt = item["resourceType"]
-                    yield from _walk(item, _Holder(rt, rt, rt, True), at, registry)
+                    yield from _walk(item, _Holder(rt, rt, rt, True), at, {})
                 else:
-                    yield from _walk(item, _Holder(path, local, type_name), at, registry)
+                    yield from _walk(item, _Holder(path, local, type_name), at, defined)
 
 
 def _judge(extension: dict[str, Any], holder: _Holder, at: str, registry: Registry) -> Iterator[Issue]:
@@ -120,19 +128,46 @@ def _judge(extension: dict[str, Any], holder: _Holder, at: str, registry: Regist
         return  # a part of a complex extension, or one of ours (checked by the core pass)
     contexts = official_extensions().get(url)
     if contexts is None:
-        if not url.startswith(_HL7_PUBLISHED + _dependency_bases()):
+        if not url.startswith(_HL7_PUBLISHED + _dependency_bases()) and not _example_host(url):
             yield error("structure", f"The extension {url} could not be found, so it is not allowed here", at)
         return
-    if any(kind == "fhirpath" for kind, _ in contexts) or not contexts:
-        return  # a FHIRPath context is not judged here
-    allowed = [expression for _, expression in contexts] + list(_CONTEXT_ERRATA.get(url, ()))
-    if {"Element", "Any"} & set(allowed):
-        return  # allowed everywhere, resources included, as HL7's validator reads it
-    if holder.type is None and any(a[:1].islower() for a in allowed):
-        return  # a context naming a primitive type, on a primitive whose type is not known here
-    if not set(_context_names(holder)) & {a.replace("[x]", "") for a in allowed}:
-        text = f"The extension {url} is not allowed on {holder.path} (its contexts: {', '.join(allowed)})"
+    if not allowed_at(contexts, holder):
+        text = (
+            f"The extension {url} is not allowed on {holder.path} (its contexts: {', '.join(e for _, e in contexts)})"
+        )
         yield error("structure", text, at)
+
+
+def allowed_at(contexts: list[tuple[str, str]], holder: _Holder) -> bool:
+    """Whether contexts of use allow an extension on `holder` (a FHIRPath context, or a primitive whose
+    type is not known here while a context names a primitive type, is given the benefit of the doubt)."""
+    allowed = {expression.replace("[x]", "") for _, expression in contexts}
+    if not contexts or any(kind == "fhirpath" for kind, _ in contexts) or {"Element", "Any"} & allowed:
+        return True  # `Element`: allowed everywhere, resources included, as HL7's validator reads it
+    if holder.type is None and any(a[:1].islower() for a in allowed):
+        return True
+    return bool(set(_context_names(holder)) & allowed)
+
+
+def official_misplacements(
+    resources: Iterable[dict[str, Any]], contexts: dict[str, list[tuple[str, str]]]
+) -> dict[str, set[str]]:
+    """Where the official R4 package itself uses its extensions outside their stated contexts, by URL
+    (logical paths): the extraction script adds these as contexts, since what the specification publishes
+    passes HL7's validator (`structuredefinition-normative-version` on ValueSets, `translation` on
+    expansion contents...)."""
+    found: dict[str, set[str]] = {}
+    for resource in resources:
+        for extension, holder, _ in extensions_in(resource):
+            url = extension.get("url")
+            if url in contexts and not allowed_at(contexts[url], holder):
+                found.setdefault(url, set()).add(holder.local)
+    return found
+
+
+def _example_host(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return any(host == h or host.endswith("." + h) for h in _EXAMPLE_HOSTS)
 
 
 def _context_names(holder: _Holder) -> Iterator[str]:
