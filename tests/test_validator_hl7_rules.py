@@ -33,6 +33,8 @@ def patient_with_extension(url: str) -> dict[str, Any]:
 def test_an_extension_nobody_can_resolve_is_an_error_in_validate():
     (found,) = errors(patient_with_extension(UNKNOWN))
     assert found.startswith("Patient.extension[0]: ") and "could not be found" in found
+    other_guide = "http://hl7.org/fhir/uv/sdc/StructureDefinition/sdc-questionnaire-questionnaireAdaptive"
+    assert len(errors(patient_with_extension(other_guide))) == 1  # an HL7 guide that HL7's validator does not load
     primitive = {"resourceType": "Patient", "birthDate": "1975", "_birthDate": {"extension": [{"url": UNKNOWN}]}}
     primitive["_birthDate"]["extension"][0]["valueAge"] = {
         "value": 45,

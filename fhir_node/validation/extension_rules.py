@@ -8,8 +8,8 @@ where it may be used. HL7's validator reports an extension whose definition it c
 - official R4 extensions (data/r4/extensions.json, from the R4 package) are known: their contexts are
   checked here;
 - an extension under a canonical base of a package our ImplementationGuide depends on, or published by
-  HL7 (hl7.org/fhir/...: the extensions pack, cross-version extensions, tools) is known to exist but not
-  held here: the core pass warns that it is not checked;
+  HL7 beyond R4 where HL7's validator loads it (the extensions pack, cross-version extensions, tools) is
+  known to exist but not held here: the core pass warns that it is not checked;
 - so is one on the example hosts the specification's examples use (example.org, acme.com) or DICOM's
   (nema.org), which HL7's validator lets pass;
 - any other URL is an error.
@@ -20,6 +20,7 @@ vendors' data): they keep the core pass's warning.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -34,8 +35,10 @@ from fhir_node.validation.definitions import PROFILES_DIR, Registry
 from fhir_node.validation.structure import element_children
 
 _EXTENSIONS_FILE = Path(__file__).resolve().parent.parent / "data" / "r4" / "extensions.json"
-#: Where HL7 publishes extensions beyond the R4 package (extensions pack, cross-version, tools IG).
-_HL7_PUBLISHED = ("http://hl7.org/fhir/",)
+#: Where HL7 publishes extensions beyond the R4 package, which HL7's validator loads itself: the extensions
+#: pack, the tools IG, cross-version extensions (`http://hl7.org/fhir/5.0/StructureDefinition/...`). Those
+#: of other HL7 guides (`http://hl7.org/fhir/uv/sdc/...`) it does not know either.
+_HL7_PUBLISHED = re.compile(r"http://hl7\.org/fhir/(?:tools/|\d\.\d/)?StructureDefinition/")
 #: Hosts whose extensions HL7's validator lets pass unresolved: the example domains of the specification's
 #: examples, and DICOM's (NEMA) attributes used as extensions.
 _EXAMPLE_HOSTS = ("example.org", "acme.com", "nema.org")
@@ -128,7 +131,8 @@ def _judge(extension: dict[str, Any], holder: _Holder, at: str, registry: Regist
         return  # a part of a complex extension, or one of ours (checked by the core pass)
     contexts = official_extensions().get(url)
     if contexts is None:
-        if not url.startswith(_HL7_PUBLISHED + _dependency_bases()) and not _example_host(url):
+        known_source = _HL7_PUBLISHED.match(url) or url.startswith(_dependency_bases()) or _example_host(url)
+        if not known_source:
             yield error("structure", f"The extension {url} could not be found, so it is not allowed here", at)
         return
     if not allowed_at(contexts, holder):
