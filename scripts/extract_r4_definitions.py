@@ -10,6 +10,7 @@ Writes, deterministically (sorted keys, sorted lists, byte-identical reruns):
   fhir_node/data/r4/summary-elements.json    top-level isSummary elements per resource type (_summary=true)
   fhir_node/data/r4/terminology.json         official CodeSystems and ValueSets, reduced to what the terminology needs
   fhir_node/data/r4/structure-definitions/   official StructureDefinitions the snapshot generator builds on
+  fhir_node/data/r4/extensions.json          every official R4 extension's URL and contexts of use
   tests/fixtures/r4-examples/*.json          every official example of our six types, byte for byte
   tests/fixtures/r4-profiles/*.json          the official vital-signs and blood-pressure profiles and example
 """
@@ -274,6 +275,27 @@ def base_structure_definitions(resources: dict[str, dict[str, Any]]) -> dict[str
     return dict(sorted(chosen.items()))
 
 
+def extension_contexts(resources: dict[str, dict[str, Any]]) -> dict[str, list[list[str]]]:
+    """Each official extension's contexts of use, [type, expression] pairs, by URL: what tells a known R4
+    extension from an unknown one, and where it may be used. The places where the package itself uses an
+    extension outside its stated contexts are added as `element` contexts (what the specification
+    publishes passes HL7's validator). Run after the schema is written: the walk reads it."""
+    from fhir_node.validation.extension_rules import official_misplacements
+
+    contexts = {
+        r["url"]: [(c["type"], c["expression"]) for c in r.get("context", ())]
+        for r in resources.values()
+        if r["resourceType"] == "StructureDefinition"
+        and r.get("type") == "Extension"
+        and r["derivation"] == "constraint"
+    }
+    extra = official_misplacements(resources.values(), contexts)
+    return {
+        url: [list(pair) for pair in sorted({*pairs, *(("element", path) for path in extra.get(url, ()))})]
+        for url, pairs in sorted(contexts.items())
+    }
+
+
 def write_structure_definitions(definitions: dict[str, dict[str, Any]]) -> None:
     """One file per type, replacing whatever was there, so a type no longer needed disappears."""
     STRUCTURE_DIR.mkdir(parents=True, exist_ok=True)
@@ -312,6 +334,7 @@ def main() -> None:
     write_json(DATA_DIR / "structure-rules.json", structure_rules(schema, resources), indent=1)
     write_json(DATA_DIR / "summary-elements.json", summary_elements(resources), indent=1)
     write_json(DATA_DIR / "terminology.json", terminology(resources), indent=None)
+    write_json(DATA_DIR / "extensions.json", extension_contexts(resources), indent=1)
     definitions = base_structure_definitions(resources)
     write_structure_definitions(definitions)
     count = write_examples(files, resources)

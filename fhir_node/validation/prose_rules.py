@@ -1,6 +1,7 @@
 """Rules R4 states in prose rather than as invariants, which HL7's validator applies: on Bundles (fullUrl,
 links, search results) and on the conformance resources the node publishes (absolute canonicals and
-code systems, composite SearchParameters, CodeSystem supplements and properties).
+code systems, composite SearchParameters, CodeSystem supplements and properties), and those of the modules
+it calls: bundle_references.py, structure_definition_rules.py, value_set_rules.py.
 
 They run in `validate()` (the CLI, `$validate`, the agreement benchmark), on the resource, its contained
 resources and each Bundle entry's resource.
@@ -16,6 +17,9 @@ from typing import Any
 
 from fhir_node.outcome import Issue, error
 from fhir_node.search.registry import load_definitions
+from fhir_node.validation.bundle_references import ambiguous_references
+from fhir_node.validation.structure_definition_rules import structure_definition_rules
+from fhir_node.validation.value_set_rules import value_set_rules
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
 _UUID = re.compile(r"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -42,6 +46,8 @@ def _check(resource: dict[str, Any], where: str) -> Iterator[Issue]:
         yield from _code_system(resource, where)
     elif rt == "SearchParameter":
         yield from _search_parameter(resource, where)
+    elif rt == "StructureDefinition":
+        yield from structure_definition_rules(resource, where)
     for i, contained in enumerate(resource.get("contained", [])):
         if isinstance(contained, dict):
             yield from _check(contained, f"{where}.contained[{i}]")
@@ -70,6 +76,7 @@ def _bundle(bundle: dict[str, Any], where: str) -> Iterator[Issue]:
     for relation, n in relations.items():
         if n > 1:
             yield error("invalid", f"The link relation '{relation}' may occur only once", f"{where}.link")
+    yield from ambiguous_references(bundle, where)
     searchset = bundle.get("type") == "searchset"
     for i, entry in enumerate(bundle.get("entry", [])):
         if not isinstance(entry, dict):
@@ -104,6 +111,7 @@ def _value_set(value_set: dict[str, Any], where: str) -> Iterator[Issue]:
             if isinstance(system, str) and not _SCHEME.match(system):
                 at = f"{where}.compose.{part}[{i}].system"
                 yield error("invalid", f"ValueSet.compose.{part}.system '{system}' must be an absolute URI", at)
+    yield from value_set_rules(value_set, where)
 
 
 def _code_system(code_system: dict[str, Any], where: str) -> Iterator[Issue]:

@@ -189,6 +189,12 @@ def _schema() -> tuple[dict[str, Any], dict[str, dict[str, tuple[str, str | None
     return definitions, children
 
 
+def element_children(type_name: str) -> dict[str, tuple[str, str | None]]:
+    """A type's (or backbone's: `Patient_Contact`) JSON properties -> (FHIRPath name, type or backbone
+    name); empty for a primitive or unknown name. What the rules walking a resource by type read."""
+    return _schema()[1].get(type_name, {})
+
+
 def _inline(spec: dict[str, Any], definitions: dict[str, Any]) -> dict[str, Any]:
     """Replace `{"$ref": "#/definitions/X"}` by X itself: ref lookups were a third of validation time."""
     if "$ref" in spec:

@@ -18,6 +18,7 @@ from typing import Any
 
 from fhir_node.outcome import Issue
 from fhir_node.validation.definitions import Registry, registry
+from fhir_node.validation.extension_rules import extension_rules
 from fhir_node.validation.invariants import Invariants
 from fhir_node.validation.profile import fits, validate_core, validate_profile
 from fhir_node.validation.prose_rules import prose_rules
@@ -52,7 +53,7 @@ def validate(
     issues = validate_structure(resource)
     if has_errors(issues):
         return issues
-    issues += prose_rules(resource)
+    issues += prose_rules(resource) + extension_rules(resource, definitions or registry())
     if required:
         return issues + conformance(resource, profiles, definitions)
     return issues + _profiles(resource, profiles or [], definitions or registry())
