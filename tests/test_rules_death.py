@@ -148,3 +148,26 @@ def test_only_the_operator_notifies_a_death_and_it_is_audited(database_url):
         whats = {e.get("what", {}).get("reference") for e in event["entity"]}
         assert {world.ref("P1"), world.ref("A1"), world.ref("B1")} <= whats
         assert event["outcomeDesc"] == "HTTP 200"
+
+
+@pytest.mark.parametrize("patient_first", [True, False])
+def test_a_transaction_creating_a_deceased_patient_and_its_inclusions_closes_them(client, patient_first: bool):
+    """One Bundle creates the Patient, already deceased, and inclusions of it (by urn:uuid, either order):
+    the inclusions are found once the Bundle's inserts are written, and closed in the same transaction."""
+    urn = "urn:uuid:4a1c0b8e-0000-4000-8000-00000000d1ed"
+    person = transaction(("POST", "Patient", patient(SSINS[3], deceasedDateTime=DEATH)))["entry"][0]
+    of_urn = {"patient": {"reference": urn}}
+    episodes = transaction(
+        ("POST", "EpisodeOfCare", inclusion("2020-01-01", patient_id="x") | of_urn),
+        ("POST", "EpisodeOfCare", inclusion("2024-09-01", patient_id="x", kind="information") | of_urn),
+    )["entry"]
+    entries = [{"fullUrl": urn, **person}, *episodes]
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries if patient_first else entries[::-1]}
+    r = client.post("/fhir", content=orjson.dumps(bundle), headers=JSON)
+    assert r.status_code == 200, r.text
+    locations = [e["response"]["location"] for e in r.json()["entry"]]
+    first, later = (read(client, where.split("/_history")[0]) for where in locations if "EpisodeOfCare" in where)
+    if not patient_first:
+        first, later = later, first
+    assert first["status"] == "finished" and first["period"]["end"] == DEATH
+    assert later["status"] == "cancelled"

@@ -23,6 +23,7 @@ from fhir_node.rules.patients import patient_of
 from fhir_node.search.limits import Limits
 from fhir_node.security import policy
 from fhir_node.store import repository
+from fhir_node.store.batch import after_inserts, deferring
 from fhir_node.store.repository import ConcurrentWrite, Version
 
 _DEADLOCK = "40P01"  # PostgreSQL's deadlock_detected
@@ -98,10 +99,29 @@ def _ruled(conn: Connection, res_type: str, res_id: str, resource: dict[str, Any
 
 
 def _consequences(conn: Connection, written: Version, resource: dict[str, Any]) -> tuple[Version, ...]:
-    """What a write entails, in its transaction: a Patient's death closes its open inclusions."""
-    if written.res_type != "Patient":
+    """What a write entails, in its transaction: a Patient's death closes its open inclusions. In a Bundle
+    whose inserts are still pending, once they are written: its inclusions of the patient, created before
+    or after the Patient in the Bundle, are only found then."""
+    if written.res_type != "Patient" or death.death_day(resource) is None:
         return ()
-    closures = death.closures(conn, written.res_id, resource)
+    if not deferring(conn):
+        return _close_inclusions(conn, written.res_id, resource)
+    conn.info.setdefault(_DECEASED, {})[written.res_id] = resource
+    after_inserts(conn, _close_deceased)
+    return ()
+
+
+#: On a connection: Patients written deceased in its batch, whose inclusions are closed after the inserts.
+_DECEASED = "fhir_node.deceased_in_batch"
+
+
+def _close_deceased(conn: Connection) -> None:
+    for patient_id, resource in conn.info.pop(_DECEASED, {}).items():
+        _close_inclusions(conn, patient_id, resource)
+
+
+def _close_inclusions(conn: Connection, patient_id: str, resource: dict[str, Any]) -> tuple[Version, ...]:
+    closures = death.closures(conn, patient_id, resource)
     return tuple(update_in(conn, "EpisodeOfCare", res_id, closed, None).version for res_id, closed in closures)
 
 

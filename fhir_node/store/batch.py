@@ -34,10 +34,15 @@ def add_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None
         pending.setdefault(table.name, (table, []))[1].extend(rows)
 
 
+def deferring(conn: Connection) -> bool:
+    """Whether inserts on `conn` are being gathered (inside `batched`), so not yet visible to queries."""
+    return conn.info.get(_PENDING) is not None
+
+
 def after_inserts(conn: Connection, task: Callable[[Connection], None]) -> None:
     """Run `task(conn)` once the rows added so far are written: now, or (once, however often it is asked
     for) at the end of the enclosing `batched` block. For work that reads what the writes index."""
-    if conn.info.get(_PENDING) is None:
+    if not deferring(conn):
         task(conn)
         return
     tasks: list[Callable[[Connection], None]] = conn.info.setdefault(_AFTER, [])
