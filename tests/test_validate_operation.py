@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import bihr_instances
+from fhir_files import EXAMPLES
 from starlette.testclient import TestClient
 
 JSON = {"Content-Type": "application/fhir+json"}
@@ -126,3 +128,91 @@ def test_no_enforcement_when_turned_off(client: TestClient) -> None:
     assert client.post("/fhir/EpisodeOfCare", json=resource, headers=JSON).status_code == 201
     broken = {"resourceType": "EpisodeOfCare", "status": "not-a-status", "patient": {"reference": "Patient/p"}}
     assert client.post("/fhir/EpisodeOfCare", json=broken, headers=JSON).status_code == 400
+
+
+# -- be-core's and infsec's extensions, checked against the definitions we carry (fhir_node/data/packages) --
+
+RECORDER = "https://www.ehealth.fgov.be/standards/fhir/core/StructureDefinition/be-ext-recorder"
+PSEUDONYMISED = "https://www.ehealth.fgov.be/standards/fhir/infsec/StructureDefinition/be-ext-pseudonymization"
+DECLARANT = {"reference": "Practitioner/d1", "identifier": {"system": bihr_instances.NIHDI, "value": "12345625001"}}
+
+
+def outcome(response: Any) -> list[tuple[str, str, list[str], str]]:
+    return [
+        (i["severity"], i["code"], i.get("expression", []), i.get("diagnostics", "")) for i in response.json()["issue"]
+    ]
+
+
+def about(found: list[tuple[str, str, list[str], str]], url: str) -> list[tuple[str, str, list[str]]]:
+    """The issues whose text names the extension `url` (its own definition's findings, or an unknown one)."""
+    return [(s, c, e) for s, c, e, text in found if url in text]
+
+
+def recorded_consent(**extensions: list[dict[str, Any]]) -> dict[str, Any]:
+    """A valid research consent carrying be-ext-recorder where `extensions` says (resource, provision)."""
+    consent = bihr_instances.research_consent()
+    if "resource" in extensions:
+        consent["extension"] = extensions["resource"]
+    if "provision" in extensions:
+        consent["provision"]["extension"] = extensions["provision"]
+    return consent
+
+
+def test_recorder_is_checked_against_be_core_definition(client: TestClient) -> None:
+    episode = json.loads((EXAMPLES / "requests" / "episode.json").read_text())
+    found = outcome(client.post("/fhir/EpisodeOfCare/$validate", json=episode, headers=JSON))
+    assert about(found, RECORDER) == []  # was: warning "Unknown extension ...be-ext-recorder: not checked"
+    assert not [i for i in found if i[0] == "error"]
+    coded = recorded_consent(resource=[{"url": RECORDER, "valueCodeableConcept": {"text": "the GP"}}])
+    assert about(outcome(client.post("/fhir/Consent/$validate", json=coded, headers=JSON)), RECORDER) == []
+
+    wrong_type = recorded_consent(resource=[{"url": RECORDER, "valueString": "Dr House"}])
+    found = outcome(client.post("/fhir/Consent/$validate", json=wrong_type, headers=JSON))
+    assert about(found, RECORDER) == [("error", "structure", ["Consent.extension[0].value"])]
+    wrong_place = recorded_consent(provision=[{"url": RECORDER, "valueReference": DECLARANT}])
+    found = outcome(client.post("/fhir/Consent/$validate", json=wrong_place, headers=JSON))
+    assert about(found, RECORDER) == [("error", "extension", ["Consent.provision.extension[0]"])]
+    two_values = recorded_consent(resource=[{"url": RECORDER, "valueReference": DECLARANT, "extension": []}])
+    two_values["extension"][0]["extension"] = [{"url": RECORDER, "valueReference": DECLARANT}]
+    found = outcome(client.post("/fhir/Consent/$validate", json=two_values, headers=JSON))
+    assert ("error", "structure", ["Consent.extension[0].extension"]) in about(found, RECORDER)
+
+
+def test_a_write_with_a_wrong_recorder_is_refused(enforcing_client: TestClient) -> None:
+    for bad, where in [
+        (recorded_consent(resource=[{"url": RECORDER, "valueString": "Dr House"}]), "Consent.extension[0].value"),
+        (
+            recorded_consent(provision=[{"url": RECORDER, "valueReference": DECLARANT}]),
+            "Consent.provision.extension[0]",
+        ),
+    ]:
+        response = enforcing_client.post("/fhir/Consent", json=bad, headers=JSON)
+        assert response.status_code == 422, response.text
+        assert [e for _, _, e in about(outcome(response), RECORDER)] == [[where]]
+    assert enforcing_client.get("/fhir/Consent?_summary=count").json()["total"] == 0
+    good = recorded_consent(resource=[{"url": RECORDER, "valueReference": DECLARANT}])
+    created = enforcing_client.post("/fhir/Consent", json=good, headers=JSON)
+    assert created.status_code == 201, created.text
+    episode = json.loads((EXAMPLES / "requests" / "episode.json").read_text())
+    assert enforcing_client.post("/fhir/EpisodeOfCare", json=episode, headers=JSON).status_code == 201
+
+
+def test_pseudonymisation_marker_is_checked_against_infsec_definition(client: TestClient) -> None:
+    def marked(*parts: dict[str, Any]) -> dict[str, Any]:
+        ssin = {
+            "system": bihr_instances.SSIN,
+            "value": "Zm9vYmFy",
+            "_value": {"extension": [{"url": PSEUDONYMISED, "extension": list(parts)}]},
+        }
+        return {"resourceType": "Patient", "identifier": [ssin]}
+
+    def checked(patient: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
+        return about(outcome(client.post("/fhir/Patient/$validate", json=patient, headers=JSON)), PSEUDONYMISED)
+
+    marker = {"url": "marker", "valueBoolean": True}
+    assert checked(marked(marker, {"url": "format", "valueCode": "direct"})) == []
+    where = "Patient.identifier[0].value.extension[0].extension"
+    assert checked(marked({"url": "version", "valuePositiveInt": 1})) == [("error", "required", [where])]
+    assert checked(marked(marker, {"url": "format", "valueCode": "base64"})) == [
+        ("error", "code-invalid", [f"{where}[1].value"])
+    ]

@@ -7,8 +7,9 @@ sliced element and its children, placed after it and after earlier slices); and 
 (`EpisodeOfCare.patient.identifier.system`) by copying that type's elements from its base definition.
 Differential elements are found by their element `id`, so every differential element must carry one.
 
-An extension slice whose `profile` is not available here (be-core's recorder) is expanded from the base
-Extension definition; the differential states what this guide relies on (url, value type).
+An extension slice is expanded from the base Extension definition, not from its `profile` (be-core's
+recorder): the differential states what this guide relies on (url, value type), and the validator checks
+each extension against its own definition (fhir_node/data/packages/ for be-core's and infsec's).
 """
 
 from __future__ import annotations

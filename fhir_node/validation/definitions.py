@@ -1,7 +1,9 @@
 """StructureDefinitions as the validator reads them: snapshots compiled into element trees, by URL.
 
-The registry holds the official base definitions (fhir_node/data/r4/structure-definitions/) and our
-published profiles and extensions (profiles/). Nothing here knows any particular profile: a tree is
+The registry holds the official base definitions (fhir_node/data/r4/structure-definitions/), the
+definitions we carry of the packages our guide depends on (fhir_node/data/packages/: be-core's and
+infsec's extensions, checked like ours but never published as ours) and our published profiles and
+extensions (profiles/). Nothing here knows any particular profile: a tree is
 built from `snapshot.element` ids (`Type.a:slice.b`), so slices hang under the element they slice and
 children under their parent, and each element keeps only what validation reads.
 """
@@ -15,7 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from fhir_node.validation.terminology import resources_in
+from fhir_node.validation.terminology import dependency_resources, resources_in
 
 log = logging.getLogger(__name__)
 
@@ -225,9 +227,12 @@ class Registry:
 
 @cache
 def registry() -> Registry:
-    """The process-wide registry: official base definitions, then ours from profiles/."""
+    """The process-wide registry: official base definitions and our dependencies', then ours from profiles/."""
     return Registry(
-        resources_in(sorted(BASE_DIR.glob("*.json"))),
+        [
+            *resources_in(sorted(BASE_DIR.glob("*.json"))),
+            *(r for r in dependency_resources() if r.get("resourceType") == "StructureDefinition"),
+        ],
         (
             r
             for r in resources_in(sorted(PROFILES_DIR.glob("*.json")))

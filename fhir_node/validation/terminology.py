@@ -1,10 +1,12 @@
 """ValueSet expansion, as far as local definitions allow: what binding checks compare codes against.
 
 The definitions are the official R4 CodeSystems and ValueSets (fhir_node/data/r4/terminology.json, from
-scripts/extract_r4_definitions.py) and ours in terminology/. A value set is expanded from its compose:
-enumerated concepts, whole code systems known here in full, `is-a` / `descendent-of` / `is-not-a` /
-`=` filters on their concept hierarchy, imported value sets, excludes. Anything else (SNOMED CT, LOINC
-filters, UCUM) cannot be expanded here: the answer is then "unknown", never a false error.
+scripts/extract_r4_definitions.py), those we carry of the Belgian packages our guide depends on
+(fhir_node/data/packages/, from scripts/build_be_definitions.py) and ours in terminology/. A value set
+is expanded from its compose: enumerated concepts, whole code systems known here in full, `is-a` /
+`descendent-of` / `is-not-a` / `=` filters on their concept hierarchy, imported value sets, excludes.
+Anything else (SNOMED CT, LOINC filters, UCUM) cannot be expanded here: the answer is then "unknown",
+never a false error.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import orjson
 
 _DATA = Path(__file__).resolve().parent.parent / "data" / "r4" / "terminology.json"
 TERMINOLOGY_DIR = Path(__file__).resolve().parents[2] / "terminology"
+#: Definitions of the packages our guide depends on, one folder per package (not ours: never published).
+DEPENDENCIES_DIR = Path(__file__).resolve().parent.parent / "data" / "packages"
 
 
 @dataclass(frozen=True)
@@ -170,9 +174,15 @@ def resources_in(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
             yield data
 
 
+def dependency_resources() -> Iterator[dict[str, Any]]:
+    """The resources we carry of the packages our guide depends on (be-core's, infsec's)."""
+    return (r for r in resources_in(sorted(DEPENDENCIES_DIR.glob("*/*.json"))) if "resourceType" in r)
+
+
 @cache
 def terminology() -> Terminology:
-    """The process-wide terminology: official R4 definitions, then ours (ours win on the same URL)."""
+    """The process-wide terminology: official R4 definitions, our dependencies', then ours (ours win on the
+    same URL)."""
     official = orjson.loads(_DATA.read_bytes())
     ours = resources_in(sorted(TERMINOLOGY_DIR.glob("*.json")))
-    return Terminology([*official, *ours])
+    return Terminology([*official, *dependency_resources(), *ours])
