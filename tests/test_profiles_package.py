@@ -36,6 +36,7 @@ EXPECTED_PROFILES = {
     "bihr-practitioner": "Practitioner",
     "bihr-organization": "Organization",
     "billing-period": "Extension",
+    "audit-chain-previous": "Extension",
     **{
         f"bihr-audit-{v}{k}": "AuditEvent"
         for k in ("create", "read", "update", "delete", "query")
