@@ -229,15 +229,10 @@ def test_the_kept_set_is_the_definition_for_every_state(world: Any) -> None:
     assert _kept(client) == {w.patients[n] for n in VISIBLE}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def operator(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[TestClient]:
+@pytest.fixture
+def operator(database_url: str) -> Iterator[TestClient]:
     """An empty node, as the operator, with profiles off (the consents here are minimal)."""
-    if request.param == "sqlite":
-        with serving_jwt(f"sqlite:///{tmp_path / 'node.db'}", audit=False) as client:
-            yield client
-        return
-    server: PostgresServer = request.getfixturevalue("postgres_server")
-    with server.fresh_database() as url, serving_jwt(url, audit=False) as client:
+    with serving_jwt(database_url, audit=False) as client:
         yield client
 
 
