@@ -4,15 +4,15 @@ validator can find, and an official R4 extension may only be used where its cont
 R4 (extensibility.html): an extension's `url` identifies its definition, and a definition's `context` says
 where it may be used. HL7's validator reports an extension whose definition it cannot find as an error
 ("could not be found, so is not allowed here"). Here, in `validate()` (the CLI, `$validate`):
-- the node's own definitions (profiles/) are checked fully by the core pass (profile.py), not here;
+- the definitions the node holds (profiles/, and those it carries from be-core and infsec) are checked fully
+  by the core pass (profile.py), not here;
 - official R4 extensions (data/r4/extensions.json, from the R4 package) are known: their contexts are
   checked here;
 - an extension under the canonical base of our ImplementationGuide or of a package it depends on, or published by
   HL7 beyond R4 where HL7's validator loads it (the extensions pack, cross-version extensions, tools) is
   known to exist but not held here: the core pass warns that it is not checked;
-- so are the extensions the node writes itself (infsec's pseudonymisation marker), and those on the
-  example hosts of the specification (example.org, acme.com) or DICOM's (nema.org), which HL7's
-  validator lets pass;
+- so are those on the example hosts of the specification (example.org, acme.com) or DICOM's (nema.org),
+  which HL7's validator lets pass;
 - any other URL is an error.
 
 Writes are not judged by these rules (a node refusing every extension it does not know would refuse real
@@ -32,7 +32,6 @@ from urllib.parse import urlsplit
 import orjson
 
 from fhir_node.outcome import Issue, error
-from fhir_node.rules.pseudonym import EXTENSION as PSEUDONYM_EXTENSION
 from fhir_node.validation.definitions import PROFILES_DIR, Registry
 from fhir_node.validation.structure import element_children
 
@@ -44,9 +43,6 @@ _HL7_PUBLISHED = re.compile(r"http://hl7\.org/fhir/(?:tools/|\d\.\d/)?StructureD
 #: Hosts whose extensions HL7's validator lets pass unresolved: the example domains of the specification's
 #: examples, and DICOM's (NEMA) attributes used as extensions.
 _EXAMPLE_HOSTS = ("example.org", "acme.com", "nema.org")
-#: Extensions the node itself writes whose guide our ImplementationGuide does not (yet) declare: infsec's
-#: pseudonymisation marker on stored SSINs.
-_WRITTEN = frozenset({PSEUDONYM_EXTENSION})
 #: Profiles of Quantity: an extension allowed on Quantity is allowed on them.
 _QUANTITY_PROFILES = frozenset({"Age", "Count", "Distance", "Duration", "MoneyQuantity", "SimpleQuantity"})
 
@@ -62,7 +58,7 @@ def official_extensions() -> dict[str, list[tuple[str, str]]]:
 def _guide_bases() -> tuple[str, ...]:
     """The canonical bases of our ImplementationGuides and of the packages they depend on
     (`.../ImplementationGuide/x` gives `.../`): extensions under them are known to exist, though not all
-    are carried here (be-core's, or one of the node's own without a published definition)."""
+    are carried here (be-core's and infsec's other extensions)."""
     bases = []
     for path in sorted(PROFILES_DIR.glob("ImplementationGuide-*.json")):
         guide = orjson.loads(path.read_bytes())
@@ -137,9 +133,7 @@ def _judge(extension: dict[str, Any], holder: _Holder, at: str, registry: Regist
         return  # a part of a complex extension, or one of ours (checked by the core pass)
     contexts = official_extensions().get(url)
     if contexts is None:
-        known_source = (
-            _HL7_PUBLISHED.match(url) or url.startswith(_guide_bases()) or url in _WRITTEN or _example_host(url)
-        )
+        known_source = _HL7_PUBLISHED.match(url) or url.startswith(_guide_bases()) or _example_host(url)
         if not known_source:
             yield error("structure", f"The extension {url} could not be found, so it is not allowed here", at)
         return
