@@ -121,6 +121,8 @@ def driver(c: Criterion, base: str) -> tuple[Table, ColumnElement[bool], int] | 
         rank = 0 if c.param.code in ("identifier", "_id") else 2
     elif ptype == "reference" and c.modifier is None and _single_target(c, value, base):
         rank = 0
+    elif ptype == "reference" and c.modifier == "identifier" and _UNESCAPED_PIPE.split(value)[-1]:
+        rank = 0  # by Reference.identifier: its rows for one value come in id order too (id_value, res_id)
     elif (ptype == "uri" and c.modifier is None) or (ptype == "string" and c.modifier == "exact"):
         rank = 1
     else:
