@@ -152,30 +152,25 @@ def scrub(text: str) -> str:
 def _walk(node: Any, fix: Fix, res_type: str | None) -> Any:
     """`node` with `fix` applied to each SSIN Identifier, knowing which resource holds it; what holds none
     is returned as it is, not copied. Only containers are visited (most values are scalars)."""
-    if type(node) is list:
-        out: list[Any] | None = None
-        for i, item in enumerate(node):
-            if type(item) in _CONTAINERS:
-                walked = _walk(item, fix, res_type)
-                if walked is not item:
-                    out = out or list(node)
-                    out[i] = walked
-        return node if out is None else out
-    if type(node) is not dict:
+    if type(node) is dict:
+        named = node.get("resourceType")
+        if isinstance(named, str):
+            res_type = named
+        if node.get("system") == SSIN and isinstance(node.get("value"), str):
+            return fix(node, res_type)
+        children: Any = node.items()
+    elif type(node) is list:
+        children = enumerate(node)
+    else:
         return node
-    named = node.get("resourceType")
-    if isinstance(named, str):
-        res_type = named
-    if node.get("system") == SSIN and isinstance(node.get("value"), str):
-        return fix(node, res_type)
-    changed: dict[str, Any] | None = None
-    for key, value in node.items():
+    out: Any = None
+    for key, value in children:
         if type(value) in _CONTAINERS:
             walked = _walk(value, fix, res_type)
             if walked is not value:
-                changed = changed or dict(node)
-                changed[key] = walked
-    return node if changed is None else changed
+                out = out or type(node)(node)
+                out[key] = walked
+    return node if out is None else out
 
 
 def _marked(identifier: dict[str, Any], token: str) -> dict[str, Any]:
