@@ -106,17 +106,12 @@ def _consequences(conn: Connection, written: Version, resource: dict[str, Any]) 
         return ()
     if not deferring(conn):
         return _close_inclusions(conn, written.res_id, resource)
-    conn.info.setdefault(_DECEASED, {})[written.res_id] = resource
-    after_inserts(conn, _close_deceased)
+    after_inserts(conn, _close_deceased, [(written.res_id, resource)])
     return ()
 
 
-#: On a connection: Patients written deceased in its batch, whose inclusions are closed after the inserts.
-_DECEASED = "fhir_node.deceased_in_batch"
-
-
-def _close_deceased(conn: Connection) -> None:
-    for patient_id, resource in conn.info.pop(_DECEASED, {}).items():
+def _close_deceased(conn: Connection, deceased: list[tuple[str, dict[str, Any]]]) -> None:
+    for patient_id, resource in deceased:
         _close_inclusions(conn, patient_id, resource)
 
 

@@ -40,10 +40,6 @@ DECISION_STATUSES = ("active", "inactive", "rejected")
 #: Patients decided per round of queries (bounded IN lists).
 _CHUNK = 500
 
-#: On a connection: (patients, consents) written in its transaction whose refresh is still to come.
-_DIRTY = "fhir_node.research_consent_dirty"
-
-
 def in_consent(patient_id: ColumnElement[Any]) -> ColumnElement[bool]:
     """SQL: the Patient with id `patient_id` (a column of the enclosing query) is consented for research,
     as the table kept by `follow` says: one primary-key probe."""
@@ -54,18 +50,14 @@ def in_consent(patient_id: ColumnElement[Any]) -> ColumnElement[bool]:
 def follow(conn: Connection, res_type: str, res_id: str, before: Collection[str]) -> None:
     """After a write of a Consent or Patient (its index rows written, or pending in a batch): refresh the
     patients it may have changed, `before` being those a Consent was tied to until now (`tied`)."""
-    if res_type not in ("Consent", "Patient"):
-        return
-    dirty: tuple[set[str], set[str]] = conn.info.setdefault(_DIRTY, (set(), set()))
-    (dirty[0] if res_type == "Patient" else dirty[1]).add(res_id)
-    dirty[0].update(before)
-    after_inserts(conn, _settle)
+    if res_type in ("Consent", "Patient"):
+        after_inserts(conn, _settle, [(res_type, res_id), *(("Patient", pid) for pid in before)])
 
 
-def _settle(conn: Connection) -> None:
-    """Once index rows are written: refresh the patients noted by `follow` (and those their Consents tie)."""
-    patients, consents = conn.info.pop(_DIRTY, (set(), set()))
-    refresh(conn, patients | tied(conn, consents))
+def _settle(conn: Connection, written: list[tuple[str, str]]) -> None:
+    """Once index rows are written: refresh the patients written (and those the Consents written tie)."""
+    patients = {i for t, i in written if t == "Patient"}
+    refresh(conn, patients | tied(conn, {i for t, i in written if t == "Consent"}))
 
 
 def tied(conn: Connection, consent_ids: Collection[str]) -> set[str]:

@@ -5,7 +5,7 @@ costs a handful of statements, not ~600). Safe because a Bundle writes each reso
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import Connection, Insert, Table, insert
@@ -39,15 +39,15 @@ def deferring(conn: Connection) -> bool:
     return conn.info.get(_PENDING) is not None
 
 
-def after_inserts(conn: Connection, task: Callable[[Connection], None]) -> None:
-    """Run `task(conn)` once the rows added so far are written: now, or (once, however often it is asked
-    for) at the end of the enclosing `batched` block. For work that reads what the writes index."""
+def after_inserts(conn: Connection, task: Callable[[Connection, list[Any]], None], items: Iterable[Any]) -> None:
+    """Run `task(conn, items)` once the rows added so far are written: now, or at the end of the enclosing
+    `batched` block, once, with the items of every call made for it meanwhile. For work that reads what
+    the writes index."""
     if not deferring(conn):
-        task(conn)
+        task(conn, list(items))
         return
-    tasks: list[Callable[[Connection], None]] = conn.info.setdefault(_AFTER, [])
-    if task not in tasks:
-        tasks.append(task)
+    tasks: dict[Callable[[Connection, list[Any]], None], list[Any]] = conn.info.setdefault(_AFTER, {})
+    tasks.setdefault(task, []).extend(items)
 
 
 @contextlib.contextmanager
@@ -59,8 +59,8 @@ def batched(conn: Connection) -> Iterator[None]:
         yield
     finally:
         conn.info.pop(_PENDING, None)
-        tasks = conn.info.pop(_AFTER, [])
+        tasks = conn.info.pop(_AFTER, {})
     for table, rows in pending.values():
         conn.execute(_statement(table), rows)
-    for task in tasks:
-        task(conn)
+    for task, items in tasks.items():
+        task(conn, items)
