@@ -16,6 +16,7 @@ import pytest
 from access_data import CALLERS, HRESCH, NIHDI, PSI_A, SSIN, consent, episode, headers, search, secured, serving_jwt
 from alembic import command
 from alembic.config import Config
+from inclusions import transaction
 from live_node import serve_node
 from postgres_server import PostgresServer
 from sqlalchemy import select
@@ -246,21 +247,12 @@ def test_every_write_path_keeps_the_set_in_step(operator: TestClient) -> None:
         return r.json() if r.content else None
 
     first, second, third = _ssin(1), _ssin(2), _ssin(3)
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            {
-                "fullUrl": "urn:uuid:0b6f6f3e-0000-4000-8000-000000000001",
-                "resource": {"resourceType": "Patient", "identifier": [{"system": SSIN, "value": first}]},
-                "request": {"method": "POST", "url": "Patient"},
-            },
-            {
-                "resource": {**consent("urn:uuid:0b6f6f3e-0000-4000-8000-000000000001"), **decision()},
-                "request": {"method": "POST", "url": "Consent"},
-            },
-        ],
-    }
+    urn = "urn:uuid:0b6f6f3e-0000-4000-8000-000000000001"
+    bundle = transaction(
+        ("POST", "Patient", {"resourceType": "Patient", "identifier": [{"system": SSIN, "value": first}]}),
+        ("POST", "Consent", {**consent(urn), **decision()}),
+    )
+    bundle["entry"][0]["fullUrl"] = urn
     answer = step(client.post("/fhir", json=bundle, headers=op))
     pid, cid = (e["response"]["location"].split("/")[1] for e in answer["entry"])
     assert _kept(client) == {pid}
