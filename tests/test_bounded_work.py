@@ -23,10 +23,11 @@ from starlette.testclient import TestClient
 from synth_bundle import big_transaction
 from test_rest_errors import assert_outcome
 
+from fhir_node.api import routes
 from fhir_node.app import create_app
 from fhir_node.interactions import bundle
 from fhir_node.settings import Settings
-from fhir_node.store.database import Cancel, Database, cancelling
+from fhir_node.store.database import Cancel, Database, OverBudget, cancelling
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 #: Limits high enough to let hostile searches reach the database.
@@ -134,6 +135,60 @@ def test_the_statement_timeout_stops_a_query_and_the_connection_serves_again(dat
     with db.read() as conn:
         assert conn.exec_driver_sql("SELECT 1").scalar() == 1
     db.dispose()
+
+
+def test_a_read_on_the_event_loop_gives_up_at_its_budget(tmp_path: Path) -> None:
+    """`Database.on_loop` (SQLite): a statement running past the budget is stopped and one starting after
+    it never runs, both as OverBudget (the caller then runs the read in a thread), long before the
+    statement timeout; within the budget reads run as usual, and the connection serves again after."""
+    db = Database(f"sqlite:///{tmp_path / 'loop.db'}", statement_timeout=120)
+    endless = "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT count(*) FROM r"
+    start = time.monotonic()
+    with pytest.raises(OverBudget), db.on_loop(0.05), db.read() as conn:
+        conn.exec_driver_sql(endless).scalar()
+    assert time.monotonic() - start < 5
+    with pytest.raises(OverBudget), db.on_loop(0.0), db.read() as conn:
+        conn.exec_driver_sql("SELECT 1").scalar()
+    with db.on_loop(5), db.read() as conn:
+        assert conn.exec_driver_sql("SELECT 2").scalar() == 2
+    with db.read() as conn:  # no budget outside on_loop: the statement timeout alone
+        assert conn.exec_driver_sql("SELECT count(*) FROM (SELECT 1)").scalar() == 1
+    db.dispose()
+
+
+def test_searches_over_their_loop_budget_answer_the_same_from_a_thread(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same searches (a page with a next link, an include, a count, history) answered on the event loop
+    and, with no budget at all, each handed to a worker thread: the same entries, links and totals. (SQLite:
+    PostgreSQL reads always run in a thread.)"""
+    if not client.app.state.node.db.is_sqlite:
+        pytest.skip("PostgreSQL reads always run in a thread")
+    for n in range(3):
+        pid = seed(client, patient(f"loop-{n}"))
+        seed(client, episode(f"Patient/{pid}"))
+        seed(client, episode(f"Patient/{pid}", status="finished"))
+    queries = [
+        "/fhir/EpisodeOfCare?_count=1",
+        "/fhir/EpisodeOfCare?_include=EpisodeOfCare:patient",
+        "/fhir/Patient?_summary=count",
+        "/fhir/Patient?_revinclude=EpisodeOfCare:patient&_total=accurate",
+        "/fhir/_history",
+    ]
+
+    def answers() -> list[Any]:
+        found = []
+        for q in queries:
+            r = client.get(q)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            found.append((body.get("total"), body.get("link"), [e["fullUrl"] for e in body.get("entry", [])]))
+        return found
+
+    on_loop = answers()
+    monkeypatch.setattr(routes, "LOOP_BUDGET", 0.0)
+    assert answers() == on_loop
+    assert any(entries for _, _, entries in on_loop)
 
 
 def test_a_cancel_stops_the_running_query_from_another_thread(database_url: str) -> None:

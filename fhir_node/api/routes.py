@@ -3,6 +3,7 @@ reads by id: see `reading`), and answers."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlencode
@@ -26,20 +27,27 @@ from fhir_node.operations import deceased, export, ssin_change, terminology
 from fhir_node.operations.validate import validate_operation
 from fhir_node.outcome import FHIRError, Issue, error, fail, operation_outcome
 from fhir_node.registry import kind, require_method
+from fhir_node.store.database import OverBudget
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 T = TypeVar("T")
 #: Bodies up to this size parse in well under a millisecond: on the event loop.
 _PARSE_ON_LOOP_BYTES = 64 * 1024
+#: Seconds a SQLite search or history may hold the event loop before it moves to a worker thread.
+LOOP_BUDGET = 0.005
 
 
 async def reading(request: Request, fn: Callable[..., T], *args: Any, by_id: bool = False) -> T:
-    """Run a read interaction. A SQLite read by id runs on the event loop: it takes no lock and lasts less
-    than the hand-off to a thread would. Searches and history can run long, and PostgreSQL reads wait on
-    the network: they go to a thread (and are cancelled if the client leaves)."""
+    """Run a read interaction. On SQLite it runs on the event loop: a read by id takes no lock and lasts
+    less than the hand-off to a thread would, and a search or history gets `LOOP_BUDGET` seconds there
+    before it is run again in a thread (`Database.on_loop`). PostgreSQL reads wait on the network: they go
+    to a thread. In a thread, a read is cancelled if the client leaves."""
     node = node_of(request)
-    if by_id and node.db.is_sqlite:
-        return fn(node, *args)
+    if node.db.is_sqlite:
+        if by_id:
+            return fn(node, *args)
+        with contextlib.suppress(OverBudget), node.db.on_loop(LOOP_BUDGET):
+            return fn(node, *args)
     return await off_loop(request, fn, node, *args)
 
 

@@ -16,6 +16,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK = zlib.crc32(b"fhir-node:migrate")
@@ -49,6 +50,12 @@ class Cancel:
 
 #: The Cancel of the request whose statements run in this context (None: nothing can cancel them).
 cancelling: ContextVar[Cancel | None] = ContextVar("cancelling", default=None)
+#: When a read tried on the event loop must be done by (monotonic seconds; None: no such try).
+_loop_deadline: ContextVar[float | None] = ContextVar("loop_deadline", default=None)
+
+
+class OverBudget(Exception):
+    """A read tried on the event loop outran its budget (see `Database.on_loop`): run it in a thread."""
 
 
 def normalise_url(url: str) -> str:
@@ -114,6 +121,24 @@ class Database:
             return
         with self._reader.begin() as conn:
             yield conn
+
+    @contextlib.contextmanager
+    def on_loop(self, budget: float) -> Iterator[None]:
+        """Reads made inside get `budget` seconds in all: SQLite's progress handler stops a statement that
+        would run past it, and no statement starts after it; either raises OverBudget, for the caller to
+        run the read again in a worker thread. Most searches take a fraction of a millisecond, less than
+        the hand-off to a thread costs (~370 us of CPU, measured); a long one holds the event loop (and
+        `/health`) no longer than the budget."""
+        deadline = time.monotonic() + budget
+        token = _loop_deadline.set(deadline)
+        try:
+            yield
+        except OperationalError as exc:
+            if time.monotonic() >= deadline and "interrupted" in str(exc.orig):
+                raise OverBudget from exc
+            raise
+        finally:
+            _loop_deadline.reset(token)
 
     def lock(self, conn: Connection, key: str) -> None:
         """Serialise writers on `key` until commit (PostgreSQL; SQLite writers are already serial)."""
@@ -222,7 +247,11 @@ def _tune_sqlite(engine: Engine, statement_timeout: float | None, write_wait: fl
     def _deadline(conn, _cursor, _statement, _params, _context, _many) -> None:  # type: ignore[no-untyped-def]
         timeout = conn.get_execution_options().get("statement_timeout", statement_timeout)
         statement = conn.info["statement"]
-        statement["deadline"] = time.monotonic() + timeout if timeout else math.inf
+        started = time.monotonic()
+        loop_deadline = _loop_deadline.get()
+        if loop_deadline is not None and started >= loop_deadline:
+            raise OverBudget
+        statement["deadline"] = min(started + timeout if timeout else math.inf, loop_deadline or math.inf)
         statement["cancel"] = cancelling.get()
 
     @event.listens_for(engine, "begin")
