@@ -308,10 +308,12 @@ async def history_endpoint(request: Request) -> Response:
     return fhir_response(neg, body)
 
 
-class OperationName(Convertor[str]):
-    """A path segment naming an operation (`$expand`), for routes that must not read it as a type or id."""
+class Segment(Convertor[str]):
+    """A path segment of one shape (an operation name such as `$expand`, a type name, an id), so a route
+    matches only segments of its own shape: `$expand` is not read as a type or an id."""
 
-    regex = r"\$[^/]+"
+    def __init__(self, regex: str) -> None:
+        self.regex = regex
 
     def convert(self, value: str) -> str:
         return value
@@ -320,7 +322,9 @@ class OperationName(Convertor[str]):
         return value
 
 
-register_url_convertor("operation", OperationName())
+register_url_convertor("operation", Segment(r"\$[^/]+"))
+register_url_convertor("type_name", Segment(r"[A-Z][A-Za-z]+"))
+register_url_convertor("fhir_id", Segment(r"[A-Za-z0-9\-.]{1,64}"))
 
 
 async def unknown_operation(request: Request) -> Response:
@@ -352,6 +356,11 @@ def only(handler: Endpoint, *allowed: str) -> Endpoint:
 _ALL = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 ROUTES = [
+    # Starlette tries routes in order: the most asked come first. Only a type name, and a valid id, match
+    # them, which no route below them takes; the general routes at the end answer the rest (an unknown type,
+    # an invalid id) with their errors.
+    Route("/fhir/{type:type_name}", type_level, methods=_ALL),
+    Route("/fhir/{type:type_name}/{id:fhir_id}", instance, methods=_ALL),
     Route("/fhir/metadata", only(metadata, "GET"), methods=_ALL),
     Route("/fhir/.well-known/smart-configuration", only(smart_configuration, "GET"), methods=_ALL),
     Route("/fhir/_history", only(history_endpoint, "GET"), methods=_ALL),

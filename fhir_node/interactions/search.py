@@ -507,9 +507,6 @@ def _includes(
 ) -> list[tuple[str, str, bytes]]:
     """_include and _revinclude (with :iterate): referenced and referring resources, each once; iterating
     beyond `limits.iterate` rounds is a 400."""
-    seen = {(r.res_type, r.res_id) for r in rows}
-    frontier = set(seen)
-    out: list[tuple[str, str, bytes]] = []
     specs = [
         (name, v)
         for name in (
@@ -522,6 +519,11 @@ def _includes(
         )
         for v in result.get(name, [])
     ]
+    out: list[tuple[str, str, bytes]] = []
+    if not specs:
+        return out
+    seen = {(r.res_type, r.res_id) for r in rows}
+    frontier = set(seen)
     for round_ in range(limits.iterate + 2):
         found: set[tuple[str, str]] = set()
         for name, spec in specs:
