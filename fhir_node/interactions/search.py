@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any
 from urllib.parse import urlencode
 
@@ -26,7 +26,7 @@ from fhir_node.search import elements as shaping
 from fhir_node.search.limits import Limits
 from fhir_node.search.parse import VENDOR_TOTALS, Criterion, Parsed, SearchError, parse
 from fhir_node.search.registry import registry
-from fhir_node.search.sql import driver, probe
+from fhir_node.search.sql import driver, named, probe, same_resource
 from fhir_node.security import policy
 from fhir_node.security.rules import REDACTED_PARAMS
 from fhir_node.store.schema import INDEX_TABLES, idx_reference, resources
@@ -42,6 +42,9 @@ _SORT_COLUMNS = {
     "reference": ("target_id", "target_id"),
 }
 _TOTAL_BOUND = 10_000
+#: Built once (see `sql.named`): a live resource, and the sort key columns of a search in id order.
+_LIVE = resources.c.deleted == false()
+_ID_ORDER_KEYS = (resources.c.res_type.label("k0"), resources.c.res_id.label("k1"))
 
 
 @dataclass(frozen=True)
@@ -223,7 +226,7 @@ def _type_condition(
 ) -> ColumnElement[bool]:
     """The criteria, and what the caller may see (`allowed`), as SQL; a value only found wrong here (a bad
     date) is refused like an unknown parameter."""
-    conds: list[ColumnElement[bool]] = [resources.c.res_type == res_type, resources.c.deleted == false()]
+    conds: list[ColumnElement[bool]] = [named(resources, "res_type", res_type), _LIVE]
     if allowed is not None:
         conds.append(allowed)
     return and_(*conds, *_probes(parsed, base, skip, resources, lambda exc, given: _refuse(parsed, exc, given)))
@@ -383,7 +386,7 @@ def _fetch_in_id_order(
     index (else the primary key) and probe the other criteria per row. PostgreSQL's planner, with its
     statistics, finds such plans itself from the plain criteria."""
     r = resources
-    q, key = _in_id_order(page, r.c.res_type, r.c.res_id, r.c.content, r.c.res_type.label("k0"), r.c.res_id.label("k1"))
+    q, key = _in_id_order(page, r.c.res_type, r.c.res_id, r.c.content, *_ID_ORDER_KEYS)
     backwards = cursor is not None and cursor[0] == "p"
     if cursor is not None:
         q = q.where(key < cursor[1][1] if backwards else key > cursor[1][1])
@@ -409,10 +412,16 @@ def _in_id_order(page: Page, *cols: Any) -> tuple[Select[Any], ColumnElement[str
     if page.walk is None:
         return select(*cols).where(page.where), r.c.res_id
     w = page.walk
-    joined = w.table.join(r, and_(r.c.res_type == w.table.c.res_type, r.c.res_id == w.table.c.res_id))
+    joined = _joined(w.table)
     # A resource with two index rows for the value (same code, other systems) must come once; SQLite
     # keeps walking the index when grouped by its column alone.
     return select(*cols).select_from(joined).where(w.condition, w.rest).group_by(w.table.c.res_id), w.table.c.res_id
+
+
+@cache
+def _joined(index: Table) -> FromClause:
+    """An index table joined to the resources its rows belong to, built once per table."""
+    return index.join(resources, same_resource(index, resources))
 
 
 def _after(keys: list[tuple[Any, bool]], values: list[Any], backwards: bool) -> ColumnElement[bool]:
