@@ -22,6 +22,8 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK = zlib.crc32(b"fhir-node:migrate")
 #: SQLite asks the progress handler whether to stop every this many virtual-machine steps.
 _PROGRESS_STEPS = 1000
+#: WAL pages between automatic checkpoints (see `_tune_sqlite`).
+_WAL_PAGES = 10_000
 
 
 class Cancel:
@@ -226,6 +228,11 @@ def _tune_sqlite(engine: Engine, statement_timeout: float | None, write_wait: fl
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
+        # Checkpoint every ~40 MB of WAL, not SQLite's ~4 MB: a page many commits change is copied back
+        # to the database once per checkpoint. Per AuditEvent written in groups of 4: 2,650 -> 2,080 us of
+        # CPU, 5.5-6.8 -> 2.6-3.6 ms of wall time (2026-11-30). After a checkpoint the file shrinks to that size.
+        cur.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
+        cur.execute(f"PRAGMA journal_size_limit={_WAL_PAGES * 4096}")
         cur.execute(f"PRAGMA busy_timeout={int(write_wait * 1000)}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
