@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from functools import cache, cached_property
+from itertools import chain
 from typing import Any
 from urllib.parse import urlencode
 
@@ -132,7 +133,7 @@ def _answer(
     shown = [policy.shown(conn, r.res_type, r.content) for r in rows]
     unredacted = [r for r, (_, redacted) in zip(rows, shown, strict=True) if not redacted]
     included = _includes(conn, reg, unredacted, result, base, node.limits)
-    trail.note(conn, [(r.res_type, r.res_id) for r in rows] + [(t, i) for t, i, _ in included])
+    trail.note(conn, chain(((r.res_type, r.res_id) for r in rows), ((t, i) for t, i, _ in included)))
 
     links = {"self": _link(base, res_type, params, _single(result, "_cursor"))}
     if has_next:

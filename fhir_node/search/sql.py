@@ -243,14 +243,17 @@ def _date_margin(value: datetime) -> timedelta:
 
 def _ranged(prefix: str, lo: Any, hi: Any, vlo: Any, vhi: Any, margin: Any) -> ColumnElement[bool]:
     """R4 prefix semantics between a target range [lo, hi] and a search range [vlo, vhi]."""
-    contained = and_(lo >= vlo, hi <= vhi)
+
+    def contained() -> ColumnElement[bool]:  # built only for the prefixes that use it
+        return and_(lo >= vlo, hi <= vhi)
+
     return {
-        "eq": lambda: contained,
-        "ne": lambda: not_(contained),
+        "eq": contained,
+        "ne": lambda: not_(contained()),
         "gt": lambda: hi > vhi,
         "lt": lambda: lo < vlo,
-        "ge": lambda: or_(hi > vhi, contained),
-        "le": lambda: or_(lo < vlo, contained),
+        "ge": lambda: or_(hi > vhi, contained()),
+        "le": lambda: or_(lo < vlo, contained()),
         "sa": lambda: lo > vhi,
         "eb": lambda: hi < vlo,
         "ap": lambda: and_(lo <= vhi + margin, hi >= vlo - margin),
