@@ -1,0 +1,66 @@
+"""`fhir-node load` over HTTP of the `fhir-node synth` scenario in transaction Bundles of 100, with profile
+enforcement on and off: resources per second, and the server's CPU per resource (what moves least on a
+shared machine).
+
+    python benchmarks/load_speed.py [--patients 500] [--profiles on,off] [--database postgresql]
+
+Each run gets a fresh database and a fresh node (`fhir-node serve`, one worker, audit off). The scenario
+is the NDJSON shape (one file per type, in reference order), loaded as an operator would:
+`fhir-node load DIR --url BASE --batch-size 100`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+from search_load import cpu_seconds, database, serve_node, server_pid
+
+from fhir_node.synth import Options, synth
+
+
+def run(kind: str, scenario: Path, profiles: str, batch: int) -> dict[str, object]:
+    """One load into a fresh database and node; the loader runs as its own process, as an operator runs it."""
+    with tempfile.TemporaryDirectory() as tmpdir, database(kind, Path(tmpdir)) as url:
+        env = {"FHIR_NODE_ENFORCE_PROFILES": "true" if profiles == "on" else "false", "FHIR_NODE_AUDIT": "false"}
+        env["FHIR_NODE_LOG_LEVEL"] = "WARNING"
+        with serve_node(url, Path(tmpdir), env) as base:
+            pid = server_pid(Path(tmpdir))
+            cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+            command = [sys.executable, "-m", "fhir_node", "load", str(scenario), "--url", base]
+            done = subprocess.run([*command, "--batch-size", str(batch), "--quiet"], capture_output=True, text=True)
+            seconds, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+        summary = done.stdout.strip().splitlines()[0] if done.stdout.strip() else done.stderr[-500:]
+        if done.returncode != 0:
+            raise RuntimeError(f"fhir-node load failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+        resources = int(summary.split(": ", 1)[1].split()[0])
+        return {
+            "profiles": profiles,
+            "resources": resources,
+            "seconds": round(seconds, 1),
+            "resources_per_s": round(resources / seconds),
+            "server_cpu_ms_per_resource": round(1000 * cpu / resources, 3),
+            "server_cpu_bound_resources_per_s": round(resources / cpu),
+        }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
+    ap.add_argument("--patients", type=int, default=500)
+    ap.add_argument("--profiles", default="on,off", help="runs, in order: on, off or both")
+    ap.add_argument("--batch-size", type=int, default=100)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as out:
+        synth(Options(args.patients, 1, Path(out), "ndjson"))
+        report = [run(args.database, Path(out), p, args.batch_size) for p in args.profiles.split(",")]
+    print(orjson.dumps({"database": args.database, "patients": args.patients, "runs": report}, option=orjson.OPT_INDENT_2).decode())
+
+
+if __name__ == "__main__":
+    main()
