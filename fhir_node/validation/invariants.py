@@ -5,8 +5,9 @@ from the search engine and `htmlChecks()` (txt-1, txt-2) from narrative.py. An e
 cannot evaluate (`conformsTo()`...) is reported once in the log and skipped: it never turns into a
 false error.
 
-`ele-1` sits on every element of every definition, and the engine would dominate validation time with
-it, so that one expression is answered natively (same meaning: a value, or some child other than id).
+The expressions evaluated on nearly everything a load writes (`ele-1` on every element, `ref-1`, `dom-*`,
+our check-digit invariants...) are answered natively first (native_invariants.py); fhirpathpy takes
+the shapes those leave to it, and every other expression.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.models import models
 
 from fhir_node.search.fhirpath import resolve_literal
-from fhir_node.validation.narrative import narrative_problems
+from fhir_node.validation.native_invariants import NATIVE
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +47,6 @@ _OPTIONS = {
         "resolve": {"fn": resolve_literal, "arity": {0: []}},
         "hasValue": {"fn": _has_value, "arity": {0: []}},
     },
-}
-
-
-def _value_or_children(value: Any, twin: dict[str, Any] | None) -> bool:
-    """ele-1 natively: `hasValue() or (children().count() > id.count())`."""
-    if isinstance(value, dict):
-        return any(k != "id" for k in value)
-    return value is not None or any(k != "id" for k in twin or {})
-
-
-def _safe_narrative(value: Any, twin: dict[str, Any] | None) -> bool:
-    """txt-1 and txt-2 (`htmlChecks()`, which fhirpathpy lacks): the narrative rules of narrative.py."""
-    return not isinstance(value, str) or not narrative_problems(value)
-
-
-_NATIVE: dict[str, Callable[[Any, dict[str, Any] | None], bool]] = {
-    "hasValue() or (children().count() > id.count())": _value_or_children,
-    "htmlChecks()": _safe_narrative,
 }
 
 
@@ -93,9 +76,22 @@ class Invariants:
         root: dict[str, Any],
     ) -> bool:
         """Evaluate on one element (`type_path`: its type, or its path for a backbone element)."""
-        native = _NATIVE.get(expression)
-        if native is not None:
-            return native(value, twin)
+        native = NATIVE.get(expression)
+        answer = native(value, twin, root) if native is not None else None
+        if answer is not None:
+            return answer
+        return self.evaluated(expression, value, twin, type_path, resource, root)
+
+    def evaluated(
+        self,
+        expression: str,
+        value: Any,
+        twin: dict[str, Any] | None,
+        type_path: str,
+        resource: dict[str, Any],
+        root: dict[str, Any],
+    ) -> bool:
+        """The same answer, by fhirpathpy alone."""
         compiled = self._compile(expression)
         if compiled is None:
             return True
