@@ -32,6 +32,8 @@ from bundle_helpers import (
     status,
 )
 from live_node import BASE_HOST
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
 from fhir_node.app import create_app
@@ -363,6 +365,40 @@ def test_if_none_exist_without_a_match_creates(client):
     new = located(entries[0])[1]
     assert search_ids(client, "Patient", identifier=f"{SSIN}|ine-2") == [new]
     assert read(client, ref(entries[1]))["patient"]["reference"] == f"Patient/{new}"
+
+
+def test_many_if_none_exist_are_matched_each_against_what_exists(client):
+    """150 conditional creates (two groups of the node's one-query-per-100 lookup), five of which exist:
+    exactly those five are matched, the rest created once."""
+    existing = {n: seed(client, patient(f"many-{n}")) for n in (0, 42, 99, 100, 149)}
+    entries = ok(
+        client,
+        transaction(*(post(patient(f"many-{n}"), ifNoneExist=f"identifier={SSIN}|many-{n}") for n in range(150))),
+    )
+    assert {n for n, e in enumerate(entries) if status(e) == 200} == set(existing)
+    assert all(located(entries[n])[1] == existing[n] for n in existing)
+    assert len(search_ids(client, "Patient")) == 150
+
+
+def test_if_none_exist_of_one_bundle_are_looked_up_together(client):
+    """100 conditional creates of Patients that do not exist: their criteria go to the database together,
+    not one (or two: before and under the write lock) lookup per entry."""
+    lookups: list[str] = []
+
+    def note(conn, cursor, statement, parameters, context, executemany) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "idx_token" in statement:
+            lookups.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", note)
+    try:
+        ok(
+            client,
+            transaction(*(post(patient(f"new-{n}"), ifNoneExist=f"identifier={SSIN}|new-{n}") for n in range(100))),
+        )
+    finally:
+        event.remove(Engine, "before_cursor_execute", note)
+    assert 0 < len(lookups) <= 4, len(lookups)
+    assert len(search_ids(client, "Patient")) == 100
 
 
 # --- conditional update and delete -------------------------------------------------------------------

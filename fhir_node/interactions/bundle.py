@@ -36,6 +36,7 @@ from fhir_node.store.repository import Version, instant
 Decisions = tuple[list[tuple[str | None, bool]], dict[str, str]]
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _CONDITIONAL_REF = re.compile(r"([A-Z][A-Za-z]+)\?(.+)")
+_ORED = 100  # conditional creates asked in one query (the SQL stays far below SQLite's depth limit)
 
 
 @dataclass
@@ -223,6 +224,7 @@ def _assign_ids(conn: Connection, entries: list[Entry], limits: Limits) -> dict[
     ids: dict[str, str] = {}
     seen: dict[tuple[str, str], int] = {}
     conditions: dict[tuple[str, str], int] = {}
+    unmatched = _unmatched(conn, entries, limits)
     for e in entries:
         if e.method in ("GET", "HEAD"):
             continue
@@ -239,7 +241,10 @@ def _assign_ids(conn: Connection, entries: list[Entry], limits: Limits) -> dict[
                     f"{e.where}.request.ifNoneExist",
                 )
             conditions[criteria] = e.index
-        e.target = _at(e, _target, conn, e, limits)
+        if e.index in unmatched:
+            e.target, e.matched = e.fresh, False
+        else:
+            e.target = _at(e, _target, conn, e, limits)
         if e.target is None:
             continue
         key = (e.res_type, e.target)
@@ -255,6 +260,34 @@ def _assign_ids(conn: Connection, entries: list[Entry], limits: Limits) -> dict[
                 )
             ids[e.full_url] = f"{e.res_type}/{e.target}"
     return ids
+
+
+def _unmatched(conn: Connection, entries: list[Entry], limits: Limits) -> set[int]:
+    """The conditional creates whose If-None-Exist matches nothing, found with one query for each type
+    and parameter (up to _ORED values at a time): `identifier=a,b` matches what `identifier=a` or
+    `identifier=b` matches, so an empty answer clears all of them. Entries of a non-empty answer, and
+    those of another shape (several parameters, an escaped or encoded value, a criterion the node
+    refuses: its entry reports that), are asked one by one by `_target`."""
+    groups: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for e in entries:
+        if e.method != "POST" or not e.if_none_exist or e.res_type is None:
+            continue
+        name, _, value = e.if_none_exist.lstrip("?").partition("=")
+        if not value or any(c in value for c in "&,\\%"):
+            continue
+        try:
+            search.conditions(e.res_type, e.if_none_exist, limits)
+        except FHIRError:
+            continue
+        groups.setdefault((e.res_type, name), []).append((e.index, value))
+    unmatched: set[int] = set()
+    for (res_type, name), group in groups.items():
+        for start in range(0, len(group), _ORED):
+            chunk = group[start : start + _ORED]
+            query = f"{name}={','.join(value for _, value in chunk)}"
+            if len(chunk) > 1 and not search.matching(conn, res_type, query, None, limit=1):
+                unmatched.update(index for index, _ in chunk)
+    return unmatched
 
 
 def _target(conn: Connection, e: Entry, limits: Limits) -> str | None:

@@ -158,7 +158,17 @@ def _shown_total(total: int | None, node: Node) -> dict[str, Any]:
 
 def matching(conn: Connection, res_type: str, query: str, limits: Limits | None, limit: int = 2) -> list[str]:
     """Ids matching a conditional operation's criteria (If-None-Exist, conditional update/delete), within
-    the node's `limits` (None: a query the node wrote itself, one criterion, not a client's)."""
+    the node's `limits` (None: a query the node wrote itself, not a client's)."""
+    parsed = conditions(res_type, query, limits)
+    page = Page({res_type: parsed}, "")
+    if conn.dialect.name == "sqlite":
+        page.walk = _walk(res_type, parsed, "")
+    q, key = _in_id_order(page, resources.c.res_id)
+    return list(conn.execute(q.order_by(key).limit(limit)).scalars())
+
+
+def conditions(res_type: str, query: str, limits: Limits | None) -> Parsed:
+    """A conditional operation's criteria, parsed; a 400 for what may not be one (or exceeds `limits`)."""
     params = parse_query(query.lstrip("?"))
     if not params:
         raise fail(400, "invalid", "Conditional operations need search criteria")
@@ -167,11 +177,7 @@ def matching(conn: Connection, res_type: str, query: str, limits: Limits | None,
     parsed = _parse(registry(), res_type, params, lenient=False)
     if parsed.result:
         raise fail(400, "invalid", f"Only filters may be used as conditions, not {', '.join(parsed.result)}")
-    page = Page({res_type: parsed}, "")
-    if conn.dialect.name == "sqlite":
-        page.walk = _walk(res_type, parsed, "")
-    q, key = _in_id_order(page, resources.c.res_id)
-    return list(conn.execute(q.order_by(key).limit(limit)).scalars())
+    return parsed
 
 
 def _types(res_type: str | None, params: list[tuple[str, str]]) -> tuple[str, ...]:

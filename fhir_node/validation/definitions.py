@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +70,18 @@ class Element:
     children: dict[str, Element] = field(default_factory=dict)
     slices: list[Element] = field(default_factory=list)
 
-    @property
+    @cached_property
     def name(self) -> str:
         return self.path.rsplit(".", 1)[-1]
+
+    @cached_property
+    def twin_name(self) -> str | None:
+        """`_name`, where a primitive's id and extensions sit; None for a choice (its JSON names vary)."""
+        return None if self.name.endswith("[x]") else f"_{self.name}"
+
+    def absent_from(self, obj: dict[str, Any]) -> bool:
+        """Whether a JSON object surely lacks this element: neither `name` nor `_name` is in it."""
+        return self.twin_name is not None and self.name not in obj and self.twin_name not in obj
 
     @property
     def max_text(self) -> str:

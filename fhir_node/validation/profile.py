@@ -272,7 +272,12 @@ class Run:
         """Judge each child element of `parent` in `obj`, the value of `holder` (an occurrence of `owner`;
         `parent` is `owner` itself, or the root of its data type's definition)."""
         for child in parent.children.values():
-            items, refused = _items(obj, child, holder.where)
+            if child.absent_from(obj):
+                if self.core:
+                    continue  # nothing to judge; a profile pass still counts the absence
+                items, refused = [], []
+            else:
+                items, refused = _items(obj, child, holder.where)
             if not self.core:
                 self._cardinality(child, len(items), f"{holder.where}.{child.name.removesuffix('[x]')}")
                 for prop in refused:
