@@ -285,7 +285,7 @@ def _unmatched(conn: Connection, entries: list[Entry], limits: Limits) -> set[in
         for start in range(0, len(group), _ORED):
             chunk = group[start : start + _ORED]
             query = f"{name}={','.join(value for _, value in chunk)}"
-            if len(chunk) > 1 and not search.matching(conn, res_type, query, None, limit=1):
+            if len(chunk) > 1 and not search.matching(conn, res_type, query, None, 1, single=False):
                 unmatched.update(index for index, _ in chunk)
     return unmatched
 

@@ -156,13 +156,16 @@ def _shown_total(total: int | None, node: Node) -> dict[str, Any]:
     return bundle_total(total, policy.count_minimum(node.settings.small_cell_min))
 
 
-def matching(conn: Connection, res_type: str, query: str, limits: Limits | None, limit: int = 2) -> list[str]:
+def matching(
+    conn: Connection, res_type: str, query: str, limits: Limits | None, limit: int = 2, single: bool = True
+) -> list[str]:
     """Ids matching a conditional operation's criteria (If-None-Exist, conditional update/delete), within
-    the node's `limits` (None: a query the node wrote itself, not a client's)."""
+    the node's `limits` (None: a query the node wrote itself, not a client's). `single` False: a
+    criterion's several values may drive the lookup through their index rows (see `sql.driver`)."""
     parsed = conditions(res_type, query, limits)
     page = Page({res_type: parsed}, "")
     if conn.dialect.name == "sqlite":
-        page.walk = _walk(res_type, parsed, "")
+        page.walk = _walk(res_type, parsed, "", single=single)
     q, key = _in_id_order(page, resources.c.res_id)
     return list(conn.execute(q.order_by(key).limit(limit)).scalars())
 
@@ -257,12 +260,14 @@ def _probes(
     return conds
 
 
-def _walk(res_type: str, parsed: Parsed, base: str, allowed: ColumnElement[bool] | None = None) -> Walk | None:
+def _walk(
+    res_type: str, parsed: Parsed, base: str, allowed: ColumnElement[bool] | None = None, single: bool = True
+) -> Walk | None:
     """The most selective criterion whose index rows come in id order, if any (see `sql.driver`)."""
     ranked = []
     for i, c in enumerate(parsed.criteria):
         try:
-            found = driver(c, base)
+            found = driver(c, base, single)
         except SearchError:
             continue  # refused (or ignored) with its message by _type_condition
         if found is not None:

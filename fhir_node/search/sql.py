@@ -125,25 +125,36 @@ def probe(c: Criterion, base: str, r: FromClause = resources) -> ColumnElement[b
     return select(table.c.res_id).where(*own, _values(table, c, base)).exists()
 
 
-def driver(c: Criterion, base: str) -> tuple[Table, ColumnElement[bool], int] | None:
+def driver(c: Criterion, base: str, single: bool = True) -> tuple[Table, ColumnElement[bool], int] | None:
     """When `c` is one equality whose index rows come in id order (the index ends with res_id), the rows
-    a search can walk instead of scanning its type, and a rank (lower: likely fewer rows)."""
-    if c.has is not None or c.chain or c.missing is not None or c.param is None or len(c.values) != 1:
+    a search can walk instead of scanning its type, and a rank (lower: likely fewer rows). With `single`
+    False, several values (ORed) qualify too: their rows come in id order per value only, which serves
+    finding matches (conditional creates, looked up together), not walking pages."""
+    if c.has is not None or c.chain or c.missing is not None or c.param is None or not c.values:
         return None
-    ptype, value = c.param.type, c.values[0]
-    if ptype == "token" and c.modifier is None and _UNESCAPED_PIPE.split(value)[-1]:
-        rank = 0 if c.param.code in ("identifier", "_id") else 2
-    elif ptype == "reference" and c.modifier is None and _single_target(c, value, base):
-        rank = 0
-    elif ptype == "reference" and c.modifier == "identifier" and _UNESCAPED_PIPE.split(value)[-1]:
-        rank = 0  # by Reference.identifier: its rows for one value come in id order too (id_value, res_id)
-    elif (ptype == "uri" and c.modifier is None) or (ptype == "string" and c.modifier == "exact"):
-        rank = 1
-    else:
+    if single and len(c.values) != 1:
         return None
+    ranks = [_rank(c, value, base) for value in c.values]
+    if None in ranks:
+        return None
+    rank = max(r for r in ranks if r is not None)
     table = _table(c)
     condition = and_(named(table, "res_type", c.res_type), named(table, "param", c.param.code), _values(table, c, base))
     return table, condition, rank
+
+
+def _rank(c: Criterion, value: str, base: str) -> int | None:
+    assert c.param is not None
+    ptype = c.param.type
+    if ptype == "token" and c.modifier is None and _UNESCAPED_PIPE.split(value)[-1]:
+        return 0 if c.param.code in ("identifier", "_id") else 2
+    if ptype == "reference" and c.modifier is None and _single_target(c, value, base):
+        return 0
+    if ptype == "reference" and c.modifier == "identifier" and _UNESCAPED_PIPE.split(value)[-1]:
+        return 0  # by Reference.identifier: its rows for one value come in id order too (id_value, res_id)
+    if (ptype == "uri" and c.modifier is None) or (ptype == "string" and c.modifier == "exact"):
+        return 1
+    return None
 
 
 def _single_target(c: Criterion, value: str, base: str) -> bool:
