@@ -270,7 +270,7 @@ def _unmatched(conn: Connection, entries: list[Entry], limits: Limits) -> set[in
     refuses: its entry reports that), are asked one by one by `_target`."""
     groups: dict[tuple[str, str], list[tuple[int, str]]] = {}
     for e in entries:
-        if e.method != "POST" or not e.if_none_exist or e.res_type is None:
+        if e.method != "POST" or not isinstance(e.if_none_exist, str) or e.res_type is None:
             continue
         name, _, value = e.if_none_exist.lstrip("?").partition("=")
         if not value or any(c in value for c in "&,\\%"):
@@ -285,8 +285,11 @@ def _unmatched(conn: Connection, entries: list[Entry], limits: Limits) -> set[in
         for start in range(0, len(group), _ORED):
             chunk = group[start : start + _ORED]
             query = f"{name}={','.join(value for _, value in chunk)}"
-            if len(chunk) > 1 and not search.matching(conn, res_type, query, None, 1, single=False):
-                unmatched.update(index for index, _ in chunk)
+            try:
+                if len(chunk) > 1 and not search.matching(conn, res_type, query, None, 1, single=False):
+                    unmatched.update(index for index, _ in chunk)
+            except FHIRError:
+                continue  # a value refused only when its SQL is built: its own entry will say so
     return unmatched
 
 
