@@ -17,7 +17,7 @@ from typing import Any
 
 from fhir_node.validation.narrative import narrative_problems
 
-Native = Callable[[Any, "dict[str, Any] | None", "dict[str, Any]"], "bool | None"]
+Native = Callable[[Any, dict[str, Any] | None, dict[str, Any]], bool | None]
 
 _NS = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/"
 _PSEUDONYMISED = "https://www.ehealth.fgov.be/standards/fhir/infsec/StructureDefinition/be-ext-pseudonymization"
