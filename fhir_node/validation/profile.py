@@ -22,10 +22,11 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from fhir_node.outcome import Issue
-from fhir_node.validation.definitions import CORE_PREFIX, Definition, Element, Registry
+from fhir_node.validation.definitions import CORE_PREFIX, Constraint, Definition, Element, Registry
 from fhir_node.validation.invariants import CHOICE_TYPES, Invariants
 from fhir_node.validation.terminology import Terminology
 
@@ -431,16 +432,11 @@ class Run:
     def _constraints(
         self, item: Item, element: Element, type_base: Definition | None, resource: dict[str, Any]
     ) -> None:
-        constraints = {c.key: c for c in element.constraints}
-        if type_base is not None:
-            constraints |= {c.key: c for c in type_base.root.constraints if c.key not in constraints}
         skip = self.registry.core_keys if not self.core and self.core_done else frozenset()
         type_path = element.path if item.type in ("BackboneElement", "Element", "") else item.type
-        for key, c in constraints.items():
-            if key in skip:
-                continue
+        for c in _applicable(element, type_base, skip):
             if not self.invariants.holds(c.expression, item.value, item.twin, type_path, resource, self.root):
-                self.add(c.severity, "invariant", f"Constraint {key} failed: {c.human}", item.where)
+                self.add(c.severity, "invariant", f"Constraint {c.key} failed: {c.human}", item.where)
 
     def _reference_target(self, item: Item, element: Element, resource: dict[str, Any]) -> None:
         targets = [url for t in element.types if t.code == "Reference" for url in t.targets]
@@ -519,6 +515,16 @@ class Run:
         sub = self._sub(definition)
         sub.node(item, definition.root, resource)
         self.issues += sub.issues
+
+
+@lru_cache(maxsize=16384)
+def _applicable(element: Element, type_base: Definition | None, skip: frozenset[str]) -> tuple[Constraint, ...]:
+    """The constraints judged on each occurrence of `element`: its own, then its data type's root ones (the
+    element's win on a shared key), less the keys in `skip` (worked out once, not per occurrence)."""
+    constraints = {c.key: c for c in element.constraints}
+    if type_base is not None:
+        constraints |= {c.key: c for c in type_base.root.constraints if c.key not in constraints}
+    return tuple(c for key, c in constraints.items() if key not in skip)
 
 
 def _codes(value: Any) -> list[tuple[str | None, str]]:
