@@ -136,7 +136,13 @@ class DatabaseTarget:
             return Answer(exc.status, operation_outcome(exc.issues))
 
     def close(self) -> None:
-        self.node.db.dispose()
+        """On PostgreSQL, statistics for the planner first: right after a bulk load, until autovacuum's
+        first ANALYZE (up to a minute later), searches would run with plans guessed without them."""
+        db = self.node.db
+        if not db.is_sqlite:
+            with db.engine.connect() as conn:
+                conn.exec_driver_sql("ANALYZE")
+        db.dispose()
 
 
 def _outcome(text: str) -> dict[str, Any]:

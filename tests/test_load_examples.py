@@ -12,9 +12,11 @@ import orjson
 import pytest
 from fhir_files import EXAMPLES, resources_in
 from live_node import serve_node
+from sqlalchemy import create_engine
 
 from fhir_node.cli import main
 from fhir_node.load import DatabaseTarget, HttpTarget, Summary, Target, load
+from fhir_node.store.database import normalise_url
 
 BUNDLES, RESOURCES = EXAMPLES / "bundles", EXAMPLES / "resources"
 DISTINCT = sum(1 for _ in resources_in(RESOURCES))  # one file per resource; Bundles repeat the directory
@@ -52,6 +54,22 @@ def test_examples_load_once_and_only_once(target: Target) -> None:
     assert _counts(load([BUNDLES], target)) == (0, 0, DISTINCT, 0)
     # The same scenario as single resources (other ids, Type/id references): nothing new either.
     assert _counts(load([RESOURCES], target)) == (0, 0, DISTINCT, 0)
+
+
+def test_a_load_into_postgresql_leaves_the_planner_its_statistics(database_url: str, enforcing_env: None) -> None:
+    """After `fhir-node load --database`, the tables searched have been analysed (not left to autovacuum)."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite plans are chosen without statistics")
+    target = DatabaseTarget(database_url)
+    load([BUNDLES], target)
+    target.close()
+    engine = create_engine(normalise_url(database_url))
+    with engine.connect() as conn:
+        analysed = conn.exec_driver_sql(
+            "SELECT relname FROM pg_stat_user_tables WHERE last_analyze IS NOT NULL"
+        ).scalars()
+        assert {"resources", "idx_token", "idx_reference"} <= set(analysed)
+    engine.dispose()
 
 
 def test_single_resources_load_into_an_empty_node_and_link_up(node_url: str) -> None:
