@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import select
 import threading
 import time
 import zlib
@@ -16,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DisconnectionError, OperationalError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK = zlib.crc32(b"fhir-node:migrate")
@@ -92,11 +93,11 @@ class Database:
                 self.url,
                 pool_size=10,
                 max_overflow=20,
-                pool_pre_ping=True,
                 connect_args=_pg_options(statement_timeout),
                 execution_options={"write_wait": write_wait},
             )
             _track_statements(self.engine)
+            _replace_closed(self.engine)
         # PostgreSQL reads in autocommit: under READ COMMITTED every statement takes its own snapshot, in a
         # transaction or not, so BEGIN and COMMIT (two of a read's three round trips) bought nothing.
         self._reader = self.engine if self.is_sqlite else self.engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -192,6 +193,22 @@ def lock(conn: Connection, *keys: str) -> None:
 def _pg_options(statement_timeout: float | None) -> dict[str, str]:
     """Every PostgreSQL session gets the statement timeout (the server cancels what runs longer)."""
     return {"options": f"-c statement_timeout={int(statement_timeout * 1000)}"} if statement_timeout else {}
+
+
+def _replace_closed(engine: Engine) -> None:
+    """A pooled connection the server has closed (restart, pg_terminate_backend, idle timeout) is replaced
+    at checkout without the round trip of a ping: an idle connection's socket turns readable only when the
+    server closed it or sent its FATAL goodbye, which a zero-timeout poll sees locally. Should the server go
+    between this check and the statement, that statement fails (a 503) and SQLAlchemy invalidates the pool."""
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn, _record, _proxy) -> None:  # type: ignore[no-untyped-def]
+        if dbapi_conn.closed or dbapi_conn.broken:
+            raise DisconnectionError("connection closed")
+        idle = select.poll()
+        idle.register(dbapi_conn.fileno(), select.POLLIN)
+        if idle.poll(0):
+            raise DisconnectionError("the server closed this connection")
 
 
 def _track_statements(engine: Engine) -> None:
