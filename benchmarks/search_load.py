@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy import create_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -182,6 +183,22 @@ def cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def postmaster_pid(url: str) -> int | None:
+    """The PostgreSQL server's main process, when it runs on this machine (its backends are its children)."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            backend = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        if not Path(f"/proc/{backend}/cmdline").read_bytes().startswith(b"postgres"):
+            return None  # a server elsewhere: that pid is some other process here
+        fields = Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1])
+    except OSError:
+        return None
+    finally:
+        engine.dispose()
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -290,9 +307,11 @@ def main() -> None:
                     f"/fhir/EpisodeOfCare?organization=Organization/{org_ids[i % len(org_ids)]}&_count=50",
                 ]
             run_gets(host, port, queries, min(100, args.searches), args.clients)  # warm-up
-            cpu0 = cpu_seconds(pid)
+            postmaster = postmaster_pid(url) if args.database == "postgresql" else None
+            cpu0, db_cpu0 = cpu_seconds(pid), cpu_seconds(postmaster) if postmaster else 0.0
             wall, lat = run_gets(host, port, queries, args.searches, args.clients)
             cpu = cpu_seconds(pid) - cpu0
+            db_cpu = cpu_seconds(postmaster) - db_cpu0 if postmaster else None
             lat.sort()
             report = {
                 "database": args.database,
@@ -308,6 +327,8 @@ def main() -> None:
                 "p50_ms": round(statistics.median(lat), 2),
                 "p95_ms": round(lat[int(len(lat) * 0.95) - 1], 2),
                 "server_cpu_us_per_search": round(cpu / args.searches * 1e6),
+                # PostgreSQL's own processes (SQLite runs inside the node, so its share is in the line above).
+                "database_cpu_us_per_search": None if db_cpu is None else round(db_cpu / args.searches * 1e6),
                 "server_rss_mib": round(rss_kb(pid) / 1024, 1),
             }
             print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
