@@ -1,6 +1,7 @@
-"""Work that may run long leaves the event loop: searches and history (and big request bodies) run in a
-worker thread, so `/health` and cheap requests keep answering; and when the client goes away first, the
-statements the work runs are cancelled rather than left to finish for nobody."""
+"""Work that may run long leaves the event loop: searches and history (on SQLite, those past their budget on
+the loop: see `routes.reading`), and big request bodies, run in a worker thread, so `/health` and cheap
+requests keep answering; and when the client goes away first, the statements the work runs are
+cancelled rather than left to finish for nobody."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The FHIR REST endpoints. Each one negotiates, runs one interaction (in a worker thread, except SQLite
-reads by id: see `reading`), and answers."""
+reads, which run on the event loop within a budget: see `reading`), and answers."""
 
 from __future__ import annotations
 
