@@ -11,6 +11,7 @@ import contextlib
 import threading
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlencode
 
 from sqlalchemy import Connection, bindparam, select
 
@@ -41,11 +42,12 @@ def note(conn: Connection, items: Iterable[tuple[str, str]], status: int | None 
     record.patients |= patients_of(conn, items)
 
 
-def note_query(query: str) -> None:
-    """The search as the server understood it (URL and form parameters), for `entity.query`."""
+def note_query(params: list[tuple[str, str]]) -> None:
+    """The search as the server understood it (URL and form parameters), for `entity.query`; encoded only
+    when the request is audited."""
     record = current().record
     if record is not None:
-        record.query = query
+        record.query = urlencode(params)
 
 
 # Built once: a statement built per call costs SQLAlchemy more than running it (~100 of ~350 µs for a

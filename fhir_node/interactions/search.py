@@ -97,7 +97,7 @@ def search(node: Node, base: str, res_type: str | None, params: list[tuple[str, 
     result = parsed.result
     count = _count(result, node)
     page = Page(parsed_by_type, base, _sort(parsed, types))
-    trail.note_query(urlencode(params))
+    trail.note_query(params)
     with node.db.read() as conn:
         _authorise(conn, page)
         if len(types) == 1 and not page.sort:
