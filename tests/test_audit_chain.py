@@ -113,16 +113,22 @@ def chain_entries(database_url: str) -> list[tuple[int, str]]:
 
 
 def audit_event_count(database_url: str) -> int:
-    with database(database_url) as db, db.read() as conn:
-        q = select(func.count()).select_from(resources).where(resources.c.res_type == "AuditEvent")
-        return conn.execute(q).scalar_one()
+    """AuditEvents stored as resources once every chained one is indexed."""
+    with database(database_url) as db:
+        chain.catch_up(db)
+        with db.read() as conn:
+            q = select(func.count()).select_from(resources).where(resources.c.res_type == "AuditEvent")
+            return conn.execute(q).scalar_one()
 
 
 @pytest.fixture
 def audited(database_url: str) -> tuple[str, int]:
-    """A fresh database holding the AuditEvents of `exercise`: (its URL, how many requests were made)."""
+    """A fresh database holding the AuditEvents of `exercise`, chained and indexed: (its URL, how many
+    requests were made)."""
     with audited_client(database_url) as client:
-        return database_url, exercise(client)
+        requests = exercise(client)
+    assert audit_event_count(database_url) == requests
+    return database_url, requests
 
 
 # --- one link per request ------------------------------------------------------------------------------
@@ -168,6 +174,14 @@ def change_both_copies(conn: Connection, res_id: str) -> None:
     _rewrite(conn, resource_versions, res_id)
 
 
+def change_chained(conn: Connection, res_id: str) -> None:
+    """The chained bytes themselves (the stored copies left as they were)."""
+    content = conn.execute(select(audit_chain.c.content).where(audit_chain.c.res_id == res_id)).scalar_one()
+    changed = content.replace(b'"outcome":"0"', b'"outcome":"8"')
+    assert changed != content
+    conn.execute(update(audit_chain).where(audit_chain.c.res_id == res_id).values(content=changed))
+
+
 def change_chain_hash(conn: Connection, res_id: str) -> None:
     conn.execute(update(audit_chain).where(audit_chain.c.res_id == res_id).values(hash=chain.digest(b"forged")))
 
@@ -181,9 +195,10 @@ def remove_event(conn: Connection, res_id: str) -> None:
 
 #: tampering -> (how many links after the tampered one the break is found, what verify says is wrong)
 TAMPERING: dict[Callable[[Connection, str], None], tuple[int, str]] = {
-    change_current: (0, "the current row differs from the version written"),
-    change_version: (0, "the current row differs from the version written"),
-    change_both_copies: (0, "its content does not match the hash recorded"),
+    change_current: (0, "a stored copy differs from the event chained"),
+    change_version: (0, "a stored copy differs from the event chained"),
+    change_both_copies: (0, "a stored copy differs from the event chained"),
+    change_chained: (0, "its content does not match the hash recorded"),
     change_chain_hash: (0, "its content does not match the hash recorded"),
     remove_event: (1, "it does not follow its predecessor (one was removed)"),
 }
@@ -261,8 +276,7 @@ def test_two_workers_and_eight_clients_extend_one_chain(database_url, tmp_path):
 def audited_request_ids(database_url: str) -> set[str]:
     """The X-Request-Id of every AuditEvent in the database (its BALP `XrequestId` entity)."""
     with database(database_url) as db, db.read() as conn:
-        q = select(resources.c.content).where(resources.c.res_type == "AuditEvent")
-        events = [orjson.loads(content) for content in conn.execute(q).scalars()]
+        events = [orjson.loads(content) for content in conn.execute(select(audit_chain.c.content)).scalars()]
     return {
         entity["what"]["identifier"]["value"]
         for event in events
@@ -315,12 +329,11 @@ def test_no_answered_request_loses_its_audit_event_to_kill_9(database_url, tmp_p
 def backdate(database_url: str, res_ids: list[str]) -> None:
     """As if these AuditEvents had been written years ago."""
     with database(database_url) as db, db.write() as conn:
-        rv = resource_versions.c
-        conn.execute(
-            update(resource_versions)
-            .where(rv.res_type == "AuditEvent", rv.res_id.in_(res_ids))
-            .values(last_updated=datetime(2019, 3, 1, 12, 0))
-        )
+        rv, c = resource_versions.c, audit_chain.c
+        then = datetime(2019, 3, 1, 12, 0)
+        old = update(resource_versions).where(rv.res_type == "AuditEvent", rv.res_id.in_(res_ids))
+        conn.execute(old.values(last_updated=then))
+        conn.execute(update(audit_chain).where(c.res_id.in_(res_ids)).values(recorded=then))
 
 
 def remaining_rows(database_url: str, res_ids: list[str]) -> int:

@@ -19,16 +19,16 @@ from starlette.testclient import TestClient
 from fhir_node.app import create_app
 from fhir_node.rules.pseudonym import clear
 from fhir_node.settings import Settings
-from fhir_node.store.schema import resources
+from fhir_node.store.schema import audit_chain, resources
 from fhir_node.validation.validator import has_errors, validate
 
 Secured = tuple[TestClient, World]
 
 
 def audit_events(client: TestClient) -> list[dict[str, Any]]:
-    """Every AuditEvent the node wrote, read straight from the store (no request, so none is added)."""
+    """Every AuditEvent the node wrote, read straight from its chain (no request, so none is added)."""
     with client.app.state.node.db.read() as conn:  # type: ignore[attr-defined]
-        rows = conn.execute(select(resources.c.content).where(resources.c.res_type == "AuditEvent")).scalars()
+        rows = conn.execute(select(audit_chain.c.content).order_by(audit_chain.c.seq)).scalars()
         return [orjson.loads(c) for c in rows]
 
 

@@ -14,7 +14,7 @@ from fhir_node.audit import chain
 from fhir_node.cli import main
 from fhir_node.rules.retention import cutoff, run
 from fhir_node.store.database import Database
-from fhir_node.store.schema import INDEX_TABLES, resource_versions, resources
+from fhir_node.store.schema import INDEX_TABLES, audit_chain, resource_versions, resources
 
 
 def rows(db: Database, res_type: str, res_id: str) -> int:
@@ -81,7 +81,7 @@ def test_dry_run_then_apply(client, settings, capsys):
     with db.read() as conn:
         events = [
             orjson.loads(c)
-            for c in conn.execute(select(resources.c.content).where(resources.c.res_type == "AuditEvent")).scalars()
+            for c in conn.execute(select(audit_chain.c.content).order_by(audit_chain.c.seq)).scalars()
         ]
         checked, _, broken = chain.verify(conn)
     assert broken is None and checked == len(listed)

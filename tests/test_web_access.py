@@ -13,7 +13,7 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from fhir_node.rules.pseudonym import clear
-from fhir_node.store.schema import resources
+from fhir_node.store.schema import audit_chain
 
 Secured = tuple[TestClient, World]
 
@@ -35,9 +35,9 @@ def fhir_ids(client: TestClient, query: str, caller: str) -> set[str]:
 
 
 def audit_events(client: TestClient) -> list[dict[str, Any]]:
-    """The AuditEvents written so far, straight from the store (no request, so none is added)."""
+    """The AuditEvents written so far, straight from the chain (no request, so none is added)."""
     with client.app.state.node.db.read() as conn:  # type: ignore[attr-defined]
-        rows = conn.execute(select(resources.c.content).where(resources.c.res_type == "AuditEvent")).scalars()
+        rows = conn.execute(select(audit_chain.c.content).order_by(audit_chain.c.seq)).scalars()
         return [clear(orjson.loads(c)) for c in rows]  # SSINs rest pseudonymised
 
 

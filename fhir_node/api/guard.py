@@ -6,14 +6,14 @@ carry no data, so they are neither authenticated nor audited."""
 from __future__ import annotations
 
 import logging
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_plus
 
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_node.api.failures import status_of
 from fhir_node.api.middleware import answer, is_loopback
-from fhir_node.audit import trail
+from fhir_node.audit import chain, trail
 from fhir_node.node import Node
 from fhir_node.security.access import Access, Record, serving
 from fhir_node.security.principal import LOCAL_OPERATOR, Principal, Scopes
@@ -76,6 +76,8 @@ class Guard:
                 await answer(send, 403, "forbidden", _LOOPBACK_ONLY)
                 return
             try:
+                if _may_read_audit(scope):
+                    await run_in_threadpool(chain.catch_up, self.node.db)
                 await self.app(scope, receive, self._audited(send))
             except Exception as exc:
                 await self._flush_failure(access, exc)
@@ -125,6 +127,19 @@ class Guard:
 def _from_loopback(scope: Scope) -> bool:
     client = scope.get("client")
     return is_loopback(client[0] if client else None)
+
+
+def _may_read_audit(scope: Scope) -> bool:
+    """Whether the request may read AuditEvents, which must then all be indexed first (`chain.catch_up`):
+    it names the type (in its path or, decoded, its query: `_type`, `_revinclude`, `_has`, a chain's type),
+    uses a wildcard, reaches every type (system level, Bundles), searches by POST (parameters in the
+    body) or runs an operation. Anything else reads only the types it names."""
+    path: str = scope["path"]
+    parts = path.removeprefix("/fhir").split("/")
+    if len(parts) < 2 or not parts[1][:1].isupper() or "AuditEvent" in path or "$" in path:
+        return True
+    query = unquote_plus(scope.get("query_string", b"").decode("latin-1"))
+    return path.endswith("/_search") or "AuditEvent" in query or "*" in query
 
 
 def _bearer(headers: dict[bytes, bytes]) -> str:

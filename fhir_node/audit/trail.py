@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -25,6 +26,7 @@ from fhir_node.store.schema import idx_reference
 #: At most this many AuditEvents per transaction: a burst does not hold the write lock (which other
 #: workers' writes wait for) for long.
 GROUP_LIMIT = 200
+error_log = logging.getLogger("fhir_node.errors")
 
 
 def note(conn: Connection, items: Iterable[tuple[str, str]], status: int | None = None) -> None:
@@ -94,9 +96,14 @@ def committed() -> None:
 
 class Writer:
     """Group commit, one per process and database: requests hand over their AuditEvent and wait; one thread
-    (started on first use) appends everything handed over meanwhile in one write transaction, then
+    (started on first use) chains everything handed over meanwhile in one write transaction, then
     releases those requests, or fails them all. Nothing waits on the event loop for SQLite's write lock,
-    a commit or a checkpoint, and nothing outlives the commit, so workers and hosts share no state."""
+    a commit or a checkpoint, and nothing outlives the commit, so workers and hosts share no state. Once
+    nothing was handed over for `IDLE` seconds, the thread stores and indexes the chained events
+    (`chain.index`), a batch at a time, until none is left or requests come again."""
+
+    #: Seconds without AuditEvents to write before the writer indexes the chained ones.
+    IDLE = 0.5
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -124,11 +131,19 @@ class Writer:
         record.written = True
 
     def _run(self) -> None:
+        behind = False  # until it chains some: what others left is indexed by them, or when read
         while True:
             with self._wake:
                 while not self._queue:
-                    self._wake.wait()
+                    if not behind:
+                        self._wake.wait()
+                    elif not self._wake.wait(self.IDLE):
+                        break  # idle: time to index
                 group, self._queue = self._queue[:GROUP_LIMIT], self._queue[GROUP_LIMIT:]
+            if not group:
+                behind = self._index()
+                continue
+            behind = True
             error: Exception | None = None
             try:
                 with self.db.write() as conn:
@@ -141,6 +156,16 @@ class Writer:
             for loop, futures in waiting.items():
                 with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits there any more
                     loop.call_soon_threadsafe(_settle, futures, error)
+
+    def _index(self) -> bool:
+        """One batch of chained events indexed; whether more may wait. A failure is logged and retried
+        at the next idle time (nothing is lost: the events stay chained)."""
+        try:
+            with self.db.write() as conn:
+                return chain.index(conn) > 0
+        except Exception as exc:
+            error_log.warning("indexing chained AuditEvents failed, retried later: %s", exc)
+            return False
 
 
 def _settle(futures: list[asyncio.Future[None]], error: Exception | None) -> None:

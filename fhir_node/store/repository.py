@@ -131,21 +131,42 @@ def write(
     ts = now()
     version_id = previous.version_id + 1 if previous else 1
     stored, content = protected(stored_form(resource, res_id, version_id, ts)) if resource is not None else (None, None)
+    return _put(conn, res_type, res_id, stored, content, ts, previous, method)
+
+
+def add(conn: Connection, res_type: str, res_id: str, stored: dict[str, Any], content: bytes, ts: datetime) -> Version:
+    """A first version written as `content` (already in stored form, `stored` parsed) at `ts`: the node's own
+    AuditEvents, chained first and stored as resources afterwards, byte for byte."""
+    return _put(conn, res_type, res_id, stored, content, ts, None, "POST")
+
+
+def _put(
+    conn: Connection,
+    res_type: str,
+    res_id: str,
+    stored: dict[str, Any] | None,
+    content: bytes | None,
+    ts: datetime,
+    previous: Version | None,
+    method: str,
+) -> Version:
+    """Store `stored` (`content` its bytes; None: a deletion) as the version after `previous`."""
+    version_id = previous.version_id + 1 if previous else 1
     values = {"version_id": version_id, "last_updated": ts, "content": content}
     if previous is None:
         add_rows(conn, resources, [{"res_type": res_type, "res_id": res_id, "deleted": False, **values}])
     else:
         keys = {"k_type": res_type, "k_id": res_id, "k_version": previous.version_id}
-        done = conn.execute(_UPDATE_CURRENT, {**keys, "deleted": resource is None, **values})
+        done = conn.execute(_UPDATE_CURRENT, {**keys, "deleted": stored is None, **values})
         if done.rowcount != 1:
             raise ConcurrentWrite(res_type, res_id)
     before = research_consent.tied(conn, [res_id]) if res_type == "Consent" and previous is not None else set()
     write_index(conn, res_type, res_id, stored, replace=previous is not None)
     research_consent.follow(conn, res_type, res_id, before)
-    status = 204 if resource is None else 201 if previous is None or previous.deleted else 200
+    status = 204 if stored is None else 201 if previous is None or previous.deleted else 200
     row = {"res_type": res_type, "res_id": res_id, "method": method, "status": status, **values}
     add_rows(conn, resource_versions, [row])
-    return Version(res_type, res_id, version_id, ts, resource is None, content, method, status)
+    return Version(res_type, res_id, version_id, ts, stored is None, content, method, status)
 
 
 def erase(conn: Connection, res_type: str, ids: list[str]) -> None:

@@ -143,8 +143,11 @@ audit_chain = Table(
     Column("seq", SeqType, primary_key=True, autoincrement=True),
     Column("res_id", String(64), nullable=False, unique=True),
     Column("hash", String(64), nullable=False),
-    comment="The node's own AuditEvents in the order written: each one's SHA-256; each event carries its "
-    "predecessor's hash, so a changed or removed event breaks the chain (fhir-node audit verify).",
+    Column("recorded", DateTime(timezone=False), nullable=True),
+    Column("content", LargeBinary, nullable=True),
+    comment="The node's own AuditEvents in the order written: each one's SHA-256, time and stored bytes; each "
+    "event carries its predecessor's hash, so a changed or removed event breaks the chain (fhir-node audit "
+    "verify). An event is searchable once indexed (audit_indexed).",
     sqlite_autoincrement=True,  # never reuse a position, even once retention emptied the table
 )
 
@@ -155,6 +158,14 @@ audit_anchor = Table(
     Column("seq", SeqType, nullable=False),
     Column("hash", String(64), nullable=False),
     comment="Where verification starts once retention removed the oldest events: the last removed one.",
+)
+
+audit_indexed = Table(
+    "audit_indexed",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("seq", SeqType, nullable=False),
+    comment="The chain position up to which the node's AuditEvents are stored and indexed as resources.",
 )
 
 research_consented = Table(

@@ -1,0 +1,134 @@
+"""The node's AuditEvents are chained when their request answers and stored as searchable resources
+afterwards, on SQLite and PostgreSQL: requests that cannot read AuditEvents index nothing, every request
+that may read them finds the whole chain, the idle writer indexes what is left, and a database chained by
+an older node (events stored as resources at once) keeps verifying after the upgrade."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import func, insert, select
+from test_audit_chain import audited_client, database, exercise, verified
+
+from fhir_node.audit import chain, trail
+from fhir_node.store import repository
+from fhir_node.store.database import MIGRATIONS, Database
+from fhir_node.store.schema import audit_chain, audit_indexed, resources
+
+
+def stored(db: Database) -> int:
+    """AuditEvents stored as resources."""
+    with db.read() as conn:
+        q = select(func.count()).select_from(resources).where(resources.c.res_type == "AuditEvent")
+        return conn.execute(q).scalar_one()
+
+
+def chained(db: Database) -> int:
+    with db.read() as conn:
+        return conn.execute(select(func.count()).select_from(audit_chain)).scalar_one()
+
+
+#: Requests that may read AuditEvents: each first indexes every event chained before it.
+READ_AUDIT = [
+    "/AuditEvent?_summary=count",
+    "/AuditEvent?outcome=0&_count=1",
+    "/Patient?_revinclude=AuditEvent:patient",
+    "/Patient?_has:AuditEvent:patient:outcome=0",
+    "/Patient?_revinclude=%41uditEvent:patient",
+    "/EpisodeOfCare?_revinclude=*",
+    "?_type=AuditEvent",
+    "/_history",
+]
+
+
+def test_only_requests_that_may_read_audit_events_index_them_first(database_url, monkeypatch):
+    monkeypatch.setattr(trail.Writer, "IDLE", 3600.0)  # no indexing when idle during this test
+    with audited_client(database_url) as client, database(database_url) as db:
+        requests = exercise(client)
+        assert chained(db) == requests and stored(db) == 0
+        for other in ("EpisodeOfCare?status=active", "Patient?_count=2", "Organization?name=x"):
+            assert client.get(f"/fhir/{other}").status_code == 200
+            assert stored(db) == 0, other
+        for url in READ_AUDIT:
+            before = chained(db)
+            answer = client.get(f"/fhir{url}")
+            assert answer.status_code == 200, (url, answer.text)
+            assert stored(db) == before, url
+        total = client.get("/fhir/AuditEvent", params={"_summary": "count"}).json()["total"]
+        assert total == chained(db) - 1  # all but the count's own, chained as it answers
+    assert verified(database_url)[0] == chained_after(database_url)
+
+
+def chained_after(database_url: str) -> int:
+    with database(database_url) as db:
+        return chained(db)
+
+
+def test_the_writer_indexes_the_chain_once_the_node_is_idle(database_url, monkeypatch):
+    monkeypatch.setattr(trail.Writer, "IDLE", 0.05)
+    monkeypatch.setattr(chain, "INDEX_BATCH", 3)  # several batches
+    with audited_client(database_url) as client, database(database_url) as db:
+        requests = exercise(client)
+        deadline = time.monotonic() + 30
+        while stored(db) < requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stored(db) == chained(db) == requests
+        with db.read() as conn:
+            assert (
+                conn.execute(select(audit_indexed.c.seq)).scalar_one()
+                == conn.execute(select(func.max(audit_chain.c.seq))).scalar_one()
+            )
+    assert verified(database_url)[0] == requests
+
+
+def test_an_older_chain_keeps_verifying_and_is_not_indexed_twice(database_url):
+    """Events an older node stored as resources at once and chained by their stored bytes: the upgrade
+    copies each one's bytes and time into the chain and marks them indexed."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with database(database_url) as db:
+        with db.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0005")
+        previous = chain.GENESIS
+        with db.write() as conn:
+            for outcome in ("0", "4", "8"):
+                event = {
+                    "extension": [
+                        {
+                            "url": "https://fhir-node.be/fhir/StructureDefinition/audit-chain-previous",
+                            "valueString": previous,
+                        }
+                    ],
+                    "resourceType": "AuditEvent",
+                    "outcome": outcome,
+                }
+                res_id = repository.time_ordered_id()
+                written = repository.write(conn, "AuditEvent", res_id, event, None, "POST")
+                assert written.content is not None
+                previous = chain.digest(written.content)
+                conn.execute(insert(audit_chain).values(res_id=res_id, hash=previous))
+        db.migrate()
+        assert chain.catch_up(db) == 0
+        assert stored(db) == chained(db) == 3
+        with db.read() as conn:
+            rows = conn.execute(select(audit_chain.c.recorded, audit_chain.c.content)).all()
+        assert all(recorded is not None and content for recorded, content in rows)
+    assert verified(database_url) == (3, previous)
+
+
+@pytest.mark.parametrize("batch", [1, 50])
+def test_indexing_stores_each_event_byte_for_byte(database_url, batch, monkeypatch):
+    monkeypatch.setattr(chain, "INDEX_BATCH", batch)
+    with database(database_url) as db:
+        db.migrate()
+        with db.write() as conn:
+            ids = chain.extend(conn, [{"resourceType": "AuditEvent", "outcome": str(n % 2 * 4)} for n in range(7)])
+        assert chain.catch_up(db) == 7
+        with db.read() as conn:
+            kept = dict(conn.execute(select(audit_chain.c.res_id, audit_chain.c.content)).all())
+            served = {i: repository.current(conn, "AuditEvent", i) for i in ids}
+        assert all(v is not None and v.content == kept[i] and v.version_id == 1 for i, v in served.items())
