@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     )
     export_poll_seconds: float = Field(2.0, gt=0, description="How often each worker looks for export jobs to run.")
     audit: bool = Field(True, description="Write an AuditEvent for every FHIR request (fail closed).")
+    audit_index_lag: int = Field(
+        2000,
+        ge=0,
+        description="AuditEvents are chained as requests answer and indexed for search when the node is idle; "
+        "past this many waiting, the audit writer indexes as it goes.",
+    )
     audit_retention_days: int = Field(
         3653, gt=0, description="AuditEvents older than this are removed by `fhir-node audit purge`."
     )

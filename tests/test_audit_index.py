@@ -10,10 +10,14 @@ import time
 import pytest
 from alembic import command
 from alembic.config import Config
+from live_node import BASE_HOST
 from sqlalchemy import func, insert, select
+from starlette.testclient import TestClient
 from test_audit_chain import audited_client, database, exercise, verified
 
+from fhir_node.app import create_app
 from fhir_node.audit import chain, trail
+from fhir_node.settings import Settings
 from fhir_node.store import repository
 from fhir_node.store.database import MIGRATIONS, Database
 from fhir_node.store.schema import audit_chain, audit_indexed, resources
@@ -132,3 +136,19 @@ def test_indexing_stores_each_event_byte_for_byte(database_url, batch, monkeypat
             kept = dict(conn.execute(select(audit_chain.c.res_id, audit_chain.c.content)).all())
             served = {i: repository.current(conn, "AuditEvent", i) for i in ids}
         assert all(v is not None and v.content == kept[i] and v.version_id == 1 for i, v in served.items())
+
+
+@pytest.mark.parametrize("lag", [0, 4])
+def test_under_load_at_most_lag_events_wait_to_be_indexed(database_url, lag, monkeypatch):
+    """Never idle (IDLE an hour): past `lag` waiting events, each group commit is followed by indexing."""
+    monkeypatch.setattr(trail.Writer, "IDLE", 3600.0)
+    settings = Settings(database_url=database_url, audit=True, enforce_profiles=False, audit_index_lag=lag)
+    with TestClient(create_app(settings), base_url=BASE_HOST, client=("127.0.0.1", 50000)) as client:
+        db = client.app.state.node.db  # type: ignore[attr-defined]
+        for _ in range(12):
+            assert client.get("/fhir/Patient", params={"_count": "2"}).status_code == 200
+        deadline = time.monotonic() + 30
+        while chained(db) - stored(db) > lag and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert chained(db) - stored(db) <= lag
+        assert stored(db) >= 12 - lag

@@ -129,7 +129,7 @@ def audited(db: Database) -> list[str]:
 
 
 def test_concurrent_requests_share_transactions_and_extend_one_chain(db: Database) -> None:
-    writer = trail.Writer(db)
+    writer = trail.Writer(db, lag=2000)
     groups: list[int] = []
     extend = chain.extend
 
@@ -154,7 +154,7 @@ def test_concurrent_requests_share_transactions_and_extend_one_chain(db: Databas
 
 def test_the_event_loop_runs_while_the_audit_waits_for_the_database(db: Database) -> None:
     """Another transaction holds the chain (SQLite's write lock, PostgreSQL's advisory lock) for a while."""
-    writer = trail.Writer(db)
+    writer = trail.Writer(db, lag=2000)
     holding, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -183,7 +183,7 @@ def test_the_event_loop_runs_while_the_audit_waits_for_the_database(db: Database
 
 
 def test_when_the_audit_cannot_be_written_every_waiting_request_fails(db: Database) -> None:
-    writer = trail.Writer(db)
+    writer = trail.Writer(db, lag=2000)
     failed, later = requests(8), requests(1)
 
     async def main(accesses: list[Access]) -> list[BaseException | None]:

@@ -38,7 +38,7 @@ class Guard:
         self.node = node
         self.verifier = TokenVerifier(node.settings) if node.settings.auth == "jwt" else None
         self.relationships = relationship_source(node.settings)
-        self.audit = trail.Writer(node.db)
+        self.audit = trail.Writer(node.db, node.settings.audit_index_lag)
         self.loopback_only = node.settings.auth == "none"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

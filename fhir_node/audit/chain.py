@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, and_, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select, update
 
 from fhir_node.audit.events import CHAIN_EXTENSION
 from fhir_node.rules.pseudonym import protected
@@ -43,6 +43,7 @@ _PENDING = (
     .limit(bindparam("limit"))
 )
 _BEHIND = select(audit_chain.c.seq).where(audit_chain.c.seq > bindparam("after")).limit(1)
+_LAST_SEQ = select(func.max(audit_chain.c.seq))
 #: Events stored as resources per transaction: ~2 ms each, so the write lock is held ~0.1 s at most.
 INDEX_BATCH = 50
 
@@ -73,12 +74,12 @@ def extend(conn: Connection, events: list[dict[str, Any]]) -> list[str]:
     return ids
 
 
-def index(conn: Connection, limit: int = INDEX_BATCH) -> int:
-    """Store the next `limit` chained events not yet indexed as AuditEvent resources, byte for byte as
-    chained, in `conn`'s (write) transaction; how many."""
+def index(conn: Connection, limit: int | None = None) -> int:
+    """Store the next `limit` (default INDEX_BATCH) chained events not yet indexed as AuditEvent
+    resources, byte for byte as chained, in `conn`'s (write) transaction; how many."""
     head(conn)  # appends and other indexers wait: the position read below stays the last indexed
     after = conn.execute(_INDEXED).scalar() or 0
-    rows = conn.execute(_PENDING, {"after": after, "limit": limit}).all()
+    rows = conn.execute(_PENDING, {"after": after, "limit": limit or INDEX_BATCH}).all()
     if not rows:
         return 0
     with batched(conn):
@@ -87,6 +88,11 @@ def index(conn: Connection, limit: int = INDEX_BATCH) -> int:
                 repository.add(conn, "AuditEvent", res_id, orjson.loads(content), content, recorded)
     conn.execute(update(audit_indexed).where(audit_indexed.c.id == 1).values(seq=rows[-1].seq))
     return len(rows)
+
+
+def waiting(conn: Connection) -> int:
+    """How many chained events wait to be indexed (positions, so the ones `purge` took count too)."""
+    return (conn.execute(_LAST_SEQ).scalar() or 0) - (conn.execute(_INDEXED).scalar() or 0)
 
 
 def behind(db: Database) -> bool:
