@@ -43,6 +43,8 @@ READ_AUDIT = [
     "/Patient?_has:AuditEvent:patient:outcome=0",
     "/Patient?_revinclude=%41uditEvent:patient",
     "/EpisodeOfCare?_revinclude=*",
+    "/Consent?data.outcome=0",
+    "/Consent?_include=Consent:data",
     "?_type=AuditEvent",
     "/_history",
 ]
@@ -53,7 +55,12 @@ def test_only_requests_that_may_read_audit_events_index_them_first(database_url,
     with audited_client(database_url) as client, database(database_url) as db:
         requests = exercise(client)
         assert chained(db) == requests and stored(db) == 0
-        for other in ("EpisodeOfCare?status=active", "Patient?_count=2", "Organization?name=x"):
+        for other in (
+            "EpisodeOfCare?status=active",
+            "Patient?_count=2",
+            "Organization?name=x",
+            "Consent?status=active",
+        ):
             assert client.get(f"/fhir/{other}").status_code == 200
             assert stored(db) == 0, other
         for url in READ_AUDIT:

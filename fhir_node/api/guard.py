@@ -6,6 +6,7 @@ carry no data, so they are neither authenticated nor audited."""
 from __future__ import annotations
 
 import logging
+from functools import cache
 from urllib.parse import unquote, unquote_plus
 
 from starlette.concurrency import run_in_threadpool
@@ -15,6 +16,8 @@ from fhir_node.api.failures import status_of
 from fhir_node.api.middleware import answer, is_loopback
 from fhir_node.audit import chain, trail
 from fhir_node.node import Node
+from fhir_node.registry import KINDS
+from fhir_node.search.registry import registry
 from fhir_node.security.access import Access, Record, serving
 from fhir_node.security.principal import LOCAL_OPERATOR, Principal, Scopes
 from fhir_node.security.relationships import relationship_source
@@ -132,14 +135,24 @@ def _from_loopback(scope: Scope) -> bool:
 def _may_read_audit(scope: Scope) -> bool:
     """Whether the request may read AuditEvents, which must then all be indexed first (`chain.catch_up`):
     it names the type (in its path or, decoded, its query: `_type`, `_revinclude`, `_has`, a chain's type),
-    uses a wildcard, reaches every type (system level, Bundles), searches by POST (parameters in the
-    body) or runs an operation. Anything else reads only the types it names."""
+    uses a wildcard or a reference parameter of its type that may point to an AuditEvent (a chain or an
+    include through `Consent.data`), reaches every type (system level, Bundles), searches by POST
+    (parameters in the body) or runs an operation. Anything else reads only the types it names."""
     path: str = scope["path"]
     parts = path.removeprefix("/fhir").split("/")
     if len(parts) < 2 or not parts[1][:1].isupper() or "AuditEvent" in path or "$" in path:
         return True
     query = unquote_plus(scope.get("query_string", b"").decode("latin-1"))
-    return path.endswith("/_search") or "AuditEvent" in query or "*" in query
+    if path.endswith("/_search") or "AuditEvent" in query or "*" in query:
+        return True
+    return any(name in query for name in _to_audit_events(parts[1]))
+
+
+@cache
+def _to_audit_events(res_type: str) -> tuple[str, ...]:
+    """The reference parameters of a type whose targets include AuditEvent."""
+    params = registry().of(res_type).values() if res_type in KINDS else ()
+    return tuple(p.code for p in params if p.type == "reference" and "AuditEvent" in p.targets)
 
 
 def _bearer(headers: dict[bytes, bytes]) -> str:
