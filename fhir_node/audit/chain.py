@@ -43,7 +43,10 @@ _PENDING = (
     .limit(bindparam("limit"))
 )
 _BEHIND = select(audit_chain.c.seq).where(audit_chain.c.seq > bindparam("after")).limit(1)
-_LAST_SEQ = select(func.max(audit_chain.c.seq))
+_WAITING = select(
+    func.coalesce(select(func.max(audit_chain.c.seq)).scalar_subquery(), 0)
+    - func.coalesce(_INDEXED.scalar_subquery(), 0)
+)
 #: Events stored as resources per transaction: ~2 ms each, so the write lock is held ~0.1 s at most.
 INDEX_BATCH = 50
 
@@ -92,7 +95,7 @@ def index(conn: Connection, limit: int | None = None) -> int:
 
 def waiting(conn: Connection) -> int:
     """How many chained events wait to be indexed (positions, so the ones `purge` took count too)."""
-    return (conn.execute(_LAST_SEQ).scalar() or 0) - (conn.execute(_INDEXED).scalar() or 0)
+    return conn.execute(_WAITING).scalar_one()
 
 
 def behind(db: Database) -> bool:
