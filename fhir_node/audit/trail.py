@@ -109,8 +109,8 @@ class Writer:
     Indexing the chained events for search (`chain.index`, ~1.7 ms each) waits: once nothing was handed
     over for `IDLE` seconds, the thread indexes them a batch at a time until none is left or requests
     come again. A burst is served at the cost of chaining alone; under sustained load, once more than
-    `lag` events wait, each group is followed by indexing twice as many, so what waits stays bounded
-    (and so does what a request that reads AuditEvents may have to index first)."""
+    `lag` events wait, a group is followed by indexing a batch, so what waits stays bounded (and so does
+    what a request that reads AuditEvents may have to index first)."""
 
     #: Seconds without AuditEvents to write before the writer indexes the chained ones.
     IDLE = 0.5
@@ -170,7 +170,7 @@ class Writer:
                 with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits there any more
                     loop.call_soon_threadsafe(_settle, futures, error)
             if over > 0:
-                self._index(min(over, 2 * len(group)))
+                self._index()
 
     def _index(self, limit: int | None = None) -> bool:
         """One batch of chained events indexed; whether more may wait. A failure is logged and retried
