@@ -6,21 +6,38 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Insert, Table, insert
+from sqlalchemy import Connection, Dialect, Table
 
 _PENDING = "fhir_node.pending_inserts"
 _AFTER = "fhir_node.after_inserts"
-_INSERTS: dict[str, Insert] = {}
+_MARK = {"sqlite": "?", "postgresql": "%s"}
+Converter = Callable[[Any], Any] | None
 
 
-def _statement(table: Table) -> Insert:
-    """One Insert object per table, so SQLAlchemy's compiled cache is hit without re-keying."""
-    stmt = _INSERTS.get(table.name)
-    if stmt is None:
-        stmt = _INSERTS[table.name] = insert(table)
-    return stmt
+@cache
+def _insert(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> tuple[str, tuple[Converter, ...]]:
+    """The INSERT of these columns for the driver, and each column's value conversion (SQLite stores
+    datetimes and numbers as text in SQLAlchemy's format, which the queries compare with)."""
+    marks = ", ".join([_MARK[dialect.name]] * len(columns))
+    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
+    return sql, tuple(table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in columns)
+
+
+def _write(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """One executemany of `rows` (the columns of the first), straight to the driver: SQLAlchemy's
+    per-row parameter handling cost ~0.3 ms per AuditEvent indexed (~60 rows), more than SQLite's
+    inserts (measured)."""
+    columns = tuple(c.name for c in table.columns if c.name in rows[0])
+    sql, converters = _insert(conn.dialect, table, columns)
+    if any(converters):
+        pairs = list(zip(columns, converters, strict=True))
+        values = [tuple(f(row.get(c)) if f else row.get(c) for c, f in pairs) for row in rows]
+    else:
+        values = [tuple(row.get(c) for c in columns) for row in rows]
+    conn.exec_driver_sql(sql, values)
 
 
 def add_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -29,7 +46,7 @@ def add_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None
         return
     pending: dict[str, tuple[Table, list[dict[str, Any]]]] | None = conn.info.get(_PENDING)
     if pending is None:
-        conn.execute(_statement(table), rows)
+        _write(conn, table, rows)
     else:
         pending.setdefault(table.name, (table, []))[1].extend(rows)
 
@@ -61,6 +78,6 @@ def batched(conn: Connection) -> Iterator[None]:
         conn.info.pop(_PENDING, None)
         tasks = conn.info.pop(_AFTER, {})
     for table, rows in pending.values():
-        conn.execute(_statement(table), rows)
+        _write(conn, table, rows)
     for task, items in tasks.items():
         task(conn, items)
