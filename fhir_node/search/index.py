@@ -14,7 +14,8 @@ from fhir_node.store.batch import add_rows
 from fhir_node.store.schema import INDEX_TABLES
 
 _TABLES = {id(t): t for t in INDEX_TABLES.values()}
-_COLUMNS = {t.name: [c.name for c in t.columns] for t in INDEX_TABLES.values()}
+#: Every column of each index table, None: the template of its rows (an extractor leaves some out).
+_BLANK = {t.name: dict.fromkeys(c.name for c in t.columns) for t in INDEX_TABLES.values()}
 
 
 @cache
@@ -33,7 +34,7 @@ def rows(res_type: str, resource: dict[str, Any]) -> dict[str, list[dict[str, An
         seen: set[tuple[Any, ...]] = set()
         for value in evaluate(resource):
             for row in extract(unwrap_extension(value)):
-                key = tuple(sorted(row.items()))
+                key = tuple(row.items())  # an extractor builds its rows' keys in one order
                 if key not in seen:
                     seen.add(key)
                     out.setdefault(param.type, []).append({"param": param.code, **row})
@@ -49,7 +50,5 @@ def write_index(conn: Connection, res_type: str, res_id: str, resource: dict[str
         return
     for param_type, found in rows(res_type, resource).items():
         table = INDEX_TABLES[param_type]
-        columns = _COLUMNS[table.name]
-        add_rows(
-            conn, table, [{c: r.get(c) for c in columns} | {"res_type": res_type, "res_id": res_id} for r in found]
-        )
+        blank = _BLANK[table.name]
+        add_rows(conn, table, [{**blank, **r, "res_type": res_type, "res_id": res_id} for r in found])
