@@ -14,7 +14,21 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from sqlalchemy import ColumnElement, Connection, FromClause, Select, Table, and_, false, func, or_, select, true
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    FromClause,
+    Integer,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    false,
+    func,
+    or_,
+    select,
+    true,
+)
 
 from fhir_node.audit import trail
 from fhir_node.bundles import bundle
@@ -24,6 +38,7 @@ from fhir_node.outcome import FHIRError, error, fail, operation_outcome
 from fhir_node.registry import KINDS, kind
 from fhir_node.rules.small_cells import bundle_total
 from fhir_node.search import elements as shaping
+from fhir_node.search import plans
 from fhir_node.search.limits import Limits
 from fhir_node.search.parse import VENDOR_TOTALS, Criterion, Parsed, SearchError, parse
 from fhir_node.search.registry import registry
@@ -68,7 +83,8 @@ class Walk:
 
 @dataclass
 class Page:
-    """The query shape every page of one search shares; `walk`, when set, the index that finds it."""
+    """The query shape every page of one search shares; `walk`, when set, the index that finds it; `plan`,
+    when set, the shape whose ready statement fetches it (see `search.plans`)."""
 
     parsed: dict[str, Parsed]
     base: str
@@ -76,6 +92,7 @@ class Page:
     walk: Walk | None = None
     #: Per type, what the caller may see of it (the access policy's condition; None: everything).
     allowed: dict[str, ColumnElement[bool] | None] = field(default_factory=dict)
+    plan: plans.Shape | None = None
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -101,8 +118,11 @@ def search(node: Node, base: str, res_type: str | None, params: list[tuple[str, 
     with node.db.read() as conn:
         _authorise(conn, page)
         if len(types) == 1 and not page.sort:
-            page.walk = _walk(types[0], parsed, base, page.allowed.get(types[0]))
-        if page.walk is None:
+            allowed = page.allowed.get(types[0])
+            page.plan = plans.shape(types[0], parsed, base) if allowed is None else None
+            if page.plan is None:
+                page.walk = _walk(types[0], parsed, base, allowed)
+        if page.walk is None and page.plan is None:
             page.where  # noqa: B018 - built now, so a bad value is refused before anything is read
         return _answer(conn, reg, page, node, res_type, params, count)
 
@@ -396,13 +416,35 @@ def _fetch_in_id_order(
     instead of collecting and sorting them all. The database is told how: walk the most selective id-ordered
     index (else the primary key) and probe the other criteria per row. Given the plain criteria, PostgreSQL's
     planner often collected every match and sorted them (5-10 ms at 2,000 EpisodeOfCare, 400+ ms at 100,000)."""
+    direction = cursor[0] if cursor is not None else None
+    values = {"limit": count + 1, "after": cursor[1][1] if cursor is not None else None}
+    if page.plan is None:
+        q = _id_order_query(conn, page, direction)
+    else:
+        key = (page.plan.key, conn.dialect.name, direction)
+        q = plans.ready(key, lambda: _planned_query(conn, page, direction))
+        values |= page.plan.binds
+    rows = list(conn.execute(q, values))
+    return _page(rows, count, direction == "p", cursor)
+
+
+def _planned_query(conn: Connection, page: Page, direction: str | None) -> Select[Any]:
+    """`_id_order_query` for the page's shape, with its criteria's values as bind parameters."""
+    res_type, parsed = next(iter(page.parsed.items()))
+    planned = Page({res_type: plans.bound(parsed)}, page.base)
+    planned.walk = _walk(res_type, planned.parsed[res_type], page.base)
+    return _id_order_query(conn, planned, direction)
+
+
+def _id_order_query(conn: Connection, page: Page, direction: str | None) -> Select[Any]:
+    """The page in id order, `limit` rows from the id `after` (bind parameters): forward, or backwards
+    (`direction` p) for a `previous` link."""
     r = resources
     q, key = _in_id_order(conn, page, r.c.res_type, r.c.res_id, r.c.content, *_ID_ORDER_KEYS)
-    backwards = cursor is not None and cursor[0] == "p"
-    if cursor is not None:
-        q = q.where(key < cursor[1][1] if backwards else key > cursor[1][1])
-    rows = list(conn.execute(q.order_by(key.desc() if backwards else key.asc()).limit(count + 1)))
-    return _page(rows, count, backwards, cursor)
+    after = bindparam("after")
+    if direction is not None:
+        q = q.where(key < after if direction == "p" else key > after)
+    return q.order_by(key.desc() if direction == "p" else key.asc()).limit(bindparam("limit", type_=Integer))
 
 
 def _page(rows: list[Any], count: int, backwards: bool, cursor: Any) -> tuple[list[Any], bool, bool]:

@@ -54,6 +54,8 @@ class Criterion:
     has: tuple[str, str] | None = None
     missing: bool | None = None
     raw: str = ""  # the value as given (set on top-level criteria), for links that repeat the search
+    #: Set on the copy a plan is built from (`search.plans`): the prefix of its values' bind parameters.
+    bound: str | None = None
 
 
 @dataclass

@@ -10,7 +10,20 @@ from decimal import Decimal
 from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, FromClause, Select, Table, and_, false, literal, not_, or_, select
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    FromClause,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    false,
+    literal,
+    not_,
+    or_,
+    select,
+)
 
 from fhir_node.datetimes import date_range
 from fhir_node.outcome import error
@@ -77,7 +90,7 @@ def _ids(c: Criterion, base: str) -> Select[tuple[str]]:
     if c.missing is not None:
         return _live(c.res_type, lambda res_id: res_id.not_in(indexed)) if c.missing else indexed
     if c.modifier == "not":
-        positive = indexed.where(or_(*(_token(table, v, None, c) for v in c.values)))
+        positive = indexed.where(_values(table, c, base))  # `:not` is a token modifier: the values' own SQL
         return _live(c.res_type, lambda res_id: res_id.not_in(positive))
     return indexed.where(_values(table, c, base))
 
@@ -109,7 +122,7 @@ def probe(c: Criterion, base: str, r: FromClause = resources) -> ColumnElement[b
         )
     assert c.param is not None
     if c.param.code == "_id" and c.missing is None and c.modifier is None:
-        return r.c.res_id.in_(c.values)
+        return r.c.res_id.in_(c.values if c.bound is None else _slot(f"{c.bound}_ids", c.values))
     table = _PROBED[_table(c).name]
     own = (same_resource(table, r), named(table, "param", c.param.code))
     if c.chain:  # `table` is (an alias of) idx_reference here
@@ -121,7 +134,7 @@ def probe(c: Criterion, base: str, r: FromClause = resources) -> ColumnElement[b
         present = select(table.c.res_id).where(*own).exists()
         return not_(present) if c.missing else present
     if c.modifier == "not":
-        return not_(select(table.c.res_id).where(*own, or_(*(_token(table, v, None, c) for v in c.values))).exists())
+        return not_(select(table.c.res_id).where(*own, _values(table, c, base)).exists())
     return select(table.c.res_id).where(*own, _values(table, c, base)).exists()
 
 
@@ -176,60 +189,143 @@ def _table(c: Criterion) -> Table:
 
 
 def _values(table: FromClause, c: Criterion, base: str) -> ColumnElement[bool]:
-    """The criterion's values (OR'ed) as a condition on `table`'s rows."""
+    """The criterion's values (OR'ed) as a condition on `table`'s rows; for a criterion a plan is built
+    from (`c.bound`), with bind parameters in place of the values (see `plans`)."""
     assert c.param is not None
-    build = _BUILDERS[c.param.type]
-    return or_(*(build(table, v, c.modifier, c, base) for v in c.values))
+    shaped = _SHAPES.get(c.param.type)
+    if shaped is None:
+        build = _BUILDERS[c.param.type]
+        return or_(*(build(table, v, c.modifier, c, base) for v in c.values))
+    classify, render = shaped
+    conds = []
+    for j, v in enumerate(c.values):
+        form, args = classify(v, c.modifier, c, base)
+        if c.bound is not None:
+            args = tuple(_slot(f"{c.bound}_{j}_{k}", a) for k, a in enumerate(args))
+        conds.append(render(table, form, args))
+    return or_(*conds)
 
 
-def _token(t: FromClause, value: str, modifier: str | None, c: Criterion, _base: str = "") -> ColumnElement[bool]:
+def forms(c: Criterion, prefix: str, base: str) -> tuple[tuple[str, ...], dict[str, Any]] | None:
+    """The forms of a criterion's values (each value's SQL then differs only by bound values) and those
+    values under the names `_values` gives them on a copy bound to `prefix`; None for what plans leave to
+    `probe`: chains, `_has`, `:missing`, `:not`, numbers and quantities, and a value refused (its error
+    then comes from `probe`)."""
+    if c.param is None or c.chain or c.has is not None or c.missing is not None or c.modifier == "not":
+        return None
+    shaped = _SHAPES.get(c.param.type)
+    if shaped is None:
+        return None
+    binds: dict[str, Any] = {}
+    found = []
+    try:
+        for j, v in enumerate(c.values):
+            form, args = shaped[0](v, c.modifier, c, base)
+            found.append(form)
+            binds.update((f"{prefix}_{j}_{k}", a) for k, a in enumerate(args))
+    except SearchError:
+        return None
+    if c.param.code == "_id":
+        binds[f"{prefix}_ids"] = list(c.values)
+    return tuple(found), binds
+
+
+def _slot(name: str, value: Any) -> BindParameter[Any]:
+    """A named bind parameter standing for `value` (a list: an IN over its items)."""
+    return bindparam(name, expanding=isinstance(value, list))
+
+
+def _like_escaped(text: str) -> str:
+    """`text` as a literal LIKE pattern part (escape character `/`): what SQLAlchemy's autoescape does,
+    done here so the pattern can be a bound value."""
+    return text.replace("/", "//").replace("%", "/%").replace("_", "/_")
+
+
+def _token_form(value: str, modifier: str | None, c: Criterion, _base: str = "") -> tuple[str, tuple[Any, ...]]:
     if modifier == "text":
-        return t.c.text.startswith(fold(unescape(value)), autoescape=True)
+        return "text", (_like_escaped(fold(unescape(value))),)
     parts = [unescape(p) for p in _UNESCAPED_PIPE.split(value)]
     if modifier == "of-type":
         if len(parts) != 3:
             raise SearchError(error("value", f"{c.name} needs type-system|type-code|value, got '{value}'", c.name))
-        return and_(t.c.type_system == parts[0], t.c.type_code == parts[1], t.c.code == parts[2])
+        return "of-type", tuple(parts)
     if len(parts) == 1:
-        return _code(t.c.code, parts[0], None)
+        return _code_form(parts[0], None)
     if len(parts) != 2:
         raise SearchError(error("value", f"{c.name}: a token is [system|]code, got '{value}'", c.name))
     system, code = parts
     if not system:
-        return and_(t.c.system.is_(None), t.c.code == code)
+        return "no-system", (code,)
     if not code:
-        return t.c.system == system
-    return and_(t.c.system == system, _code(t.c.code, code, system))
+        return "system", (system,)
+    form, args = _code_form(code, system)
+    return f"system {form}", (system, *args)
 
 
-def _code(column: Any, value: str, system: str | None) -> ColumnElement[bool]:
+def _token_sql(t: FromClause, form: str, a: tuple[Any, ...]) -> ColumnElement[bool]:
+    if form == "text":
+        return t.c.text.startswith(a[0], escape="/")
+    if form == "of-type":
+        return and_(t.c.type_system == a[0], t.c.type_code == a[1], t.c.code == a[2])
+    if form == "no-system":
+        return and_(t.c.system.is_(None), t.c.code == a[0])
+    if form == "system":
+        return t.c.system == a[0]
+    if form.startswith("system "):
+        return and_(t.c.system == a[0], _code_sql(t.c.code, form.removeprefix("system "), a[1:]))
+    return _code_sql(t.c.code, form, a)
+
+
+def _code_form(value: str, system: str | None) -> tuple[str, tuple[Any, ...]]:
     """A code or identifier value equal to `value`; SSINs rest pseudonymised, so an SSIN (or a value that
     may be one, when no system is given) is looked for as its pseudonyms."""
     if system == pseudonym.SSIN:
-        return column.in_(pseudonym.search_forms(value))
+        return "ssin", (pseudonym.search_forms(value),)
     if system is None and pseudonym.may_be_ssin(value):
-        return or_(column == value, column.in_(pseudonym.search_forms(value)))
-    return column == value
+        return "code or ssin", (value, pseudonym.search_forms(value))
+    return "code", (value,)
 
 
-def _string(t: FromClause, value: str, modifier: str | None, _c: Criterion, _base: str = "") -> ColumnElement[bool]:
+def _code_sql(column: Any, form: str, a: tuple[Any, ...]) -> ColumnElement[bool]:
+    if form == "ssin":
+        return column.in_(a[0])
+    if form == "code or ssin":
+        return or_(column == a[0], column.in_(a[1]))
+    return column == a[0]
+
+
+def _string_form(value: str, modifier: str | None, _c: Criterion, _base: str = "") -> tuple[str, tuple[Any, ...]]:
     text = unescape(value)
     if modifier == "exact":
-        return t.c.exact == text
-    if modifier == "contains":
-        return t.c.value.contains(fold(text), autoescape=True)
-    return t.c.value.startswith(fold(text), autoescape=True)
+        return "exact", (text,)
+    return modifier or "starts", (_like_escaped(fold(text)),)
 
 
-def _uri(t: FromClause, value: str, modifier: str | None, _c: Criterion, _base: str = "") -> ColumnElement[bool]:
+def _string_sql(t: FromClause, form: str, a: tuple[Any, ...]) -> ColumnElement[bool]:
+    if form == "exact":
+        return t.c.exact == a[0]
+    if form == "contains":
+        return t.c.value.contains(a[0], escape="/")
+    return t.c.value.startswith(a[0], escape="/")
+
+
+def _uri_form(value: str, modifier: str | None, _c: Criterion, _base: str = "") -> tuple[str, tuple[Any, ...]]:
     """:below and :above go by whole path segments: `.../episode` is neither above nor below `.../episode-v2`."""
     uri = unescape(value)
     if modifier == "below":
         root = uri if uri.endswith("/") else uri + "/"
-        return or_(t.c.uri == uri, t.c.uri.startswith(root, autoescape=True))
+        return "below", (uri, _like_escaped(root))
     if modifier == "above":
-        return t.c.uri.in_(_ancestors(uri))
-    return t.c.uri == uri
+        return "above", (_ancestors(uri),)
+    return "equal", (uri,)
+
+
+def _uri_sql(t: FromClause, form: str, a: tuple[Any, ...]) -> ColumnElement[bool]:
+    if form == "below":
+        return or_(t.c.uri == a[0], t.c.uri.startswith(a[1], escape="/"))
+    if form == "above":
+        return t.c.uri.in_(a[0])
+    return t.c.uri == a[0]
 
 
 def _ancestors(uri: str) -> list[str]:
@@ -238,13 +334,24 @@ def _ancestors(uri: str) -> list[str]:
     return [uri, *(uri[:i] for i in cuts), *(uri[: i + 1] for i in cuts)]
 
 
-def _date(t: FromClause, value: str, _modifier: str | None, c: Criterion, _base: str = "") -> ColumnElement[bool]:
+def _date_form(value: str, _modifier: str | None, c: Criterion, _base: str = "") -> tuple[str, tuple[Any, ...]]:
     prefix, text = split_prefix(value)
     found = date_range(text)
     if found is None:
         raise SearchError(error("value", f"{c.name}: '{text}' is not a date, dateTime or instant", c.name))
     vlo, vhi = found
-    return _ranged(prefix, t.c.low, t.c.high, vlo, vhi, _date_margin(vlo))
+    if prefix == "ap":
+        margin = _date_margin(vlo)
+        return prefix, (vlo - margin, vhi + margin)
+    return prefix, (vlo, vhi)
+
+
+def _date_sql(t: FromClause, prefix: str, a: tuple[Any, ...]) -> ColumnElement[bool]:
+    """For `ap` the values come with the margin (see `_date_margin`) already applied."""
+    vlo, vhi = a
+    if prefix == "ap":
+        return and_(t.c.low <= vhi, t.c.high >= vlo)
+    return _ranged(prefix, t.c.low, t.c.high, vlo, vhi, None)
 
 
 def _date_margin(value: datetime) -> timedelta:
@@ -296,39 +403,54 @@ def _number(t: FromClause, value: str, _modifier: str | None, c: Criterion, _bas
     return matched
 
 
-def _reference(t: FromClause, value: str, modifier: str | None, c: Criterion, base: str) -> ColumnElement[bool]:
+def _reference_form(value: str, modifier: str | None, c: Criterion, base: str) -> tuple[str, tuple[Any, ...]]:
     assert c.param is not None
-    text = unescape(value) if modifier == "identifier" else value
     if modifier == "identifier":
         parts = _UNESCAPED_PIPE.split(value)
         if len(parts) == 1:
-            return _code(t.c.id_value, unescape(parts[0]), None)
+            return _code_form(unescape(parts[0]), None)
         system, ident = (unescape(p) for p in parts[:2])
         if not system:
-            return _code(t.c.id_value, ident, None)
-        return and_(t.c.id_system == system, _code(t.c.id_value, ident, system))
-    if text.startswith(base + "/"):
-        text = text[len(base) + 1 :]
+            return _code_form(ident, None)
+        form, args = _code_form(ident, system)
+        return f"system {form}", (system, *args)
+    text = value[len(base) + 1 :] if value.startswith(base + "/") else value
     local = re.fullmatch(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?", text)
     targets = c.target_types or tuple(c.param.targets)
     if local:
         if targets and local.group(1) not in targets:
             raise SearchError(error("value", f"{c.name}: {local.group(1)} is not a target of '{c.param.code}'", c.name))
-        return and_(t.c.target_type == local.group(1), t.c.target_id == local.group(2))
+        return "local", (local.group(1), local.group(2))
     if re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", text):
+        return ("id of " + ",".join(targets) if targets else "id"), (text,)
+    return "url", (text,)
+
+
+def _reference_sql(t: FromClause, form: str, a: tuple[Any, ...]) -> ColumnElement[bool]:
+    if form == "local":
+        return and_(t.c.target_type == a[0], t.c.target_id == a[1])
+    if form.startswith("id"):
+        targets = form.removeprefix("id of ").split(",") if form != "id" else None
         typed = t.c.target_type.in_(targets) if targets else literal(True)
-        return and_(typed, t.c.target_id == text)
-    return t.c.url == text
+        return and_(typed, t.c.target_id == a[0])
+    if form == "url":
+        return t.c.url == a[0]
+    if form.startswith("system "):  # :identifier with a system
+        return and_(t.c.id_system == a[0], _code_sql(t.c.id_value, form.removeprefix("system "), a[1:]))
+    return _code_sql(t.c.id_value, form, a)
 
 
 #: Per parameter type: (index table, one search value, modifier, criterion, base) -> condition on a row.
 Builder = Callable[[FromClause, str, str | None, Criterion, str], ColumnElement[bool]]
-_BUILDERS: dict[str, Builder] = {
-    "token": _token,
-    "string": _string,
-    "uri": _uri,
-    "date": _date,
-    "number": _number,
-    "quantity": _number,
-    "reference": _reference,
+_BUILDERS: dict[str, Builder] = {"number": _number, "quantity": _number}
+#: Per parameter type whose values come in forms: (value, modifier, criterion, base) -> (form, values),
+#: and (index table, form, values or their bind parameters) -> condition on a row.
+Classify = Callable[[str, str | None, Criterion, str], tuple[str, tuple[Any, ...]]]
+Render = Callable[[FromClause, str, tuple[Any, ...]], ColumnElement[bool]]
+_SHAPES: dict[str, tuple[Classify, Render]] = {
+    "token": (_token_form, _token_sql),
+    "string": (_string_form, _string_sql),
+    "uri": (_uri_form, _uri_sql),
+    "date": (_date_form, _date_sql),
+    "reference": (_reference_form, _reference_sql),
 }
