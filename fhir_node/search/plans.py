@@ -73,5 +73,9 @@ class _Ready:
                 self._statements.popitem(last=False)
         return built
 
+    def __len__(self) -> int:
+        return len(self._statements)
 
-ready = _Ready().get
+
+READY = _Ready()
+ready = READY.get
