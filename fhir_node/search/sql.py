@@ -122,7 +122,7 @@ def probe(c: Criterion, base: str, r: FromClause = resources) -> ColumnElement[b
         )
     assert c.param is not None
     if c.param.code == "_id" and c.missing is None and c.modifier is None:
-        return r.c.res_id.in_(c.values if c.bound is None else _slot(f"{c.bound}_ids", c.values))
+        return r.c.res_id.in_(c.values if c.bound is None else _slot(_name(c.bound, "ids"), c.values))
     table = _PROBED[_table(c).name]
     own = (same_resource(table, r), named(table, "param", c.param.code))
     if c.chain:  # `table` is (an alias of) idx_reference here
@@ -201,7 +201,7 @@ def _values(table: FromClause, c: Criterion, base: str) -> ColumnElement[bool]:
     for j, v in enumerate(c.values):
         form, args = classify(v, c.modifier, c, base)
         if c.bound is not None:
-            args = tuple(_slot(f"{c.bound}_{j}_{k}", a) for k, a in enumerate(args))
+            args = tuple(_slot(_name(c.bound, j, k), a) for k, a in enumerate(args))
         conds.append(render(table, form, args))
     return or_(*conds)
 
@@ -222,12 +222,17 @@ def forms(c: Criterion, prefix: str, base: str) -> tuple[tuple[str, ...], dict[s
         for j, v in enumerate(c.values):
             form, args = shaped[0](v, c.modifier, c, base)
             found.append(form)
-            binds.update((f"{prefix}_{j}_{k}", a) for k, a in enumerate(args))
+            binds.update((_name(prefix, j, k), a) for k, a in enumerate(args))
     except SearchError:
         return None
     if c.param.code == "_id":
-        binds[f"{prefix}_ids"] = list(c.values)
+        binds[_name(prefix, "ids")] = list(c.values)
     return tuple(found), binds
+
+
+def _name(prefix: str, *at: int | str) -> str:
+    """The bind parameter of a criterion's `prefix` for its value `j`'s argument `k` (or all its ids)."""
+    return "_".join((prefix, *map(str, at)))
 
 
 def _slot(name: str, value: Any) -> BindParameter[Any]:
