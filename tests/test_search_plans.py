@@ -116,15 +116,20 @@ def test_previous_links_of_a_ready_statement_go_back_over_the_same_matches(
 
 def test_a_ready_statement_never_widens_what_a_restricted_role_sees(world: tuple[TestClient, World]) -> None:
     """The operator's search makes the shape's statement; roles whose access policy adds a condition
-    then search the same shape and still see only their part (see test_access_matrix for the parts)."""
+    (the aggregator's, shared by every aggregator, has a statement of its own) then search the same shape
+    and still see only their part (see test_access_matrix for the parts)."""
     client, w = world
     seen = {
         ("operator", "P1"): {"A1", "B1"},
         ("psi-admin", "P1"): {"A1"},
         ("operator", "P2"): {"B2"},
+        ("aggregator", "P1"): {"A1", "B1"},
         ("aggregator", "P2"): set(),  # P2 refused research use
+        ("aggregator", "P3"): {"A3", "B3"},
         ("patient", "P2"): set(),  # the patient is P1
         ("patient", "P1"): {"A1", "B1"},
+        ("provider", "P1"): {"A1", "B1"},
+        ("stranger", "P1"): set(),  # a provider too, without a relationship to P1
         ("psi-admin", "P3"): {"A3", "B3"},
         ("operator", "P3"): {"A3", "B3"},
     }

@@ -118,10 +118,10 @@ def search(node: Node, base: str, res_type: str | None, params: list[tuple[str, 
     with node.db.read() as conn:
         _authorise(conn, page)
         if len(types) == 1 and not page.sort:
-            allowed = page.allowed.get(types[0])
-            page.plan = plans.shape(types[0], parsed, base) if allowed is None else None
+            reach = policy.shared(types[0], "s")
+            page.plan = plans.shape(types[0], parsed, base, reach) if reach is not None else None
             if page.plan is None:
-                page.walk = _walk(types[0], parsed, base, allowed)
+                page.walk = _walk(types[0], parsed, base, page.allowed.get(types[0]))
         if page.walk is None and page.plan is None:
             page.where  # noqa: B018 - built now, so a bad value is refused before anything is read
         return _answer(conn, reg, page, node, res_type, params, count)
@@ -431,8 +431,8 @@ def _fetch_in_id_order(
 def _planned_query(conn: Connection, page: Page, direction: str | None) -> Select[Any]:
     """`_id_order_query` for the page's shape, with its criteria's values as bind parameters."""
     res_type, parsed = next(iter(page.parsed.items()))
-    planned = Page({res_type: plans.bound(parsed)}, page.base)
-    planned.walk = _walk(res_type, planned.parsed[res_type], page.base)
+    planned = Page({res_type: plans.bound(parsed)}, page.base, allowed=page.allowed)
+    planned.walk = _walk(res_type, planned.parsed[res_type], page.base, page.allowed.get(res_type))
     return _id_order_query(conn, planned, direction)
 
 

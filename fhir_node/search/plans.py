@@ -1,13 +1,15 @@
-"""Ready statements per query shape. For one shape (the type, each criterion's name and the forms of its
-values: a `Type/id` reference, a `system|code` token, a date with prefix `ge`...) the SQL of a search never
-changes, only the values bound to it; a search of a shape seen before binds its values to the statement
-built the first time, instead of building it again (~40% of a small search's time) and having SQLAlchemy
-walk it for its cache key (the statement object keeps the key it computed once).
+"""Ready statements per query shape. For one shape (the type, the caller's reach on it, each criterion's
+name and the forms of its values: a `Type/id` reference, a `system|code` token, a date with prefix `ge`...)
+the SQL of a search never changes, only the values bound to it; a search of a shape seen before binds its
+values to the statement built the first time, instead of building it again (~40% of a small search's
+time) and having SQLAlchemy walk it for its cache key (the statement object keeps the key it computed
+once).
 
 Only how the SQL is built is cached, per process and bounded, never what it returns. A shape has no
-plan when the SQL would depend on more than the values: criteria on what the caller may see (the access
-policy's condition), chains, `_has`, `:missing`, `:not`, number and quantity values; those searches
-build their SQL per request as before."""
+plan when the SQL would depend on more than the values: an access condition that depends on the caller
+(own patients, relationships, project; `policy.shared` names the reaches whose condition every caller
+with them shares: none for the operator, the research-consent probe for the aggregator), chains, `_has`,
+`:missing`, `:not`, number and quantity values; those searches build their SQL per request as before."""
 
 from __future__ import annotations
 
@@ -34,9 +36,10 @@ class Shape:
     binds: dict[str, Any]
 
 
-def shape(res_type: str, parsed: Parsed, base: str) -> Shape | None:
-    """The shape of a one-type search's criteria, or None when a plan cannot hold them."""
-    parts: list[Hashable] = [res_type]
+def shape(res_type: str, parsed: Parsed, base: str, reach: str) -> Shape | None:
+    """The shape of a one-type search's criteria for callers with `reach` on the type (one whose access
+    condition every such caller shares: `policy.shared`), or None when a plan cannot hold them."""
+    parts: list[Hashable] = [res_type, reach]
     binds: dict[str, Any] = {}
     for i, c in enumerate(parsed.criteria):
         found = forms(c, f"c{i}", base)

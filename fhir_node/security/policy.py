@@ -98,6 +98,18 @@ def condition(conn: Connection, res_type: str, letter: str, *, full: bool = Fals
     return or_(project, and_(_about(res_type, _project_patients(conn)), _principal_inclusion()))
 
 
+#: Reaches whose `condition` is the same for every caller that has them: none, or the research-consent
+#: probe (one expression per type). A statement holding it may serve each of those callers (`search.plans`).
+_SHARED = frozenset({"all", "declare", "consented"})
+
+
+def shared(res_type: str, letter: str) -> Reach | None:
+    """The caller's reach on the type when its condition is one every caller with that reach shares, else
+    None (the condition depends on the caller: its own patients, relationships, project)."""
+    found = reach(res_type, letter)
+    return found if found in _SHARED else None
+
+
 def prepare(conn: Connection, res_types: Collection[str]) -> None:
     """Look up, once per request, the search conditions of types that chains and `_has` reach into
     (`prepared` hands them to the SQL builder, which has no connection)."""
