@@ -3,14 +3,15 @@ answer for its own values, pages through its own matches, and sees only what its
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from access_data import P1, P3, SSIN, World, headers
 from access_data import search as search_as
+from sqlalchemy import Engine, Select, event
 from starlette.testclient import TestClient
-
-from fhir_node.search import plans
 
 PROGRAMME = "https://example.org/programme"
 OTHER = "https://example.org/other-programme"
@@ -91,14 +92,31 @@ def test_one_shape_answers_each_value_on_its_own(client: TestClient, episodes: d
             assert _ids(client, query + count) == {e[name] for name in expected}, query + count
 
 
+@contextmanager
+def _fetches() -> Iterator[list[Any]]:
+    """The statements that fetch a page in id order (those with a `limit` bind parameter), as executed."""
+    seen: list[Any] = []
+
+    def note(_conn: Any, statement: Any, *_args: Any) -> None:
+        if isinstance(statement, Select) and "limit" in statement.compile().params:
+            seen.append(statement)
+
+    event.listen(Engine, "before_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_execute", note)
+
+
 def test_a_shape_is_built_once_and_bound_to_each_searchs_values(client: TestClient, episodes: dict[str, str]) -> None:
     e = episodes
-    assert _ids(client, f"patient=Patient/{e['a']}&date=ge2024-05-01") == {e["A2"]}
-    ready = len(plans.READY)
-    assert _ids(client, f"patient=Patient/{e['b']}&date=ge2025-05-01") == {e["B2"]}
-    assert len(plans.READY) == ready  # the same shape: no statement added
-    assert _ids(client, f"patient=Patient/{e['b']}&date=le2025-05-01") == {e["B1"]}
-    assert len(plans.READY) == ready + 1  # another prefix: another shape
+    with _fetches() as fetched:
+        assert _ids(client, f"patient=Patient/{e['a']}&date=ge2024-05-01") == {e["A2"]}
+        assert _ids(client, f"patient=Patient/{e['b']}&date=ge2025-05-01") == {e["B2"]}
+        assert _ids(client, f"patient=Patient/{e['b']}&date=le2025-05-01") == {e["B1"]}
+    first, same, other = fetched
+    assert same is first  # one shape: the statement built for the first search
+    assert other is not first  # another prefix: another shape
 
 
 def test_previous_links_of_a_ready_statement_go_back_over_the_same_matches(

@@ -76,9 +76,5 @@ class _Ready:
                 self._statements.popitem(last=False)
         return built
 
-    def __len__(self) -> int:
-        return len(self._statements)
 
-
-READY = _Ready()
-ready = READY.get
+ready = _Ready().get
