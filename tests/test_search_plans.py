@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from access_data import P1, P3, SSIN, World, headers
 from access_data import search as search_as
-from sqlalchemy import Engine, Select, event
+from sqlalchemy import Select, event
 from starlette.testclient import TestClient
 
 PROGRAMME = "https://example.org/programme"
@@ -93,24 +93,26 @@ def test_one_shape_answers_each_value_on_its_own(client: TestClient, episodes: d
 
 
 @contextmanager
-def _fetches() -> Iterator[list[Any]]:
-    """The statements that fetch a page in id order (those with a `limit` bind parameter), as executed."""
+def _fetches(client: TestClient) -> Iterator[list[Any]]:
+    """The statements the client's node executes to fetch a page in id order (those with a `limit` bind
+    parameter)."""
     seen: list[Any] = []
 
     def note(_conn: Any, statement: Any, *_args: Any) -> None:
         if isinstance(statement, Select) and "limit" in statement.compile().params:
             seen.append(statement)
 
-    event.listen(Engine, "before_execute", note)
+    engine = client.app.state.node.db.engine  # type: ignore[attr-defined]
+    event.listen(engine, "before_execute", note)
     try:
         yield seen
     finally:
-        event.remove(Engine, "before_execute", note)
+        event.remove(engine, "before_execute", note)
 
 
 def test_a_shape_is_built_once_and_bound_to_each_searchs_values(client: TestClient, episodes: dict[str, str]) -> None:
     e = episodes
-    with _fetches() as fetched:
+    with _fetches(client) as fetched:
         assert _ids(client, f"patient=Patient/{e['a']}&date=ge2024-05-01") == {e["A2"]}
         assert _ids(client, f"patient=Patient/{e['b']}&date=ge2025-05-01") == {e["B2"]}
         assert _ids(client, f"patient=Patient/{e['b']}&date=le2025-05-01") == {e["B1"]}
