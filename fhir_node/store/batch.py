@@ -32,12 +32,8 @@ def _write(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     inserts (measured)."""
     columns = tuple(c.name for c in table.columns if c.name in rows[0])
     sql, converters = _insert(conn.dialect, table, columns)
-    if any(converters):
-        pairs = list(zip(columns, converters, strict=True))
-        values = [tuple(f(row.get(c)) if f else row.get(c) for c, f in pairs) for row in rows]
-    else:
-        values = [tuple(row.get(c) for c in columns) for row in rows]
-    conn.exec_driver_sql(sql, values)
+    pairs = list(zip(columns, converters, strict=True))
+    conn.exec_driver_sql(sql, [tuple(f(row.get(c)) if f else row.get(c) for c, f in pairs) for row in rows])
 
 
 def add_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:

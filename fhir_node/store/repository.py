@@ -131,27 +131,27 @@ def write(
     ts = now()
     version_id = previous.version_id + 1 if previous else 1
     stored, content = protected(stored_form(resource, res_id, version_id, ts)) if resource is not None else (None, None)
-    return _put(conn, res_type, res_id, stored, content, ts, previous, method)
+    return _put(conn, res_type, res_id, version_id, stored, content, ts, previous, method)
 
 
 def add(conn: Connection, res_type: str, res_id: str, stored: dict[str, Any], content: bytes, ts: datetime) -> Version:
     """A first version written as `content` (already in stored form, `stored` parsed) at `ts`: the node's own
     AuditEvents, chained first and stored as resources afterwards, byte for byte."""
-    return _put(conn, res_type, res_id, stored, content, ts, None, "POST")
+    return _put(conn, res_type, res_id, 1, stored, content, ts, None, "POST")
 
 
 def _put(
     conn: Connection,
     res_type: str,
     res_id: str,
+    version_id: int,
     stored: dict[str, Any] | None,
     content: bytes | None,
     ts: datetime,
     previous: Version | None,
     method: str,
 ) -> Version:
-    """Store `stored` (`content` its bytes; None: a deletion) as the version after `previous`."""
-    version_id = previous.version_id + 1 if previous else 1
+    """Store `stored` (`content` its bytes; None: a deletion) as version `version_id`, after `previous`."""
     values = {"version_id": version_id, "last_updated": ts, "content": content}
     if previous is None:
         add_rows(conn, resources, [{"res_type": res_type, "res_id": res_id, "deleted": False, **values}])
