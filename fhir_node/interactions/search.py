@@ -4,13 +4,13 @@ links, `_total`, `_include`/`_revinclude`, `_summary`, `_elements`; conditional 
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from functools import cache, cached_property
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 import orjson
@@ -150,7 +150,10 @@ def _answer(
         return bundle("searchset", [], {"self": _link(base, res_type, params, None)}, **_shown_total(total, node))
     rows, has_next, has_prev = _fetch(conn, page, cursor, count)
     total = _total(conn, page, total_mode, cursor, rows, has_next)
-    shown = [policy.shown(conn, r.res_type, r.content) for r in rows]
+    if any(policy.may_redact(t) for t in page.types):
+        shown = [policy.shown(conn, r.res_type, r.content) for r in rows]
+    else:
+        shown = [(r.content, False) for r in rows]
     unredacted = [r for r, (_, redacted) in zip(rows, shown, strict=True) if not redacted]
     included = _includes(conn, reg, unredacted, result, base, node.limits)
     trail.note(conn, chain(((r.res_type, r.res_id) for r in rows), ((t, i) for t, i, _ in included)))
@@ -160,11 +163,9 @@ def _answer(
         links["next"] = _link(base, res_type, params, _encode_cursor("n", rows[-1], page))
     if has_prev:
         links["previous"] = _link(base, res_type, params, _encode_cursor("p", rows[0], page))
-    entries = [
-        _entry(base, r.res_type, r.res_id, content, "match", summary, elements)
-        for r, (content, _) in zip(rows, shown, strict=True)
-    ]
-    entries += [_entry(base, t, i, c, "include", summary, elements) for t, i, c in included]
+    matches = ((r.res_type, r.res_id, content) for r, (content, _) in zip(rows, shown, strict=True))
+    entries = _entries(base, matches, "match", summary, elements)
+    entries += _entries(base, included, "include", summary, elements)
     if parsed.ignored:
         oo = orjson.dumps(operation_outcome(parsed.ignored))
         entries.append(b'{"resource":' + oo + b',"search":{"mode":"outcome"}}')
@@ -419,21 +420,30 @@ def _fetch_in_id_order(
     direction = cursor[0] if cursor is not None else None
     values = {"limit": count + 1, "after": cursor[1][1] if cursor is not None else None}
     if page.plan is None:
-        q = _id_order_query(conn, page, direction)
+        rows = list(conn.execute(_id_order_query(conn, page, direction), values))
     else:
         key = (page.plan.key, conn.dialect.name, direction)
-        q = plans.ready(key, lambda: _planned_query(conn, page, direction))
-        values |= page.plan.binds
-    rows = list(conn.execute(q, values))
+        ready = plans.ready(key, lambda: _planned_query(conn, page, direction))
+        rows = [Hit._make(row) for row in ready.rows(conn, values | page.plan.binds)]
     return _page(rows, count, direction == "p", cursor)
 
 
-def _planned_query(conn: Connection, page: Page, direction: str | None) -> Select[Any]:
+class Hit(NamedTuple):
+    """A row of a page in id order, read by name like SQLAlchemy's Rows."""
+
+    res_type: str
+    res_id: str
+    content: bytes | None
+    k0: str
+    k1: str
+
+
+def _planned_query(conn: Connection, page: Page, direction: str | None) -> plans.Statement:
     """`_id_order_query` for the page's shape, with its criteria's values as bind parameters."""
     res_type, parsed = next(iter(page.parsed.items()))
     planned = Page({res_type: plans.bound(parsed)}, page.base, allowed=page.allowed)
     planned.walk = _walk(res_type, planned.parsed[res_type], page.base, page.allowed.get(res_type))
-    return _id_order_query(conn, planned, direction)
+    return plans.Statement(_id_order_query(conn, planned, direction), conn.dialect)
 
 
 def _id_order_query(conn: Connection, page: Page, direction: str | None) -> Select[Any]:
@@ -666,19 +676,17 @@ def _include_targets(
     return found
 
 
-def _entry(
-    base: str, res_type: str, res_id: str, content: bytes, mode: str, summary: str | None, elements: list[str]
-) -> bytes:
-    body = shaping.shape(content, summary, elements)
-    return (
-        b'{"fullUrl":'
-        + orjson.dumps(f"{base}/{res_type}/{res_id}")
-        + b',"resource":'
-        + body
-        + b',"search":{"mode":"'
-        + mode.encode()
-        + b'"}}'
-    )
+def _entries(
+    base: str, found: Iterable[tuple[str, str, bytes]], mode: str, summary: str | None, elements: list[str]
+) -> list[bytes]:
+    """Search entries of (type, id, stored bytes). Types and ids need no JSON escaping (a type is one the
+    node knows, an id matches [A-Za-z0-9.-]{1,64}); the base is escaped once."""
+    url = orjson.dumps(base)[:-1] + b"/"
+    end = b',"search":{"mode":"' + mode.encode() + b'"}}'
+    return [
+        b'{"fullUrl":' + url + f"{t}/{i}".encode() + b'","resource":' + shaping.shape(c, summary, elements) + end
+        for t, i, c in found
+    ]
 
 
 def _used(params: list[tuple[str, str]], page: Page) -> list[tuple[str, str]]:

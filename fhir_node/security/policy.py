@@ -144,10 +144,15 @@ def readable(conn: Connection, res_type: str, res_id: str, *, full: bool = False
         raise not_found(res_type, res_id)
 
 
+def may_redact(res_type: str) -> bool:
+    """Whether `shown` may redact a resource of this type for the caller (else it gives the bytes as stored)."""
+    return res_type == "EpisodeOfCare" and current().principal.role in _PSI_ROLES
+
+
 def shown(conn: Connection, res_type: str, content: bytes) -> tuple[bytes, bool]:
     """The bytes the caller gets for a resource it may see, and whether they are redacted: a PSI sees
     another project's principal inclusion of its patients with only REDACTED_KEEPS, labelled."""
-    if res_type != "EpisodeOfCare" or current().principal.role not in _PSI_ROLES:
+    if not may_redact(res_type):
         return content, False
     resource = orjson.loads(content)
     ref = (resource.get("managingOrganization") or {}).get("reference", "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import select
+import sqlite3
 import threading
 import time
 import zlib
@@ -17,7 +18,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK = zlib.crc32(b"fhir-node:migrate")
@@ -234,6 +235,30 @@ def _track_statements(engine: Engine) -> None:
             cancel.running(context.connection.connection.dbapi_connection, False)
 
 
+def _arm(conn: Connection) -> None:
+    """Before a SQLite statement: the deadline its progress handler enforces (the statement timeout, or
+    the event loop's budget when sooner; OverBudget when that is already spent) and the request's Cancel."""
+    statement = conn.info["statement"]
+    timeout = conn.get_execution_options().get("statement_timeout", statement["timeout"])
+    started = time.monotonic()
+    loop_deadline = _loop_deadline.get()
+    if loop_deadline is not None and started >= loop_deadline:
+        raise OverBudget
+    statement["deadline"] = min(started + timeout if timeout else math.inf, loop_deadline or math.inf)
+    statement["cancel"] = cancelling.get()
+
+
+def driver_rows(conn: Connection, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """The rows of one ready SQLite statement, run straight on the driver's connection: SQLAlchemy's
+    execute and Row objects cost ~25-60 us a search (measured), for SQL that is already written. The same
+    deadline and cancellation as any statement; a driver error raised as SQLAlchemy raises it."""
+    _arm(conn)
+    try:
+        return conn.connection.dbapi_connection.execute(sql, params).fetchall()  # type: ignore[union-attr]
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(sql, params, exc, sqlite3.Error) from exc
+
+
 def _tune_sqlite(engine: Engine, statement_timeout: float | None, write_wait: float) -> None:
     """WAL for concurrent readers, a busy timeout of `write_wait` (writers queue for the lock rather than
     fail), explicit BEGIN so `write()` can say IMMEDIATE, and a progress handler that stops a statement
@@ -253,7 +278,7 @@ def _tune_sqlite(engine: Engine, statement_timeout: float | None, write_wait: fl
         cur.execute(f"PRAGMA busy_timeout={int(write_wait * 1000)}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
-        statement: dict[str, Any] = {"deadline": math.inf, "cancel": None}
+        statement: dict[str, Any] = {"deadline": math.inf, "cancel": None, "timeout": statement_timeout}
         record.info["statement"] = statement
 
         def stop() -> bool:
@@ -269,14 +294,7 @@ def _tune_sqlite(engine: Engine, statement_timeout: float | None, write_wait: fl
 
     @event.listens_for(engine, "before_cursor_execute")
     def _deadline(conn, _cursor, _statement, _params, _context, _many) -> None:  # type: ignore[no-untyped-def]
-        timeout = conn.get_execution_options().get("statement_timeout", statement_timeout)
-        statement = conn.info["statement"]
-        started = time.monotonic()
-        loop_deadline = _loop_deadline.get()
-        if loop_deadline is not None and started >= loop_deadline:
-            raise OverBudget
-        statement["deadline"] = min(started + timeout if timeout else math.inf, loop_deadline or math.inf)
-        statement["cancel"] = cancelling.get()
+        _arm(conn)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
