@@ -45,6 +45,7 @@ from fhir_node.search.registry import registry
 from fhir_node.search.sql import driver, named, probe, same_resource
 from fhir_node.security import policy
 from fhir_node.security.rules import REDACTED_PARAMS
+from fhir_node.store.ready import Ready
 from fhir_node.store.schema import INDEX_TABLES, idx_reference, resources
 
 #: Sort key columns per parameter type: ascending sorts on the lowest value, descending on the highest.
@@ -438,12 +439,12 @@ class Hit(NamedTuple):
     k1: str
 
 
-def _planned_query(conn: Connection, page: Page, direction: str | None) -> plans.Statement:
+def _planned_query(conn: Connection, page: Page, direction: str | None) -> Ready:
     """`_id_order_query` for the page's shape, with its criteria's values as bind parameters."""
     res_type, parsed = next(iter(page.parsed.items()))
     planned = Page({res_type: plans.bound(parsed)}, page.base, allowed=page.allowed)
     planned.walk = _walk(res_type, planned.parsed[res_type], page.base, page.allowed.get(res_type))
-    return plans.Statement(_id_order_query(conn, planned, direction), conn.dialect)
+    return Ready(_id_order_query(conn, planned, direction))
 
 
 def _id_order_query(conn: Connection, page: Page, direction: str | None) -> Select[Any]:

@@ -19,11 +19,9 @@ from dataclasses import dataclass, replace
 from threading import Lock
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Select
-
 from fhir_node.search.parse import Parsed
 from fhir_node.search.sql import forms
-from fhir_node.store.database import driver_rows
+from fhir_node.store.ready import Ready
 
 #: Shapes kept per process: an aggregator's few searches, their paging directions, with room to spare.
 CAPACITY = 512
@@ -56,43 +54,17 @@ def bound(parsed: Parsed) -> Parsed:
     return Parsed(criteria=[replace(c, bound=f"c{i}") for i, c in enumerate(parsed.criteria)], lenient=parsed.lenient)
 
 
-class Statement:
-    """A ready statement. On SQLite it runs straight on the driver (`driver_rows`), compiled once: its SQL
-    text, the order of its parameters and their converters; elsewhere, or with a list parameter, through
-    SQLAlchemy."""
-
-    def __init__(self, query: Select[Any], dialect: Dialect) -> None:
-        self.query = query
-        compiled = query.compile(dialect=dialect)
-        # A list bound to one parameter (`IN`) is spelled out per execution: SQLAlchemy's to do.
-        self.sqlite = dialect.name == "sqlite" and not any(b.expanding for b in compiled.binds.values())
-        if self.sqlite:
-            self._compiled = compiled
-            self._names = compiled.positiontup or []
-            converters = {n: compiled.binds[n].type.bind_processor(dialect) for n in self._names}
-            self._convert = {n: c for n, c in converters.items() if c is not None}
-
-    def rows(self, conn: Connection, values: dict[str, Any]) -> list[Any]:
-        """The rows for `values` (every bind parameter by name), as tuples (SQLite) or Rows."""
-        if not self.sqlite:
-            return list(conn.execute(self.query, values))
-        given = self._compiled.construct_params(values)
-        convert = self._convert
-        params = tuple(convert[n](given[n]) if n in convert else given[n] for n in self._names)
-        return driver_rows(conn, self._compiled.string, params)
-
-
 class _Ready:
     """At most `CAPACITY` statements by key, the least recently used dropped first; shared by the threads
     that serve searches."""
 
     def __init__(self) -> None:
-        self._statements: OrderedDict[Hashable, Statement] = OrderedDict()
+        self._statements: OrderedDict[Hashable, Ready] = OrderedDict()
         self._lock = Lock()
         #: Statements built so far (a shape seen again builds none).
         self.built = 0
 
-    def get(self, key: Hashable, build: Callable[[], Statement]) -> Statement:
+    def get(self, key: Hashable, build: Callable[[], Ready]) -> Ready:
         with self._lock:
             found = self._statements.get(key)
             if found is not None:

@@ -11,6 +11,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Dialect, Table
 
+from fhir_node.store.database import driver_rows
+
 _PENDING = "fhir_node.pending_inserts"
 _AFTER = "fhir_node.after_inserts"
 _MARK = {"sqlite": "?", "postgresql": "%s"}
@@ -33,7 +35,11 @@ def _write(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     columns = tuple(c.name for c in table.columns if c.name in rows[0])
     sql, converters = _insert(conn.dialect, table, columns)
     pairs = list(zip(columns, converters, strict=True))
-    conn.exec_driver_sql(sql, [tuple(f(row.get(c)) if f else row.get(c) for c, f in pairs) for row in rows])
+    values = [tuple(f(row.get(c)) if f else row.get(c) for c, f in pairs) for row in rows]
+    if conn.dialect.name == "sqlite":
+        driver_rows(conn, sql, values, many=True)
+    else:
+        conn.exec_driver_sql(sql, values)
 
 
 def add_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:

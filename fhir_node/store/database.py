@@ -248,13 +248,16 @@ def _arm(conn: Connection) -> None:
     statement["cancel"] = cancelling.get()
 
 
-def driver_rows(conn: Connection, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    """The rows of one ready SQLite statement, run straight on the driver's connection: SQLAlchemy's
-    execute and Row objects cost ~25-60 us a search (measured), for SQL that is already written. The same
-    deadline and cancellation as any statement; a driver error raised as SQLAlchemy raises it."""
+def driver_rows(conn: Connection, sql: str, params: Any = (), many: bool = False) -> list[tuple[Any, ...]]:
+    """The rows of SQL already written for SQLite (`many`: an executemany of a list of parameter tuples),
+    run straight on the driver's connection: SQLAlchemy's execute and Row objects cost ~25-60 us a
+    statement (measured). The same deadline and cancellation as any statement; a driver error raised as
+    SQLAlchemy raises it."""
     _arm(conn)
+    driver = conn.connection.dbapi_connection
     try:
-        return conn.connection.dbapi_connection.execute(sql, params).fetchall()  # type: ignore[union-attr]
+        cursor = driver.executemany(sql, params) if many else driver.execute(sql, params)  # type: ignore[union-attr]
+        return cursor.fetchall()
     except sqlite3.Error as exc:
         raise DBAPIError.instance(sql, params, exc, sqlite3.Error) from exc
 
@@ -299,6 +302,6 @@ def _tune_sqlite(engine: Engine, statement_timeout: float | None, write_wait: fl
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         if conn.get_execution_options().get("sqlite_immediate"):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")  # may wait for the lock and fail: SQLAlchemy wraps the error
+            driver_rows(conn, "BEGIN IMMEDIATE")  # may wait for the lock and fail (an OperationalError)
         else:  # takes no lock, touches no file: straight on the DBAPI connection (SQLAlchemy's execute costs more)
             conn.connection.dbapi_connection.execute("BEGIN")  # type: ignore[union-attr]
