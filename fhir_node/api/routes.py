@@ -73,7 +73,14 @@ def base_of(request: Request) -> str:
     configured = node_of(request).settings.base_url
     if configured:
         return configured.rstrip("/")
-    return f"{request.url.scheme}://{request.url.netloc}{request.scope.get('root_path', '')}/fhir"
+    scope = request.scope
+    return f"{scope['scheme']}://{request.headers.get('host') or _server(scope)}{scope.get('root_path', '')}/fhir"
+
+
+def _server(scope: dict[str, Any]) -> str:
+    """host:port the request came to, for a request without a Host header (HTTP/1.0)."""
+    host, port = scope["server"]
+    return host if port == {"http": 80, "https": 443}.get(scope["scheme"]) else f"{host}:{port}"
 
 
 def _query(request: Request) -> list[tuple[str, str]]:
