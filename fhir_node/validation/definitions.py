@@ -74,15 +74,6 @@ class Element:
     def name(self) -> str:
         return self.path.rsplit(".", 1)[-1]
 
-    @cached_property
-    def twin_name(self) -> str | None:
-        """`_name`, where a primitive's id and extensions sit; None for a choice (its JSON names vary)."""
-        return None if self.name.endswith("[x]") else f"_{self.name}"
-
-    def absent_from(self, obj: dict[str, Any]) -> bool:
-        """Whether a JSON object surely lacks this element: neither `name` nor `_name` is in it."""
-        return self.twin_name is not None and self.name not in obj and self.twin_name not in obj
-
     @property
     def max_text(self) -> str:
         return "*" if self.max is None else str(self.max)

@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from fhir_node.outcome import Issue
 from fhir_node.validation.definitions import CORE_PREFIX, Constraint, Definition, Element, Registry
@@ -36,9 +36,9 @@ _STEP = re.compile(r"(?:[^.(']|'[^']*'|\([^)]*\))+")
 _FUNCTION = re.compile(r"(\w+)\((?:'([^']*)'|(\w*))\)")
 
 
-@dataclass(frozen=True)
-class Item:
-    """One occurrence of an element in the instance: the JSON value, its `_name` twin, its type."""
+class Item(NamedTuple):
+    """One occurrence of an element in the instance: the JSON value, its `_name` twin, its type (a tuple:
+    a walk makes one per element of every resource it checks)."""
 
     value: Any
     twin: dict[str, Any] | None
@@ -64,8 +64,7 @@ def _items(obj: dict[str, Any], child: Element, where: str) -> tuple[list[Item],
     allowed = {t.code.lower(): t.code for t in child.types}
     found: list[Item] = []
     refused: list[str] = []
-    for suffix in CHOICE_TYPES.get(child.path[:-3], [t.code[0].upper() + t.code[1:] for t in child.types]):
-        prop = base + suffix[0].upper() + suffix[1:]
+    for prop, suffix in _choice_properties(child):
         if prop not in obj and f"_{prop}" not in obj:
             continue
         if suffix.lower() in allowed:
@@ -73,6 +72,28 @@ def _items(obj: dict[str, Any], child: Element, where: str) -> tuple[list[Item],
         else:
             refused.append(prop)
     return found, refused
+
+
+def _choice_properties(child: Element) -> list[tuple[str, str]]:
+    """The JSON properties a choice element `value[x]` may appear as (`valueString`), with their type suffix."""
+    base = child.name[:-3]
+    suffixes = CHOICE_TYPES.get(child.path[:-3], [t.code[0].upper() + t.code[1:] for t in child.types])
+    return [(base + suffix[0].upper() + suffix[1:], suffix) for suffix in suffixes]
+
+
+@lru_cache(maxsize=16384)
+def _layout(parent: Element) -> tuple[tuple[Element, ...], dict[str, tuple[int, ...]], frozenset[int]]:
+    """`parent`'s child elements in definition order; the indexes of those each JSON property (`status`,
+    `_status`, `valueString`) belongs to; those a profile pass judges even when absent (a minimum
+    cardinality, on the element or one of its slices). A walk visits only these and the present ones."""
+    children = tuple(parent.children.values())
+    keyed: dict[str, tuple[int, ...]] = {}
+    for index, child in enumerate(children):
+        names = [p for p, _ in _choice_properties(child)] if child.name.endswith("[x]") else [child.name]
+        for key in {key for name in names for key in (name, f"_{name}")}:
+            keyed[key] = (*keyed.get(key, ()), index)
+    counted = frozenset(i for i, c in enumerate(children) if c.min > 0 or any(s.min > 0 for s in c.slices))
+    return children, keyed, counted
 
 
 def _occurrences(obj: dict[str, Any], prop: str, type_code: str, where: str) -> list[Item]:
@@ -272,13 +293,12 @@ class Run:
     ) -> None:
         """Judge each child element of `parent` in `obj`, the value of `holder` (an occurrence of `owner`;
         `parent` is `owner` itself, or the root of its data type's definition)."""
-        for child in parent.children.values():
-            if child.absent_from(obj):
-                if self.core:
-                    continue  # nothing to judge; a profile pass still counts the absence
-                items, refused = [], []
-            else:
-                items, refused = _items(obj, child, holder.where)
+        children, keyed, counted = _layout(parent)
+        present = {index for key in obj for index in keyed.get(key, ())}
+        # The core pass judges what is there; a profile pass also counts what a minimum requires.
+        for index in sorted(present if self.core else present | counted):
+            child = children[index]
+            items, refused = _items(obj, child, holder.where) if index in present else ([], [])
             if not self.core:
                 self._cardinality(child, len(items), f"{holder.where}.{child.name.removesuffix('[x]')}")
                 for prop in refused:
@@ -463,7 +483,9 @@ class Run:
     def _type_profiles(self, item: Item, element: Element, resource: dict[str, Any]) -> None:
         if item.type == "Extension" and self.core_done and not self.core:
             return  # extensions were judged against their own definitions in the core pass
-        urls = [url for t in element.types if t.code == item.type or len(element.types) == 1 for url in t.profiles]
+        urls = _type_profile_urls(element, item.type)
+        if not urls:
+            return
         known = [d for d in map(self.registry.get, urls) if d is not None]
         if not self.core:
             for url in urls:
@@ -515,6 +537,12 @@ class Run:
         sub = self._sub(definition)
         sub.node(item, definition.root, resource)
         self.issues += sub.issues
+
+
+@lru_cache(maxsize=16384)
+def _type_profile_urls(element: Element, type_code: str) -> tuple[str, ...]:
+    """The profiles an occurrence of `element` of this type must meet (worked out once, not per occurrence)."""
+    return tuple(url for t in element.types if t.code == type_code or len(element.types) == 1 for url in t.profiles)
 
 
 @lru_cache(maxsize=16384)
