@@ -126,6 +126,61 @@ def _privacy_has_patient(value: Any, twin: dict[str, Any] | None, root: dict[str
     return None if scoped is None else True if not scoped else _exists(value, "patient")
 
 
+def _extension_or_value(value: Any, twin: dict[str, Any] | None, root: dict[str, Any]) -> bool | None:
+    """ext-1: `extension.exists() != value.exists()`: an Extension has nested extensions or a value, not both."""
+    if not isinstance(value, dict) or any(k.startswith("_value") for k in value):
+        return None
+    nested = _exists(value, "extension")
+    given = [k for k in value if k.startswith("value") and k[5:6].isupper()]
+    if nested is None or len(given) > 1 or (given and value[given[0]] in (None, [], {})):
+        return None
+    return nested != bool(given)
+
+
+_DAY_PRECISIONS = (re.compile(r"[0-9]{4}"), re.compile(r"[0-9]{4}-[0-9]{2}"), re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}"))
+
+
+def _start_before_end(value: Any, twin: dict[str, Any] | None, root: dict[str, Any]) -> bool | None:
+    """per-1: `start.hasValue().not() or end.hasValue().not() or (start <= end)`; two dates of one precision
+    (no time, no zone) compare as text, any other pair is left to fhirpathpy."""
+    if not isinstance(value, dict) or "_start" in value or "_end" in value:
+        return None
+    start, end = value.get("start"), value.get("end")
+    if start is None or end is None:
+        return True
+    if not isinstance(start, str) or not isinstance(end, str):
+        return None
+    same = any(p.fullmatch(start) and p.fullmatch(end) for p in _DAY_PRECISIONS)
+    return start <= end if same else None
+
+
+def _system_among(systems: tuple[str, ...]) -> Native:
+    """`system = 'A' or system = 'B' ...` on an Identifier: no system leaves the `or` empty, which holds."""
+
+    def check(value: Any, twin: dict[str, Any] | None, root: dict[str, Any]) -> bool | None:
+        if not isinstance(value, dict) or "_system" in value:
+            return None
+        system = value.get("system")
+        return True if system is None else system in systems if isinstance(system, str) else None
+
+    return check
+
+
+def _first_of_month(value: Any, twin: dict[str, Any] | None, root: dict[str, Any]) -> bool | None:
+    """bihr-billing-1: `toString().matches('^[0-9]{4}-[0-9]{2}-01$')` on a date without time."""
+    if twin is not None or not isinstance(value, str) or not any(p.fullmatch(value) for p in _DAY_PRECISIONS):
+        return None
+    return value.endswith("-01") and len(value) == 10
+
+
+def _policy_given(value: Any, twin: dict[str, Any] | None, root: dict[str, Any]) -> bool | None:
+    """ppc-1 (Consent): `policy.exists() or policyRule.exists()`."""
+    if not isinstance(value, dict):
+        return None
+    answers = (_exists(value, "policy"), _exists(value, "policyRule"))
+    return True if True in answers else None if None in answers else False
+
+
 def _check_digits(systems: tuple[str, ...], pattern: str, rule: Callable[[str], bool]) -> Native:
     """bihr-ssin, bihr-nihdi, bihr-cbe on an Identifier: unless its system is another one or it is
     pseudonymised, its value matches `pattern` and passes `rule` (the expression's arithmetic)."""
@@ -226,6 +281,11 @@ NATIVE: dict[str, Native] = {
     },
     "scope.coding.where(system = 'http://terminology.hl7.org/CodeSystem/consentscope' and code = 'patient-privacy')"
     ".exists() implies patient.exists()": _privacy_has_patient,
+    "extension.exists() != value.exists()": _extension_or_value,
+    "start.hasValue().not() or end.hasValue().not() or (start <= end)": _start_before_end,
+    " or ".join(f"system = '{s}'" for s in _NIHDI_SYSTEMS): _system_among(_NIHDI_SYSTEMS),
+    "toString().matches('^[0-9]{4}-[0-9]{2}-01$')": _first_of_month,
+    "policy.exists() or policyRule.exists()": _policy_given,
     _SSIN_EXPRESSION: _check_digits((f"{_NS}ssin",), "[0-9]{11}", _ssin_rule),
     _NIHDI_EXPRESSION: _check_digits(_NIHDI_SYSTEMS, "[0-9]{8}(?:[0-9]{3})?", _nihdi_rule),
     _CBE_EXPRESSION: _check_digits((f"{_NS}cbe",), "[01][0-9]{9}", _cbe_rule),
