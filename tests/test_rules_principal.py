@@ -138,6 +138,28 @@ def test_transaction_is_refused_whole(client):
     refused(client.post("/fhir", content=orjson.dumps(bundle), headers=JSON))
 
 
+def test_a_bundle_asks_about_all_its_patients_at_once_and_still_finds_each(client):
+    """A Bundle's inclusions are checked against the stored ones with a few ORed queries: one stored
+    principal inclusion among several patients (found by SSIN through a literal reference, or by literal
+    reference through an SSIN) still refuses just the entry it overlaps; without it the Bundle passes."""
+    ids = [created(client, patient(s)) for s in SSINS]
+    created(client, inclusion("2024-01-01", ssin=SSINS[2]))
+    created(client, inclusion("2024-01-01", patient_id=ids[3]))
+    others = [
+        ("POST", "EpisodeOfCare", inclusion("2024-03-01", patient_id=ids[0])),
+        ("POST", "EpisodeOfCare", inclusion("2024-03-01", ssin=SSINS[1])),
+    ]
+    for overlapping in (inclusion("2024-05-01", patient_id=ids[2]), inclusion("2024-05-01", ssin=SSINS[3])):
+        r = client.post(
+            "/fhir", content=orjson.dumps(transaction(*others, ("POST", "EpisodeOfCare", overlapping))), headers=JSON
+        )
+        refused(r)
+        assert r.json()["issue"][0]["expression"] == ["Bundle.entry[2].resource.period"]
+    assert client.post("/fhir", content=orjson.dumps(transaction(*others)), headers=JSON).status_code == 200
+    assert [count(client, f"patient=Patient/{i}") for i in ids] == [1, 0, 0, 1]
+    assert [count(client, f"patient:identifier={SSIN}|{s}") for s in SSINS] == [0, 1, 1, 0]
+
+
 def test_load_into_the_database_is_checked(database_url):
     target = DatabaseTarget(database_url)
     try:

@@ -151,6 +151,7 @@ def _transaction(node: Node, base: str, entries: list[Entry], representation: bo
         if not _still_holds(conn, entries, limits, plan):
             _prepare(conn, entries, limits, enforce)
         with batched(conn):
+            _foresee(conn, entries)
             for e in sorted(entries, key=lambda e: (_ORDER.get(e.method, 1), e.index)):
                 if e.method not in ("GET", "HEAD"):
                     results[e.index] = _at(e, _write_entry, conn, e, representation, enforce)
@@ -181,6 +182,15 @@ def _prepare(conn: Connection, entries: list[Entry], limits: Limits, enforce: bo
             prepared = _at(e, partial(check_resource, enforce_profiles=enforce), prepared, e.res_type, e.target)
         e.prepared = prepared
     return _targets(entries), resolved
+
+
+def _foresee(conn: Connection, entries: list[Entry]) -> None:
+    """Let the domain rules ask at once what they would ask entry by entry; not when an entry changes a
+    stored Patient, as their answers would then move during the writes."""
+    if any(e.res_type == "Patient" and e.method in ("PUT", "PATCH", "DELETE") for e in entries):
+        return
+    writes = [(e.res_type or "", e.prepared) for e in entries if e.method in ("POST", "PUT") and not e.matched]
+    write.foresee(conn, [(res_type, r) for res_type, r in writes if isinstance(r, dict)])
 
 
 def _still_holds(conn: Connection, entries: list[Entry], limits: Limits, plan: Decisions) -> bool:

@@ -19,7 +19,8 @@ from fhir_node.node import Node
 from fhir_node.outcome import FHIRError, error, fail
 from fhir_node.registry import kind, require
 from fhir_node.rules import billing, death, principal
-from fhir_node.rules.patients import patient_of
+from fhir_node.rules.patients import foresee as foresee_patients
+from fhir_node.rules.patients import patient_in
 from fhir_node.search.limits import Limits
 from fhir_node.security import policy
 from fhir_node.store import repository
@@ -92,10 +93,20 @@ def _ruled(conn: Connection, res_type: str, res_id: str, resource: dict[str, Any
     closed, its billing dates computed, and refused (409) if it overlaps another principal inclusion."""
     if res_type != "EpisodeOfCare":
         return resource
-    patient = patient_of(conn, resource.get("patient") or {})
+    patient = patient_in(conn, resource.get("patient") or {})
     resource = billing.stamped(death.closed_for(conn, patient, resource))
     principal.check(conn, res_id, resource, patient)
     return resource
+
+
+def foresee(conn: Connection, resources: list[tuple[str, dict[str, Any]]]) -> None:
+    """Before a Bundle's batched writes of these resources, none changing a stored Patient: what the domain
+    rules would ask the database about each EpisodeOfCare, asked at once (its patient, its patient's other
+    principal inclusions)."""
+    inclusions = [r for res_type, r in resources if res_type == "EpisodeOfCare"]
+    if inclusions:
+        patients = foresee_patients(conn, [r.get("patient") or {} for r in inclusions])
+        principal.foresee(conn, list(zip(inclusions, patients, strict=True)))
 
 
 def _consequences(conn: Connection, written: Version, resource: dict[str, Any]) -> tuple[Version, ...]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 from sqlalchemy import Connection
 
 from fhir_node.interactions.search import matching
@@ -18,6 +19,7 @@ from fhir_node.rules.pseudonym import in_clear
 from fhir_node.search.registry import registry
 from fhir_node.security.relationships import SSIN
 from fhir_node.store import repository
+from fhir_node.store.batch import deferring
 from fhir_node.store.database import lock
 
 #: Types whose references to a patient nothing re-links: evidence, the patients themselves, the guide.
@@ -25,6 +27,7 @@ _UNTOUCHED = ("AuditEvent", "Patient", *CONFORMANCE_TYPES)
 #: How many inclusions of one patient a rule looks at: far more than any patient has.
 MANY = 10_000
 _WRITTEN = "fhir_node.rules.written"
+_FORESEEN = "fhir_node.rules.foreseen"
 
 
 @dataclass(frozen=True)
@@ -38,10 +41,16 @@ class Patient:
     def lock(self, conn: Connection) -> None:
         """Hold this patient's locks until commit: every writer about it shares at least one, however it
         refers to it (taken in name order)."""
-        lock(conn, *sorted({f"patient:{i}" for i in self.ids} | {f"ssin:{s}" for s in self.ssins}))
+        lock_patients(conn, [self])
 
     def meets(self, other: Patient) -> bool:
         return bool(self.ids & other.ids or self.ssins & other.ssins)
+
+
+def lock_patients(conn: Connection, patients: Iterable[Patient]) -> None:
+    """Hold the locks of these patients until commit, all in name order (one round trip)."""
+    names = {f"patient:{i}" for p in patients for i in p.ids} | {f"ssin:{s}" for p in patients for s in p.ssins}
+    lock(conn, *sorted(names))
 
 
 def ssin_of(reference: dict[str, Any]) -> str | None:
@@ -75,6 +84,26 @@ def patient_of(conn: Connection, reference: dict[str, Any]) -> Patient:
     for value in sorted(ssins):
         ids.update(matching(conn, "Patient", f"identifier={ssin_token(value)}", None, MANY))
     return Patient(frozenset(ids), frozenset(ssins))
+
+
+def foresee(conn: Connection, references: list[dict[str, Any]]) -> list[Patient]:
+    """`patient_of` each reference, remembered for `patient_in` during this transaction's batched writes
+    (a Bundle's): the caller makes sure none of them changes a stored Patient, so the Patient rows and
+    SSIN index rows `patient_of` reads stay as they are until the batch ends (new ones are deferred)."""
+    patients = [patient_of(conn, r) for r in references]
+    known = {orjson.dumps(r, option=orjson.OPT_SORT_KEYS): p for r, p in zip(references, patients, strict=True)}
+    conn.info[_FORESEEN] = (conn.get_transaction(), known)
+    return patients
+
+
+def patient_in(conn: Connection, reference: dict[str, Any]) -> Patient:
+    """`patient_of`, answered from `foresee` while the batched writes that asked it last go on."""
+    held = conn.info.get(_FORESEEN)
+    if held is not None and held[0] is conn.get_transaction() and deferring(conn):
+        found = held[1].get(orjson.dumps(reference, option=orjson.OPT_SORT_KEYS))
+        if found is not None:
+            return found
+    return patient_of(conn, reference)
 
 
 def inclusions_of(conn: Connection, patient: Patient, criteria: str = "") -> set[str]:
