@@ -83,8 +83,40 @@ def _of_type(path: list[str], target: str) -> Evaluator:
     return evaluate
 
 
+_EXTENSION = re.compile(r"([A-Z][A-Za-z]*(?:\.[a-z][A-Za-z]*)*)\.extension\('([^']+)'\)(\.value)?")
+
+
+def _extensions(expression: str) -> Evaluator | None:
+    """`Type.a.extension('url')` and `Type.a.extension('url').value` (our search parameters on extensions)
+    without the engine's cost, when each value is an object (a Period, a Reference...); other shapes (a
+    primitive value, a `_value` twin) are left to the engine, which knows their FHIRPath types."""
+    found = _EXTENSION.fullmatch(expression)
+    if found is None or not _walkable(found.group(1) + ".extension"):
+        return None
+    walk, url, value = _walk([*found.group(1).split(".")[1:], "extension"]), found.group(2), found.group(3)
+    engine = fhirpathpy.compile(expression, _MODEL, _OPTIONS)
+
+    def evaluate(resource: dict[str, Any]) -> list[Any]:
+        named = [e for e in walk(resource) if isinstance(e, dict) and e.get("url") == url]
+        if not value:
+            return named
+        out = []
+        for extension in named:
+            given = [k for k in extension if k.startswith(("value", "_value"))]
+            if len(given) != 1 or not given[0].startswith("value") or not isinstance(extension[given[0]], dict):
+                return engine(resource, None)
+            out.append(extension[given[0]])
+        return out
+
+    return evaluate
+
+
 def _fast(expression: str) -> Evaluator | None:
-    """A fast evaluator for a plain path, a path filtered by `where(resolve() is T)`, or a union of those."""
+    """A fast evaluator for a plain path, a path filtered by `where(resolve() is T)`, an extension (or its
+    value) by URL, or a union of those."""
+    extensions = _extensions(expression)
+    if extensions is not None:
+        return extensions
     parts = [p.strip() for p in expression.split(" | ")]
     evaluators: list[Evaluator] = []
     for part in parts:
