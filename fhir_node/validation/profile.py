@@ -30,6 +30,7 @@ from fhir_node.validation.definitions import CORE_PREFIX, Constraint, Definition
 from fhir_node.validation.invariants import CHOICE_TYPES, Invariants
 from fhir_node.validation.terminology import Terminology
 
+_CONTAINING = ("Resource", "")  # declared types whose occurrences take the type of the resource they hold
 _CODED = frozenset({"code", "Coding", "CodeableConcept", "Quantity", "string", "uri"})
 _LITERAL = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[^/]+)?$")
 _STEP = re.compile(r"(?:[^.(']|'[^']*'|\([^)]*\))+")
@@ -99,6 +100,8 @@ def _layout(parent: Element) -> tuple[tuple[Element, ...], dict[str, tuple[int, 
 def _occurrences(obj: dict[str, Any], prop: str, type_code: str, where: str) -> list[Item]:
     """Pair `prop` with its `_prop` twin (for primitives) item by item; arrays get `[i]` in the path."""
     value, twin = obj.get(prop), obj.get(f"_{prop}")
+    if twin is None and isinstance(value, list) and type_code not in _CONTAINING:  # most repeats: no twin to pair
+        return [Item(v, None, type_code, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, list) or isinstance(twin, list):
         values = value if isinstance(value, list) else []
         twins = twin if isinstance(twin, list) else []
@@ -118,7 +121,7 @@ def _occurrences(obj: dict[str, Any], prop: str, type_code: str, where: str) -> 
 
 def _type_of(value: Any, declared: str) -> str:
     """The declared type, or the resource type of a resource in a `Resource` element."""
-    if isinstance(value, dict) and isinstance(value.get("resourceType"), str) and declared in ("Resource", ""):
+    if isinstance(value, dict) and isinstance(value.get("resourceType"), str) and declared in _CONTAINING:
         return value["resourceType"]
     return declared
 
@@ -364,14 +367,13 @@ class Run:
         if sliced.slicing is None or not sliced.slicing.discriminators:
             return False
         for kind, path in sliced.slicing.discriminators:
-            steps = _steps(path)
+            steps, target = _discriminated(slice_, path)
             try:
                 actual = _walk_json([item.value], steps)
             except ValueError:
                 return False
-            target = _element_at(slice_, steps)
             if kind in ("value", "pattern"):
-                expected = _expected(slice_, steps)
+                expected = _fixed_at(slice_, path)
                 if expected:
                     if not any(_contains(a, e) if p else a == e for a in actual for e, p in expected):
                         return False
@@ -537,6 +539,20 @@ class Run:
         sub = self._sub(definition)
         sub.node(item, definition.root, resource)
         self.issues += sub.issues
+
+
+@lru_cache(maxsize=16384)
+def _discriminated(slice_: Element, path: str) -> tuple[list[str], Element | None]:
+    """A discriminator path's steps and the element it names in the slice (worked out once per slice, not
+    per item sorted into slices)."""
+    steps = _steps(path)
+    return steps, _element_at(slice_, steps)
+
+
+@lru_cache(maxsize=16384)
+def _fixed_at(slice_: Element, path: str) -> list[tuple[Any, bool]]:
+    """`_expected` at a discriminator path, once per slice."""
+    return _expected(slice_, _steps(path))
 
 
 @lru_cache(maxsize=16384)
