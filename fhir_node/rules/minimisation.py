@@ -9,7 +9,10 @@ and nothing that the National Register shows anyway.
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+import orjson
 
 from fhir_node.outcome import FHIRError, error
 from fhir_node.rules.check_digits import ssin_error
@@ -18,6 +21,7 @@ from fhir_node.security.relationships import SSIN
 
 #: What the National Register shows, and the node must not keep.
 PATIENT_NOT_STORED = ("name", "birthDate", "address", "telecom")
+_UNESCAPED = re.compile(r"[ !#-\[\]-~]+")  # printable ASCII but the quote and the backslash: JSON keeps it as is
 
 
 def check(resource: dict[str, Any], demographics: bool) -> None:
@@ -28,10 +32,10 @@ def check(resource: dict[str, Any], demographics: bool) -> None:
         for element in PATIENT_NOT_STORED
         if demographics and res_type == "Patient" and element in resource
     ]
-    ssins = set(_ssins(resource)) if holds_ssin(resource) else set()
+    held = _ssins(resource) if holds_ssin(resource) else []
     issues += [
         error("business-rule", "An SSIN may only appear as the value of an SSIN identifier", where)
-        for where in _elsewhere(resource, ssins, res_type)
+        for where in (_elsewhere(resource, set(held), res_type) if _maybe_elsewhere(resource, held) else [])
     ]
     res_id = resource.get("id")
     if isinstance(res_id, str) and res_id.isdigit() and ssin_error(res_id) is None:
@@ -47,6 +51,18 @@ def _ssins(node: Any) -> list[str]:
     if isinstance(node, list):
         return [s for v in node for s in _ssins(v)]
     return []
+
+
+def _maybe_elsewhere(resource: dict[str, Any], held: list[str]) -> bool:
+    """Whether one of the SSINs the identifiers `held` may appear anywhere else: its text occurs in the JSON
+    more often than in those values (it cannot straddle two JSON strings, having no quote), so the path-by-path
+    walk runs only when there is something to name. SSINs JSON would escape are always walked for."""
+    if not held:
+        return False
+    if any(not _UNESCAPED.fullmatch(s) for s in held):
+        return True
+    text = orjson.dumps(resource)
+    return any(text.count(s.encode()) > sum(v.count(s) for v in held) for s in set(held))
 
 
 def _elsewhere(node: Any, ssins: set[str], path: str) -> list[str]:
