@@ -192,6 +192,9 @@ class Registry:
 
     def get(self, url: str) -> Definition | None:
         """The definition at a canonical URL (a `|version` suffix is ignored), or None when unknown."""
+        found = self._compiled.get(url)  # asked for each element a validation walks: the common case first
+        if found is not None:
+            return found
         url = url.split("|")[0]
         if url not in self._compiled:
             if url not in self._raw:
