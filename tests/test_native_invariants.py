@@ -50,14 +50,7 @@ def _files(folder: Path) -> Iterator[dict[str, Any]]:
 
 
 def _identifiers(value: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(value, dict):
-        if isinstance(value.get("system"), str) and "value" in value:
-            yield value
-        for v in value.values():
-            yield from _identifiers(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _identifiers(v)
+    return (o for o in _objects(value) if isinstance(o.get("system"), str) and "value" in o)
 
 
 def _mutations(resource: dict[str, Any]) -> Iterator[dict[str, Any]]:
