@@ -54,7 +54,7 @@ def bound(parsed: Parsed) -> Parsed:
     return Parsed(criteria=[replace(c, bound=f"c{i}") for i, c in enumerate(parsed.criteria)], lenient=parsed.lenient)
 
 
-class _Ready:
+class _Statements:
     """At most `CAPACITY` statements by key, the least recently used dropped first; shared by the threads
     that serve searches."""
 
@@ -79,7 +79,7 @@ class _Ready:
         return built
 
 
-_READY = _Ready()
+_READY = _Statements()
 ready = _READY.get
 
 
