@@ -80,6 +80,8 @@ class Database:
         self.statement_timeout = statement_timeout
         self.write_wait = write_wait
         self._writing: ContextVar[Connection | None] = ContextVar(f"writing:{id(self)}", default=None)
+        self._kept = threading.local()
+        self._all_kept: list[Connection] = []
         parsed = make_url(self.url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         if self.is_sqlite:
@@ -123,8 +125,27 @@ class Database:
         if active is not None:
             yield active
             return
+        if self.is_sqlite and _loop_deadline.get() is not None:
+            with self._loop_read() as conn:
+                yield conn
+            return
         with self._reader.begin() as conn:
             yield conn
+
+    @contextlib.contextmanager
+    def _loop_read(self) -> Iterator[Connection]:
+        """A read on the event loop (see `on_loop`) on the connection this thread keeps for them, in a
+        transaction of its own: the pool's checkout and return cost more than a small search's SQL. Reads
+        on the loop run one after another, so one connection per loop thread is all they take."""
+        conn: Connection | None = getattr(self._kept, "conn", None)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._kept.conn = self.engine.connect()
+            self._all_kept.append(conn)
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            conn.info["statement"].update(deadline=math.inf, cancel=None)  # as a return to the pool does
 
     @contextlib.contextmanager
     def on_loop(self, budget: float) -> Iterator[None]:
@@ -169,6 +190,9 @@ class Database:
             command.upgrade(cfg, "head")
 
     def dispose(self) -> None:
+        for kept in self._all_kept:
+            kept.close()
+        self._all_kept.clear()
         self.engine.dispose()
 
 
