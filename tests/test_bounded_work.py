@@ -156,6 +156,40 @@ def test_a_read_on_the_event_loop_gives_up_at_its_budget(tmp_path: Path) -> None
     db.dispose()
 
 
+def test_reads_on_the_event_loop_each_see_what_was_committed_before_them(tmp_path: Path) -> None:
+    """Reads on the loop share one kept connection (SQLite), each in a transaction of its own: a read sees
+    every write committed before it began, none committed after; a read begun inside another one works
+    (on a pooled connection); a read stopped at its budget leaves the next one a working connection; the
+    deadline of a finished read does not stop the next one's statements."""
+    db = Database(f"sqlite:///{tmp_path / 'kept.db'}", statement_timeout=120)
+    with db.write() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+    count = "SELECT count(*) FROM t"
+    for expected in range(1, 4):
+        with db.write() as conn:
+            conn.exec_driver_sql("INSERT INTO t VALUES (1)")
+        with db.on_loop(5), db.read() as conn:
+            assert conn.exec_driver_sql(count).scalar() == expected
+            with db.write() as writer:  # committed while the read's snapshot is open: not seen by it
+                writer.exec_driver_sql("INSERT INTO t VALUES (2)")
+            assert conn.exec_driver_sql(count).scalar() == expected
+            with db.read() as inner:
+                assert inner is not conn and inner.exec_driver_sql(count).scalar() == expected + 1
+        with db.write() as conn:
+            conn.exec_driver_sql("DELETE FROM t WHERE x = 2")
+    with pytest.raises(OverBudget), db.on_loop(0.0), db.read() as conn:
+        conn.exec_driver_sql(count).scalar()
+    with db.on_loop(5), db.read() as conn:
+        assert conn.exec_driver_sql(count).scalar() == 3
+    with db.on_loop(0.05), db.read() as conn:
+        conn.exec_driver_sql(count).scalar()
+    time.sleep(0.1)  # past that read's deadline: the next read on the same connection gets its own
+    many = "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r LIMIT 200000) SELECT count(*) FROM r"
+    with db.on_loop(5), db.read() as conn:
+        assert conn.exec_driver_sql(many).scalar() == 200000
+    db.dispose()
+
+
 def test_searches_over_their_loop_budget_answer_the_same_from_a_thread(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

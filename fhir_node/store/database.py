@@ -125,27 +125,26 @@ class Database:
         if active is not None:
             yield active
             return
-        if self.is_sqlite and _loop_deadline.get() is not None:
-            with self._loop_read() as conn:
-                yield conn
+        kept = self._loop_connection() if self.is_sqlite and _loop_deadline.get() is not None else None
+        if kept is not None and not kept.in_transaction():  # a read begun inside another takes the pool's
+            try:
+                with kept.begin():
+                    yield kept
+            finally:
+                kept.info["statement"].update(deadline=math.inf, cancel=None)  # as a return to the pool does
             return
         with self._reader.begin() as conn:
             yield conn
 
-    @contextlib.contextmanager
-    def _loop_read(self) -> Iterator[Connection]:
-        """A read on the event loop (see `on_loop`) on the connection this thread keeps for them, in a
+    def _loop_connection(self) -> Connection:
+        """The connection this thread keeps for its reads on the event loop (see `on_loop`), each in a
         transaction of its own: the pool's checkout and return cost more than a small search's SQL. Reads
         on the loop run one after another, so one connection per loop thread is all they take."""
         conn: Connection | None = getattr(self._kept, "conn", None)
         if conn is None or conn.closed or conn.invalidated:
             conn = self._kept.conn = self.engine.connect()
             self._all_kept.append(conn)
-        try:
-            with conn.begin():
-                yield conn
-        finally:
-            conn.info["statement"].update(deadline=math.inf, cancel=None)  # as a return to the pool does
+        return conn
 
     @contextlib.contextmanager
     def on_loop(self, budget: float) -> Iterator[None]:
