@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_node.api.failures import status_of
-from fhir_node.api.middleware import answer, is_loopback
+from fhir_node.api.middleware import answer, fhir_base, is_loopback
 from fhir_node.audit import chain, trail
 from fhir_node.node import Node
 from fhir_node.registry import KINDS
@@ -57,7 +57,7 @@ class Guard:
         access = Access(
             LOCAL_OPERATOR,
             request_id=scope.get("state", {}).get("request_id", ""),
-            server=_server(scope, headers, self.node.settings.base_url),
+            server=fhir_base(scope, self.node.settings.base_url),
             client=scope["client"][0] if scope.get("client") else None,
             user_agent=headers.get(b"user-agent", b"").decode("latin-1")[:200] or None,
             record=_record(scope) if self.node.settings.audit else None,
@@ -161,13 +161,6 @@ def _bearer(headers: dict[bytes, bytes]) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthError("no bearer token")
     return token.strip()
-
-
-def _server(scope: Scope, headers: dict[bytes, bytes], configured: str | None) -> str:
-    if configured:
-        return configured.rstrip("/")
-    host = headers.get(b"host", b"").decode("latin-1") or "localhost"
-    return f"{scope.get('scheme', 'http')}://{host}/fhir"
 
 
 def _record(scope: Scope) -> Record:

@@ -31,6 +31,18 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+def fhir_base(scope: Scope, configured: str | None) -> str:
+    """The FHIR base URL for links and the audit's server: the configured public one, else the one the
+    client used (its Host header, else the address it reached)."""
+    if configured:
+        return configured.rstrip("/")
+    host = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1")
+    if not host:  # HTTP/1.0; a server on a Unix socket has no address
+        name, port = scope.get("server") or ("localhost", None)
+        host = name if port in (None, {"http": 80, "https": 443}.get(scope["scheme"])) else f"{name}:{port}"
+    return f"{scope['scheme']}://{host}{scope.get('root_path', '')}/fhir"
+
+
 class RequestContext:
     """Gives each request an id (the client's X-Request-Id when sane), echoes it, logs one JSON line."""
 

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from fhir_node.api.middleware import fhir_base
 from fhir_node.api.negotiate import FHIR_JSON, HTTP_PARAMETERS, JSON_PATCH, negotiate, prefer, read_body
 from fhir_node.api.offload import off_loop
 from fhir_node.api.responses import fhir_response, http_date, not_modified, version_headers, written_response
@@ -70,17 +71,7 @@ def node_of(request: Request) -> Node:
 
 def base_of(request: Request) -> str:
     """The FHIR base URL for links: the configured public one, else the one the client used."""
-    configured = node_of(request).settings.base_url
-    if configured:
-        return configured.rstrip("/")
-    scope = request.scope
-    return f"{scope['scheme']}://{request.headers.get('host') or _server(scope)}{scope.get('root_path', '')}/fhir"
-
-
-def _server(scope: dict[str, Any]) -> str:
-    """host:port the request came to, for a request without a Host header (HTTP/1.0)."""
-    host, port = scope["server"]
-    return host if port == {"http": 80, "https": 443}.get(scope["scheme"]) else f"{host}:{port}"
+    return fhir_base(request.scope, node_of(request).settings.base_url)
 
 
 def _query(request: Request) -> list[tuple[str, str]]:

@@ -151,10 +151,7 @@ def _answer(
         return bundle("searchset", [], {"self": _link(base, res_type, params, None)}, **_shown_total(total, node))
     rows, has_next, has_prev = _fetch(conn, page, cursor, count)
     total = _total(conn, page, total_mode, cursor, rows, has_next)
-    if any(policy.may_redact(t) for t in page.types):
-        shown = [policy.shown(conn, r.res_type, r.content) for r in rows]
-    else:
-        shown = [(r.content, False) for r in rows]
+    shown = policy.shown_page(conn, page.types, rows)
     unredacted = [r for r, (_, redacted) in zip(rows, shown, strict=True) if not redacted]
     included = _includes(conn, reg, unredacted, result, base, node.limits)
     trail.note(conn, chain(((r.res_type, r.res_id) for r in rows), ((t, i) for t, i, _ in included)))

@@ -5,7 +5,7 @@ write checks (before and after the write, in its transaction), and the PSI redac
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from functools import cache
 from typing import Any
 
@@ -144,15 +144,23 @@ def readable(conn: Connection, res_type: str, res_id: str, *, full: bool = False
         raise not_found(res_type, res_id)
 
 
-def may_redact(res_type: str) -> bool:
+def _may_redact(res_type: str) -> bool:
     """Whether `shown` may redact a resource of this type for the caller (else it gives the bytes as stored)."""
     return res_type == "EpisodeOfCare" and current().principal.role in _PSI_ROLES
+
+
+def shown_page(conn: Connection, res_types: Collection[str], rows: Iterable[Any]) -> list[tuple[bytes, bool]]:
+    """`shown` for each of a page's `rows` (with `res_type` and `content`) of `res_types`, asking once
+    whether the caller may be shown a redaction of any of them."""
+    if not any(_may_redact(t) for t in res_types):
+        return [(r.content, False) for r in rows]
+    return [shown(conn, r.res_type, r.content) for r in rows]
 
 
 def shown(conn: Connection, res_type: str, content: bytes) -> tuple[bytes, bool]:
     """The bytes the caller gets for a resource it may see, and whether they are redacted: a PSI sees
     another project's principal inclusion of its patients with only REDACTED_KEEPS, labelled."""
-    if not may_redact(res_type):
+    if not _may_redact(res_type):
         return content, False
     resource = orjson.loads(content)
     ref = (resource.get("managingOrganization") or {}).get("reference", "")

@@ -35,11 +35,7 @@ def _write(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
     columns = tuple(c.name for c in table.columns if c.name in rows[0])
     sql, converters = _insert(conn.dialect, table, columns)
     pairs = list(zip(columns, converters, strict=True))
-    values = [tuple(f(row.get(c)) if f else row.get(c) for c, f in pairs) for row in rows]
-    if conn.dialect.name == "sqlite":
-        driver_rows(conn, sql, values, many=True)
-    else:
-        conn.exec_driver_sql(sql, values)
+    driver_rows(conn, sql, [tuple(f(row.get(c)) if f else row.get(c) for c, f in pairs) for row in rows], many=True)
 
 
 def add_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:

@@ -271,11 +271,14 @@ def _arm(conn: Connection) -> None:
     statement["cancel"] = cancelling.get()
 
 
-def driver_rows(conn: Connection, sql: str, params: Any = (), many: bool = False) -> list[tuple[Any, ...]]:
-    """The rows of SQL already written for SQLite (`many`: an executemany of a list of parameter tuples),
-    run straight on the driver's connection: SQLAlchemy's execute and Row objects cost ~25-60 us a
-    statement (measured). The same deadline and cancellation as any statement; a driver error raised as
-    SQLAlchemy raises it."""
+def driver_rows(conn: Connection, sql: str, params: Any = (), many: bool = False) -> list[Any]:
+    """The rows of SQL written for the connection's driver (`many`: an executemany of a list of parameter
+    tuples). SQLite runs it straight on the driver's connection, SQLAlchemy's execute and Row objects
+    costing ~25-60 us a statement (measured), with the same deadline and cancellation as any statement and
+    a driver error raised as SQLAlchemy raises it; elsewhere SQLAlchemy passes it on."""
+    if conn.dialect.name != "sqlite":
+        result = conn.exec_driver_sql(sql, params)
+        return result.fetchall() if result.returns_rows else []
     _arm(conn)
     driver = conn.connection.dbapi_connection
     try:
