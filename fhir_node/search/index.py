@@ -33,11 +33,12 @@ def rows(res_type: str, resource: dict[str, Any]) -> dict[str, list[dict[str, An
         extract = EXTRACTORS[param.type]
         seen: set[tuple[Any, ...]] = set()
         for value in evaluate(resource):
-            for row in extract(unwrap_extension(value)):
-                key = tuple(row.items())  # an extractor builds its rows' keys in one order
+            for row in extract(unwrap_extension(value)):  # a new dict each, with its keys in one order
+                key = tuple(row.items())
                 if key not in seen:
                     seen.add(key)
-                    out.setdefault(param.type, []).append({"param": param.code, **row})
+                    row["param"] = param.code
+                    out.setdefault(param.type, []).append(row)
     return out
 
 
@@ -50,5 +51,5 @@ def write_index(conn: Connection, res_type: str, res_id: str, resource: dict[str
         return
     for param_type, found in rows(res_type, resource).items():
         table = INDEX_TABLES[param_type]
-        blank = _BLANK[table.name]
-        add_rows(conn, table, [{**blank, **r, "res_type": res_type, "res_id": res_id} for r in found])
+        template = {**_BLANK[table.name], "res_type": res_type, "res_id": res_id}
+        add_rows(conn, table, [{**template, **r} for r in found])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Dialect, Table
@@ -16,26 +17,44 @@ from fhir_node.store.database import driver_rows
 _PENDING = "fhir_node.pending_inserts"
 _AFTER = "fhir_node.after_inserts"
 _MARK = {"sqlite": "?", "postgresql": "%s"}
-Converter = Callable[[Any], Any] | None
 
 
 @cache
-def _insert(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> tuple[str, tuple[Converter, ...]]:
-    """The INSERT of these columns for the driver, and each column's value conversion (SQLite stores
-    datetimes and numbers as text in SQLAlchemy's format, which the queries compare with)."""
+def _insert(
+    dialect: Dialect, table: Table, columns: tuple[str, ...]
+) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]:
+    """The INSERT of these columns for the driver, and how a row (holding every one of them) becomes its
+    parameters: the values in column order, converted where SQLite stores them in SQLAlchemy's text
+    format (datetimes, numbers), which the queries compare with."""
     marks = ", ".join([_MARK[dialect.name]] * len(columns))
     sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
-    return sql, tuple(table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in columns)
+    converters = [table.c[c].type.dialect_impl(dialect).bind_processor(dialect) for c in columns]
+    values = itemgetter(*columns) if len(columns) > 1 else lambda row: (row[columns[0]],)
+    converted = [(i, f) for i, f in enumerate(converters) if f is not None]
+    if not converted:
+        return sql, values
+
+    def parameters(row: dict[str, Any]) -> tuple[Any, ...]:
+        found = list(values(row))
+        for i, f in converted:
+            found[i] = f(found[i])
+        return tuple(found)
+
+    return sql, parameters
 
 
 def _write(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """One executemany of `rows` (the columns of the first), straight to the driver: SQLAlchemy's
-    per-row parameter handling cost ~0.3 ms per AuditEvent indexed (~60 rows), more than SQLite's
-    inserts (measured)."""
+    """One executemany of `rows` (the columns of the first; a later row lacking one has None there),
+    straight to the driver: SQLAlchemy's per-row parameter handling cost ~0.3 ms per AuditEvent indexed
+    (~60 rows), more than SQLite's inserts (measured)."""
     columns = tuple(c.name for c in table.columns if c.name in rows[0])
-    sql, converters = _insert(conn.dialect, table, columns)
-    pairs = list(zip(columns, converters, strict=True))
-    driver_rows(conn, sql, [tuple(f(row.get(c)) if f else row.get(c) for c, f in pairs) for row in rows], many=True)
+    sql, parameters = _insert(conn.dialect, table, columns)
+    try:
+        values = [parameters(row) for row in rows]
+    except KeyError:  # some row lacks a column
+        blank = dict.fromkeys(columns)
+        values = [parameters({**blank, **row}) for row in rows]
+    driver_rows(conn, sql, values, many=True)
 
 
 def add_rows(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
