@@ -3,6 +3,7 @@ content negotiation, on SQLite and PostgreSQL through the real ASGI app (and one
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
@@ -12,6 +13,8 @@ import httpx
 import pytest
 from live_node import BASE_HOST
 from r4_resources import audit_event, episode
+
+from fhir_node.store.repository import instant
 
 FHIR_JSON = "application/fhir+json"
 JSON_HEADERS = {"Content-Type": FHIR_JSON}
@@ -85,6 +88,22 @@ def assert_outcome(r: httpx.Response, status: int, code: str | None = None) -> N
 
 
 # --- create ------------------------------------------------------------------------------------------
+
+
+#: R4's pattern for `instant` (datatypes: instant.value).
+R4_INSTANT = re.compile(
+    r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)-(0[1-9]|1[0-2])-(0[1-9]|[1-2][0-9]|3[0-1])T"
+    r"([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]{1,9})?(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00))"
+)
+
+
+@pytest.mark.parametrize(
+    "ts", [datetime(2026, 11, 30, 11, 8, 8, 232827), datetime(999, 1, 2, 3, 4, 5), datetime(2024, 2, 29)]
+)
+def test_server_instants_keep_their_microseconds_and_match_r4s_instant_pattern(ts):
+    written = instant(ts)
+    assert R4_INSTANT.fullmatch(written), written
+    assert fhir_instant(written) == ts.replace(tzinfo=UTC)
 
 
 @pytest.mark.parametrize("res_type", list(RESOURCES))
