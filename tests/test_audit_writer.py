@@ -21,6 +21,7 @@ from live_node import BASE_HOST
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
+from fhir_node.api.guard import Guard
 from fhir_node.app import create_app
 from fhir_node.audit import chain, trail
 from fhir_node.search.index import rows
@@ -150,6 +151,61 @@ def test_concurrent_requests_share_transactions_and_extend_one_chain(db: Databas
     with db.read() as conn:
         checked, _, broken = chain.verify(conn)
     assert (checked, broken) == (40, None)
+
+
+def test_a_group_waits_for_the_requests_under_way_and_not_for_those_over(db: Database) -> None:
+    """Each group commit costs the same for one AuditEvent or many (and empties every reader's page cache):
+    a group waits, LINGER at most, for the AuditEvents of the requests still under way, and stops waiting
+    for one that ends without handing one over (a write carried its own, or it failed)."""
+    writer = trail.Writer(db, lag=2000)
+    writer.LINGER = 30  # longer than any wait below: only the requests' ends may stop it
+    groups: list[int] = []
+    extend = chain.extend
+
+    def counted(conn: Any, events: list[dict[str, Any]]) -> list[str]:
+        groups.append(len(events))
+        return extend(conn, events)
+
+    a, b, c, d = requests(4)
+
+    async def main() -> None:
+        with writer.request(a.record), writer.request(b.record):
+            assert writer.under_way == 2
+            first = asyncio.ensure_future(answer(writer, a))
+            await asyncio.sleep(0.2)
+            assert not first.done()  # its group waits for b's AuditEvent
+            await asyncio.wait_for(asyncio.gather(first, answer(writer, b)), 10)
+        with writer.request(c.record):
+            with writer.request(d.record):
+                third = asyncio.ensure_future(answer(writer, c))
+                await asyncio.sleep(0.2)
+                assert not third.done()
+            await asyncio.wait_for(third, 10)  # d ended without an AuditEvent: no more waiting
+        assert writer.under_way == 0
+
+    with mock.patch.object(chain, "extend", counted):
+        asyncio.run(main())
+    assert groups == [2, 1]
+    assert audited(db) in (["r0", "r1", "r2"], ["r1", "r0", "r2"])
+
+
+def test_no_request_is_left_counted_as_under_way(database_url: str) -> None:
+    """Searches, reads, writes (their AuditEvent commits with them), refusals and failures: once answered,
+    none is still one a group would wait for."""
+    app = create_app(Settings(database_url=database_url, audit=True, enforce_profiles=False))
+    with TestClient(app, base_url=BASE_HOST, client=("127.0.0.1", 50000)) as client:
+        assert client.get("/fhir/EpisodeOfCare?status=active").status_code == 200
+        assert client.get("/fhir/Patient/nobody").status_code == 404
+        assert client.get("/fhir/Patient?unknown-parameter=1").status_code == 400
+        created = client.post("/fhir/Organization", json={"resourceType": "Organization", "name": "Kept"})
+        assert created.status_code == 201
+        assert client.post("/fhir/Organization", json={"resourceType": "Patient"}).status_code == 400
+        with mock.patch.object(chain, "extend", side_effect=RuntimeError("disk full")):
+            assert client.get("/fhir/Patient").status_code == 503
+        guard = app.middleware_stack
+        while not isinstance(guard, Guard):
+            guard = guard.app
+        assert guard.audit.under_way == 0
 
 
 def test_the_event_loop_runs_while_the_audit_waits_for_the_database(db: Database) -> None:

@@ -63,7 +63,7 @@ class Guard:
             record=_record(scope) if self.node.settings.audit else None,
             relationships=self.relationships,
         )
-        with serving(access):
+        with serving(access), self.audit.request(access.record):
             problem = None
             if self.verifier is not None:
                 try:

@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,7 +19,7 @@ from sqlalchemy import Connection
 
 from fhir_node.audit import chain
 from fhir_node.audit.events import build
-from fhir_node.security.access import current
+from fhir_node.security.access import Record, current
 from fhir_node.security.rules import PATIENT_PARAM
 from fhir_node.store.database import Database, driver_rows
 from fhir_node.store.schema import idx_reference
@@ -115,6 +116,9 @@ class Writer:
 
     #: Seconds without AuditEvents to write before the writer indexes the chained ones.
     IDLE = 0.5
+    #: Seconds a group waits at most, after its first AuditEvent, for those of the other requests under
+    #: way: one commit (and one emptied page cache for each reader) for them all, not one each.
+    LINGER = 0.001
 
     def __init__(self, db: Database, lag: int) -> None:
         self.db = db
@@ -122,6 +126,34 @@ class Writer:
         self._queue: list[tuple[dict[str, Any], asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._under_way = 0  # requests begun whose AuditEvent is not handed over yet
+
+    @contextlib.contextmanager
+    def request(self, record: Record | None) -> Iterator[None]:
+        """Around one audited request: while it runs, a group may wait for its AuditEvent (LINGER at most)."""
+        if record is None:
+            yield
+            return
+        with self._wake:
+            record.awaited = True
+            self._under_way += 1
+        try:
+            yield
+        finally:
+            with self._wake:
+                self._no_longer_awaited(record)  # if it answered without one (a write carried it) or failed
+                self._wake.notify()
+
+    @property
+    def under_way(self) -> int:
+        """Requests under way whose AuditEvent a group may still wait for."""
+        with self._wake:
+            return self._under_way
+
+    def _no_longer_awaited(self, record: Record) -> None:
+        if record.awaited:
+            record.awaited = False
+            self._under_way -= 1
 
     async def flush(self, status: int) -> None:
         """When the answer starts: the request's AuditEvent (unless a committed write carried one), committed
@@ -135,6 +167,7 @@ class Writer:
         event = build(access, record, status, access.server)
         with self._wake:
             self._queue.append((event, loop, done))
+            self._no_longer_awaited(record)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
                 self._thread.start()
@@ -151,6 +184,12 @@ class Writer:
                         self._wake.wait()
                     elif not self._wake.wait(self.IDLE):
                         break  # idle: time to index
+                ends = time.monotonic() + self.LINGER
+                while self._queue and self._under_way > 0 and len(self._queue) < GROUP_LIMIT:
+                    left = ends - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._wake.wait(left)
                 group, self._queue = self._queue[:GROUP_LIMIT], self._queue[GROUP_LIMIT:]
             if not group:
                 behind = self._index()

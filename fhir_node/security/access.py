@@ -35,6 +35,8 @@ class Record:
     status: int = 200
     #: Set once an AuditEvent for this request committed (with a write), so none is written twice.
     written: bool = False
+    #: Set while the audit writer's groups may wait for its AuditEvent (the request runs, not handed over).
+    awaited: bool = False
 
 
 @dataclass
