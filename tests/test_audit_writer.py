@@ -189,6 +189,32 @@ def test_a_group_waits_for_the_requests_under_way_and_not_for_those_over(db: Dat
     assert audited(db) in (["r0", "r1", "r2"], ["r1", "r0", "r2"])
 
 
+def test_a_search_names_the_patients_of_the_versions_it_showed(database_url: str) -> None:
+    """The Patients of a page's resources are looked up once per version: the same search again names the
+    same ones, and after an update moves an EpisodeOfCare to another Patient (a new version) the next
+    search, in id order or sorted, names the new one only."""
+    app = create_app(Settings(database_url=database_url, audit=True, enforce_profiles=False))
+
+    def named() -> set[str]:
+        with app.state.node.db.read() as conn:
+            last = conn.execute(select(audit_chain.c.content).order_by(audit_chain.c.seq.desc()).limit(1)).scalar()
+        entities = orjson.loads(last)["entity"]
+        return {e["what"]["reference"] for e in entities if e.get("role", {}).get("code") == "1"}
+
+    with TestClient(app, base_url=BASE_HOST, client=("127.0.0.1", 50000)) as client:
+        first, second = (client.post("/fhir/Patient", json={"resourceType": "Patient"}).json()["id"] for _ in "ab")
+        ep = {"resourceType": "EpisodeOfCare", "status": "active", "patient": {"reference": f"Patient/{first}"}}
+        ep_id = client.post("/fhir/EpisodeOfCare", json=ep).json()["id"]
+        for _ in range(2):
+            assert client.get(f"/fhir/EpisodeOfCare?_id={ep_id}").status_code == 200
+            assert named() == {f"Patient/{first}"}
+        moved = {**ep, "id": ep_id, "patient": {"reference": f"Patient/{second}"}}
+        assert client.put(f"/fhir/EpisodeOfCare/{ep_id}", json=moved).status_code == 200
+        for query in (f"_id={ep_id}", f"_id={ep_id}&_sort=-_lastUpdated"):
+            assert client.get(f"/fhir/EpisodeOfCare?{query}").status_code == 200
+            assert named() == {f"Patient/{second}"}
+
+
 def test_no_request_is_left_counted_as_under_way(database_url: str) -> None:
     """Searches, reads, writes (their AuditEvent commits with them), refusals and failures: once answered,
     none is still one a group would wait for."""

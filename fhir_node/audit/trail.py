@@ -11,7 +11,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -30,19 +30,25 @@ GROUP_LIMIT = 200
 error_log = logging.getLogger("fhir_node.errors")
 
 
-def note(conn: Connection, items: Iterable[tuple[str, str]], status: int | None = None) -> None:
+def note(
+    conn: Connection,
+    items: Iterable[tuple[str, str]],
+    status: int | None = None,
+    versioned: Iterable[tuple[str, str, int]] = (),
+) -> None:
     """Record that the current request touched these resources (and so their patients); a write also
-    gives the status it answers."""
+    gives the status it answers. `versioned`: resources touched as one version of each (a search's page,
+    touched before `items`), whose patients are looked up once per version (see `patients_of`)."""
     record = current().record
     if record is None:
         return
     if status is not None:
         record.status = status
-    items = list(items)
-    if not items:
+    versioned, items = list(versioned), list(items)
+    if not items and not versioned:
         return
-    record.entities.extend(items)
-    record.patients |= patients_of(conn, items)
+    record.entities.extend([(t, i) for t, i, _ in versioned] + items)
+    record.patients |= patients_of(conn, items, versioned)
 
 
 def note_query(params: list[tuple[str, str]]) -> None:
@@ -54,11 +60,16 @@ def note_query(params: list[tuple[str, str]]) -> None:
 
 
 _PATIENTS_OF = (
-    f"SELECT target_type, target_id, url FROM {idx_reference.name} WHERE res_type = {{0}} AND param = {{0}} AND res_id "
+    f"SELECT res_id, target_type, target_id, url FROM {idx_reference.name} "
+    "WHERE res_type = {0} AND param = {0} AND res_id "
 )
+#: The Patients of resource versions looked up so far, by (type, id, version): a version's references
+#: never change, so this answers as the query would, in any worker. Emptied past _KNOWN_LIMIT entries.
+_KNOWN: dict[tuple[str, str, int], frozenset[str]] = {}
+_KNOWN_LIMIT = 100_000
 
 
-def _references(conn: Connection, res_type: str, ids: list[str]) -> Iterable[tuple[str, str, str]]:
+def _references(conn: Connection, res_type: str, ids: list[str]) -> Iterable[tuple[str, str, str, str]]:
     """The patient references of these resources, in SQL written out for the driver: SQLAlchemy's
     expanding IN cost ~100 of the ~160 µs a page of 50 took (measured, prebuilt statement), and on SQLite
     running it on the driver itself 118 -> 68 µs."""
@@ -68,18 +79,39 @@ def _references(conn: Connection, res_type: str, ids: list[str]) -> Iterable[tup
     return driver_rows(conn, _PATIENTS_OF.format("?") + f"IN ({marks})", (res_type, PATIENT_PARAM[res_type], *ids))
 
 
-def patients_of(conn: Connection, items: list[tuple[str, str]]) -> set[str]:
-    """Ids of the Patients these resources are, or belong to (one query per type). The query names only
-    the columns of the resource key index and selects `url` too: given `target_type = 'Patient'` or a
-    covering index, SQLite (without statistics) scans every reference of the type to the target instead."""
-    found = {i for t, i in items if t == "Patient"}
+def patients_of(
+    conn: Connection, items: Sequence[tuple[str, str]], versioned: Sequence[tuple[str, str, int]] = ()
+) -> set[str]:
+    """Ids of the Patients these resources are, or belong to (one query per type, none for the versions
+    in `_KNOWN`: a search repeated reads the same versions, and the query was most of what auditing a page
+    cost the request). The query names only the columns of the resource key index and selects `url` too:
+    given `target_type = 'Patient'` or a covering index, SQLite (without statistics) scans every reference
+    of the type to the target instead."""
+    found = {i for t, i in items if t == "Patient"} | {i for t, i, _ in versioned if t == "Patient"}
     by_type: dict[str, list[str]] = {}
+    unknown: dict[tuple[str, str], int] = {}
+    for t, i, v in versioned:
+        if t in PATIENT_PARAM:
+            known = _KNOWN.get((t, i, v))
+            if known is None:
+                unknown[(t, i)] = v
+                by_type.setdefault(t, []).append(i)
+            else:
+                found |= known
     for t, i in items:
         if t in PATIENT_PARAM:
             by_type.setdefault(t, []).append(i)
     for t, ids in by_type.items():
-        rows = _references(conn, t, ids)
-        found.update(target_id for target_type, target_id, _ in rows if target_type == "Patient" and target_id)
+        of: dict[str, set[str]] = {}
+        for res_id, target_type, target_id, _ in _references(conn, t, ids):
+            if target_type == "Patient" and target_id:
+                of.setdefault(res_id, set()).add(target_id)
+                found.add(target_id)
+        if len(_KNOWN) > _KNOWN_LIMIT:
+            _KNOWN.clear()
+        for i in ids:
+            if (t, i) in unknown:
+                _KNOWN[(t, i, unknown[(t, i)])] = frozenset(of.get(i, ()))
     return found
 
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from functools import cache, cached_property
-from itertools import chain
 from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
@@ -154,7 +153,7 @@ def _answer(
     shown = policy.shown_page(conn, page.types, rows)
     unredacted = [r for r, (_, redacted) in zip(rows, shown, strict=True) if not redacted]
     included = _includes(conn, reg, unredacted, result, base, node.limits)
-    trail.note(conn, chain(((r.res_type, r.res_id) for r in rows), ((t, i) for t, i, _ in included)))
+    trail.note(conn, ((t, i) for t, i, _ in included), versioned=((r.res_type, r.res_id, r.version_id) for r in rows))
 
     links = {"self": _link(base, res_type, params, _single(result, "_cursor"))}
     if has_next:
@@ -393,11 +392,13 @@ def _fetch(
     cols = _sort_columns(page)
     labelled = [c.label(f"k{i}") for i, (c, _) in enumerate(cols)]
     inner = (
-        select(resources.c.res_type, resources.c.res_id, resources.c.content, *labelled).where(page.where).subquery()
+        select(resources.c.res_type, resources.c.res_id, resources.c.content, resources.c.version_id, *labelled)
+        .where(page.where)
+        .subquery()
     )
     keys = [(inner.c[f"k{i}"], desc) for i, (_, desc) in enumerate(cols)]
     backwards = cursor is not None and cursor[0] == "p"
-    q = select(inner.c.res_type, inner.c.res_id, inner.c.content, *(k for k, _ in keys))
+    q = select(inner.c.res_type, inner.c.res_id, inner.c.content, inner.c.version_id, *(k for k, _ in keys))
     if cursor is not None:
         q = q.where(_after(keys, cursor[1], backwards))
     order = []
@@ -432,6 +433,7 @@ class Hit(NamedTuple):
     res_type: str
     res_id: str
     content: bytes | None
+    version_id: int
     k0: str
     k1: str
 
@@ -448,7 +450,7 @@ def _id_order_query(conn: Connection, page: Page, direction: str | None) -> Sele
     """The page in id order, `limit` rows from the id `after` (bind parameters): forward, or backwards
     (`direction` p) for a `previous` link."""
     r = resources
-    q, key = _in_id_order(conn, page, r.c.res_type, r.c.res_id, r.c.content, *_ID_ORDER_KEYS)
+    q, key = _in_id_order(conn, page, r.c.res_type, r.c.res_id, r.c.content, r.c.version_id, *_ID_ORDER_KEYS)
     after = bindparam("after")
     if direction is not None:
         q = q.where(key < after if direction == "p" else key > after)
@@ -504,7 +506,7 @@ def _after(keys: list[tuple[Any, bool]], values: list[Any], backwards: bool) -> 
 
 
 def _encode_cursor(direction: str, row: Any, page: Page) -> str:
-    values = [row[3 + i] for i in range(len(page.sort) + 2)]
+    values = [row[4 + i] for i in range(len(page.sort) + 2)]  # after type, id, content and version
     raw = orjson.dumps([direction, [_jsonable(v) for v in values]])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
