@@ -1,9 +1,10 @@
 """Statements built once and run many times. SQLAlchemy walks a statement again at each execute (its
 parameters, events, result metadata) and wraps each row it returns; for SQL that never changes that was
-most of a small query's CPU (measured: a page of 50 EpisodeOfCare 185 -> 123 us). On SQLite a ready
-statement is compiled once (its SQL text, the order of its parameters, their conversions and the
-results') and runs on the driver's connection (`database.driver_rows`); elsewhere, or with a list bound
-to one parameter (an expanding `IN`, spelled out per execution), SQLAlchemy runs it."""
+most of a small query's CPU (measured: a page of 50 EpisodeOfCare 185 -> 123 us on SQLite; on PostgreSQL
+SQLAlchemy's execute and Rows were ~45 % of a search's CPU). A ready statement is compiled once per
+dialect (its SQL text, its parameters' names and order, their conversions and the results') and runs on
+the driver's connection (`database.driver_rows`); with a list bound to one parameter (an expanding `IN`,
+spelled out per execution) SQLAlchemy runs it."""
 
 from __future__ import annotations
 
@@ -23,28 +24,30 @@ Converter = Callable[[Any], Any]
 class _Compiled:
     sql: str
     names: tuple[str, ...]
+    positional: bool
     defaults: dict[str, Any]
     binds: dict[str, Converter]
     results: tuple[Converter | None, ...] | None
 
 
 class Ready:
-    """One statement, compiled for SQLite on first use."""
+    """One statement, compiled for each dialect on first use there (None: SQLAlchemy runs it)."""
 
     def __init__(self, query: Executable) -> None:
         self.query = query
-        self._sqlite: _Compiled | None = None
-        self._direct = True
+        self._compiled: dict[str, _Compiled | None] = {}
 
     def rows(self, conn: Connection, values: dict[str, Any] | None = None) -> list[Any]:
-        """The rows for `values` (bind parameters by name; the others keep the values built in): tuples on
-        SQLite, read by position (or by name, for the callers that wrap them), Rows elsewhere."""
-        compiled = self._compiled(conn.dialect) if conn.dialect.name == "sqlite" and self._direct else None
+        """The rows for `values` (bind parameters by name; the others keep the values built in): tuples,
+        read by position (or by name, for the callers that wrap them); Rows when SQLAlchemy ran it."""
+        dialect = conn.dialect
+        compiled = self._compiled[dialect.name] if dialect.name in self._compiled else self._compile(dialect)
         if compiled is None:
             return list(conn.execute(self.query, values or {}))
         given = compiled.defaults if not values else {**compiled.defaults, **values}
         convert = compiled.binds
-        params = tuple(convert[n](given[n]) if n in convert else given[n] for n in compiled.names)
+        ordered = tuple(convert[n](given[n]) if n in convert else given[n] for n in compiled.names)
+        params = ordered if compiled.positional else dict(zip(compiled.names, ordered, strict=True))
         found = driver_rows(conn, compiled.sql, params)
         if compiled.results is None:
             return found
@@ -56,13 +59,12 @@ class Ready:
         found = self.rows(conn, values)
         return found[0][0] if found else None
 
-    def _compiled(self, dialect: Dialect) -> _Compiled | None:
-        if self._sqlite is None:
-            compiled = self.query.compile(dialect=dialect)
-            if any(b.expanding for b in compiled.binds.values()):
-                self._direct = False
-                return None
-            names = tuple(compiled.positiontup or ())
+    def _compile(self, dialect: Dialect) -> _Compiled | None:
+        """The statement for `dialect`'s driver: positional (SQLite's `?`) or by name (psycopg's `%(name)s`)."""
+        compiled = self.query.compile(dialect=dialect)
+        ready: _Compiled | None = None
+        if not any(b.expanding for b in compiled.binds.values()):
+            names = tuple(compiled.positiontup if compiled.positional else compiled.binds)
             binds = {n: compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names}
             results: tuple[Converter | None, ...] | None = None
             if isinstance(self.query, Select):
@@ -71,11 +73,13 @@ class Ready:
                 )
                 if not any(results):
                     results = None
-            self._sqlite = _Compiled(
+            ready = _Compiled(
                 compiled.string,
                 names,
+                compiled.positional,
                 {n: compiled.binds[n].effective_value for n in names},
                 {n: f for n, f in binds.items() if f is not None},
                 results,
             )
-        return self._sqlite
+        self._compiled[dialect.name] = ready
+        return ready
