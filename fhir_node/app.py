@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None, node: Node | None = None) -> St
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await node.db.dispose_loop()
         node.db.dispose()
 
     app = Starlette(

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from fhir_node.api.middleware import fhir_base
 from fhir_node.api.negotiate import FHIR_JSON, HTTP_PARAMETERS, JSON_PATCH, negotiate, prefer, read_body
-from fhir_node.api.offload import off_loop
+from fhir_node.api.offload import watched
 from fhir_node.api.responses import fhir_response, http_date, not_modified, version_headers, written_response
 from fhir_node.conformance import smart
 from fhir_node.conformance.capability import capability_statement
@@ -39,17 +39,18 @@ LOOP_BUDGET = 0.005
 
 
 async def reading(request: Request, fn: Callable[..., T], *args: Any, by_id: bool = False) -> T:
-    """Run a read interaction. On SQLite it runs on the event loop: a read by id takes no lock and lasts
-    less than the hand-off to a thread would, and a search or history gets `LOOP_BUDGET` seconds there
-    before it is run again in a thread (`Database.on_loop`). PostgreSQL reads wait on the network: they go
-    to a thread. In a thread, a read is cancelled if the client leaves."""
+    """Run a read interaction on the event loop. On SQLite a read by id takes no lock and lasts less than
+    the hand-off to a thread would, and a search or history gets `LOOP_BUDGET` seconds there before it is
+    run again in a thread (`Database.on_loop`). PostgreSQL reads await the network there, holding the loop
+    only for their Python (`Database.awaiting`). A search or history is cancelled if the client leaves."""
     node = node_of(request)
     if node.db.is_sqlite:
         if by_id:
             return fn(node, *args)
         with contextlib.suppress(OverBudget), node.db.on_loop(LOOP_BUDGET):
             return fn(node, *args)
-    return await off_loop(request, fn, node, *args)
+        return await watched(request, lambda: run_in_threadpool(fn, node, *args))
+    return await watched(request, lambda: node.db.awaiting(fn, node, *args))
 
 
 async def resource_body(request: Request, form: bool = False) -> Any:

@@ -64,7 +64,7 @@ class Ready:
         compiled = self.query.compile(dialect=dialect)
         ready: _Compiled | None = None
         if not any(b.expanding for b in compiled.binds.values()):
-            names = tuple(compiled.positiontup if compiled.positional else compiled.binds)
+            names = tuple(compiled.positiontup if compiled.positional else dict.fromkeys(compiled.bind_names.values()))
             binds = {n: compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names}
             results: tuple[Converter | None, ...] | None = None
             if isinstance(self.query, Select):
