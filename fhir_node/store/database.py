@@ -104,6 +104,7 @@ class Database:
         else:
             self.engine = create_engine(
                 self.url,
+                paramstyle="format",  # psycopg's `%s`: positional, as SQLite's `?` (see `store/ready.py`)
                 pool_size=10,
                 max_overflow=20,
                 connect_args=_pg_options(statement_timeout),
@@ -112,6 +113,7 @@ class Database:
             # Reads on the event loop (`awaiting`): psycopg's async connections, in autocommit (see below).
             self._loop_engine = create_async_engine(
                 parsed.set(drivername="postgresql+psycopg_async"),
+                paramstyle="format",
                 pool_size=5,
                 max_overflow=15,
                 pool_reset_on_return=None,

@@ -24,7 +24,6 @@ Converter = Callable[[Any], Any]
 class _Compiled:
     sql: str
     names: tuple[str, ...]
-    positional: bool
     defaults: dict[str, Any]
     binds: dict[str, Converter]
     results: tuple[Converter | None, ...] | None
@@ -46,8 +45,7 @@ class Ready:
             return list(conn.execute(self.query, values or {}))
         given = compiled.defaults if not values else {**compiled.defaults, **values}
         convert = compiled.binds
-        ordered = tuple(convert[n](given[n]) if n in convert else given[n] for n in compiled.names)
-        params = ordered if compiled.positional else dict(zip(compiled.names, ordered, strict=True))
+        params = tuple(convert[n](given[n]) if n in convert else given[n] for n in compiled.names)
         found = driver_rows(conn, compiled.sql, params)
         if compiled.results is None:
             return found
@@ -60,11 +58,12 @@ class Ready:
         return found[0][0] if found else None
 
     def _compile(self, dialect: Dialect) -> _Compiled | None:
-        """The statement for `dialect`'s driver: positional (SQLite's `?`) or by name (psycopg's `%(name)s`)."""
+        """The statement for `dialect`'s driver, with positional parameters (SQLite's `?`, psycopg's `%s`: the
+        node's engines say `format`); None for SQLAlchemy to run it."""
         compiled = self.query.compile(dialect=dialect)
         ready: _Compiled | None = None
-        if not any(b.expanding for b in compiled.binds.values()):
-            names = tuple(compiled.positiontup if compiled.positional else dict.fromkeys(compiled.bind_names.values()))
+        if compiled.positional and not any(b.expanding for b in compiled.binds.values()):
+            names = tuple(compiled.positiontup or ())
             binds = {n: compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names}
             results: tuple[Converter | None, ...] | None = None
             if isinstance(self.query, Select):
@@ -76,7 +75,6 @@ class Ready:
             ready = _Compiled(
                 compiled.string,
                 names,
-                compiled.positional,
                 {n: compiled.binds[n].effective_value for n in names},
                 {n: f for n, f in binds.items() if f is not None},
                 results,
