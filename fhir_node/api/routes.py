@@ -1,5 +1,6 @@
-"""The FHIR REST endpoints. Each one negotiates, runs one interaction (in a worker thread, except SQLite
-reads, which run on the event loop within a budget: see `reading`), and answers."""
+"""The FHIR REST endpoints. Each one negotiates, runs one interaction (in a worker thread, except reads,
+which run on the event loop: SQLite's within a budget, PostgreSQL's awaiting the server; see `reading`), and
+answers."""
 
 from __future__ import annotations
 

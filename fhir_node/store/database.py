@@ -214,7 +214,7 @@ class Database:
         """`fn(*args)` on the event loop, its PostgreSQL reads awaiting the network on psycopg's async
         connections instead of blocking a worker thread: the sync code runs in a greenlet that hands each
         wait to the loop (SQLAlchemy's asyncio bridge). The hand-off to a thread cost more CPU than a
-        search's SQL (measured ~300 us); cancelling the task cancels the statement (psycopg sends the
+        search's SQL (~150-300 us, measured); cancelling the task cancels the statement (psycopg sends the
         server a cancel request)."""
         token = _awaiting.set(True)
         try:
