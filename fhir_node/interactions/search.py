@@ -506,7 +506,7 @@ def _after(keys: list[tuple[Any, bool]], values: list[Any], backwards: bool) -> 
 
 
 def _encode_cursor(direction: str, row: Any, page: Page) -> str:
-    values = [row[4 + i] for i in range(len(page.sort) + 2)]  # after type, id, content and version
+    values = list(row[-(len(page.sort) + 2) :])  # the sort keys and the (type, id) tie-breaker end each row
     raw = orjson.dumps([direction, [_jsonable(v) for v in values]])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 

@@ -32,10 +32,11 @@ def check(resource: dict[str, Any], demographics: bool) -> None:
         for element in PATIENT_NOT_STORED
         if demographics and res_type == "Patient" and element in resource
     ]
-    held = _ssins(resource) if holds_ssin(resource) else []
+    text = orjson.dumps(resource)
+    held = _ssins(resource) if holds_ssin(text) else []
     issues += [
         error("business-rule", "An SSIN may only appear as the value of an SSIN identifier", where)
-        for where in (_elsewhere(resource, set(held), res_type) if _maybe_elsewhere(resource, held) else [])
+        for where in (_elsewhere(resource, set(held), res_type) if _maybe_elsewhere(text, held) else [])
     ]
     res_id = resource.get("id")
     if isinstance(res_id, str) and res_id.isdigit() and ssin_error(res_id) is None:
@@ -53,15 +54,15 @@ def _ssins(node: Any) -> list[str]:
     return []
 
 
-def _maybe_elsewhere(resource: dict[str, Any], held: list[str]) -> bool:
-    """Whether one of the SSINs the identifiers `held` may appear anywhere else: its text occurs in the JSON
-    more often than in those values (it cannot straddle two JSON strings, having no quote), so the path-by-path
-    walk runs only when there is something to name. SSINs JSON would escape are always walked for."""
+def _maybe_elsewhere(text: bytes, held: list[str]) -> bool:
+    """Whether one of the SSINs the identifiers `held` may appear anywhere else in the resource's JSON
+    `text`: it occurs there more often than in those values (it cannot straddle two JSON strings, having no
+    quote), so the path-by-path walk runs only when there is something to name. SSINs JSON would escape are
+    always walked for."""
     if not held:
         return False
     if any(not _UNESCAPED.fullmatch(s) for s in held):
         return True
-    text = orjson.dumps(resource)
     return any(text.count(s.encode()) > sum(v.count(s) for v in held) for s in set(held))
 
 

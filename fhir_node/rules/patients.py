@@ -19,7 +19,7 @@ from fhir_node.rules.pseudonym import in_clear
 from fhir_node.search.registry import registry
 from fhir_node.security.relationships import SSIN
 from fhir_node.store import repository
-from fhir_node.store.batch import deferring
+from fhir_node.store.batch import notes
 from fhir_node.store.database import lock
 
 #: Types whose references to a patient nothing re-links: evidence, the patients themselves, the guide.
@@ -91,19 +91,21 @@ def foresee(conn: Connection, references: list[dict[str, Any]]) -> list[Patient]
     (a Bundle's): the caller makes sure none of them changes a stored Patient, so the Patient rows and
     SSIN index rows `patient_of` reads stay as they are until the batch ends (new ones are deferred)."""
     patients = [patient_of(conn, r) for r in references]
-    known = {orjson.dumps(r, option=orjson.OPT_SORT_KEYS): p for r, p in zip(references, patients, strict=True)}
-    conn.info[_FORESEEN] = (conn.get_transaction(), known)
+    noted = notes(conn)
+    if noted is not None:
+        noted[_FORESEEN] = {_key(r): p for r, p in zip(references, patients, strict=True)}
     return patients
 
 
 def patient_in(conn: Connection, reference: dict[str, Any]) -> Patient:
-    """`patient_of`, answered from `foresee` while the batched writes that asked it last go on."""
-    held = conn.info.get(_FORESEEN)
-    if held is not None and held[0] is conn.get_transaction() and deferring(conn):
-        found = held[1].get(orjson.dumps(reference, option=orjson.OPT_SORT_KEYS))
-        if found is not None:
-            return found
-    return patient_of(conn, reference)
+    """`patient_of`, answered from `foresee` while the batched writes that asked it go on."""
+    foreseen = (notes(conn) or {}).get(_FORESEEN)
+    found = foreseen.get(_key(reference)) if foreseen is not None else None
+    return found if found is not None else patient_of(conn, reference)
+
+
+def _key(reference: dict[str, Any]) -> bytes:
+    return orjson.dumps(reference, option=orjson.OPT_SORT_KEYS)
 
 
 def inclusions_of(conn: Connection, patient: Patient, criteria: str = "") -> set[str]:

@@ -28,7 +28,7 @@ from fhir_node.rules.patients import (
     remember,
     ssin_token,
 )
-from fhir_node.store.batch import deferring
+from fhir_node.store.batch import notes
 
 _CLEARED = "fhir_node.rules.principal_cleared"
 _ORED = 100  # ids or SSINs asked in one query
@@ -74,14 +74,16 @@ def foresee(conn: Connection, inclusions: list[tuple[dict[str, Any], Patient]]) 
         for n in range(0, len(ssins), _ORED)
     ]
     criteria = principal_criteria()
-    if not any(matching(conn, "EpisodeOfCare", f"{q}&{criteria}", None, 1, single=False) for q in queries):
-        conn.info[_CLEARED] = (conn.get_transaction(), patients)
+    noted = notes(conn)
+    if noted is not None and not any(
+        matching(conn, "EpisodeOfCare", f"{q}&{criteria}", None, 1, single=False) for q in queries
+    ):
+        noted[_CLEARED] = patients
 
 
 def _cleared(conn: Connection, patient: Patient) -> bool:
     """Whether `foresee` found no stored principal inclusion of this patient, in these batched writes."""
-    held = conn.info.get(_CLEARED)
-    return held is not None and held[0] is conn.get_transaction() and deferring(conn) and patient in held[1]
+    return patient in (notes(conn) or {}).get(_CLEARED, ())
 
 
 def _principal(inclusion: Inclusion) -> bool:

@@ -67,9 +67,10 @@ def _sealed(resource: dict[str, Any]) -> dict[str, Any]:
     return _walk(resource, fix, None)
 
 
-def holds_ssin(resource: dict[str, Any]) -> bool:
-    """Whether the resource names the SSIN system at all (serialising it is ~10x cheaper than walking it)."""
-    return _SYSTEM in orjson.dumps(resource)
+def holds_ssin(resource: dict[str, Any] | bytes) -> bool:
+    """Whether the resource (or its JSON, when the caller has it) names the SSIN system at all (serialising
+    it is ~10x cheaper than walking it)."""
+    return _SYSTEM in (resource if isinstance(resource, bytes) else orjson.dumps(resource))
 
 
 def clear(resource: dict[str, Any]) -> dict[str, Any]:

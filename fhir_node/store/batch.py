@@ -16,6 +16,7 @@ from fhir_node.store.database import driver_rows
 
 _PENDING = "fhir_node.pending_inserts"
 _AFTER = "fhir_node.after_inserts"
+_NOTES = "fhir_node.batch_notes"
 _MARK = {"sqlite": "?", "postgresql": "%s"}
 
 
@@ -73,6 +74,12 @@ def deferring(conn: Connection) -> bool:
     return conn.info.get(_PENDING) is not None
 
 
+def notes(conn: Connection) -> dict[str, Any] | None:
+    """What callers noted for the batched writes under way on `conn` (answers that hold while their inserts
+    are deferred), gone when the `batched` block ends; None outside one."""
+    return conn.info.get(_NOTES)
+
+
 def after_inserts(conn: Connection, task: Callable[[Connection, list[Any]], None], items: Iterable[Any]) -> None:
     """Run `task(conn, items)` once the rows added so far are written: now, or at the end of the enclosing
     `batched` block, once, with the items of every call made for it meanwhile. For work that reads what
@@ -89,10 +96,12 @@ def batched(conn: Connection) -> Iterator[None]:
     """Gather inserts on `conn` until the block ends, then write them (not when the block fails)."""
     pending: dict[str, tuple[Table, list[dict[str, Any]]]] = {}
     conn.info[_PENDING] = pending
+    conn.info[_NOTES] = {}
     try:
         yield
     finally:
         conn.info.pop(_PENDING, None)
+        conn.info.pop(_NOTES, None)
         tasks = conn.info.pop(_AFTER, {})
     for table, rows in pending.values():
         _write(conn, table, rows)

@@ -147,7 +147,8 @@ class Database:
         if active is not None:
             yield active
             return
-        if not (_loop_deadline.get() is not None if self.is_sqlite else _awaiting.get()):
+        on_loop = _loop_deadline.get() is not None if self.is_sqlite else _awaiting.get()
+        if not on_loop:
             with self._reader.begin() as conn:
                 yield conn
             return
@@ -248,17 +249,23 @@ class Database:
 
     async def dispose_loop(self) -> None:
         """Close the connections of reads on the event loop, from a coroutine (PostgreSQL's are async)."""
+        if self.is_sqlite:
+            _give_back(self._kept)
+            return
         await greenlet_spawn(_give_back, self._kept)
-        if not self.is_sqlite:
-            await self._loop_engine.dispose()
+        await self._loop_engine.dispose()
 
     def dispose(self) -> None:
-        """Close every connection; with no event loop running in this thread (the CLI, tests), the event
-        loop's reads' too (a coroutine's caller awaits `dispose_loop` first)."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            asyncio.run(self.dispose_loop())
+        """Close every connection: SQLite's kept ones at once; PostgreSQL's async ones through an event loop
+        of their own when none runs in this thread (the CLI, tests), else the coroutine's caller awaited
+        `dispose_loop` first. (SQLite needs no event loop for it: the CLI and the tests dispose often.)"""
+        if self.is_sqlite:
+            _give_back(self._kept)
+        else:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                asyncio.run(self.dispose_loop())
         self.engine.dispose()
 
 
