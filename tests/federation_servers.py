@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from fhir_node.federation.backend_services import ASSERTION_SECONDS, ASSERTION_TYPE
 from fhir_node.rules.small_cells import bundle_total
+from fhir_node.store.audit_file import audit_file
 
 SSIN_SYSTEM = "https://www.ehealth.fgov.be/standards/fhir/core/NamingSystem/ssin"
 
@@ -219,6 +220,7 @@ def node_databases(folders: dict[str, Path], data: dict[str, dict[str, str]]) ->
     DatabaseTarget(f"sqlite:///{template}").close()
     for name, folder in folders.items():
         shutil.copyfile(template, folder / "node.db")
+        shutil.copyfile(audit_file(str(template)), audit_file(str(folder / "node.db")))  # its AuditEvent chain
         _load_episodes(DatabaseTarget(f"sqlite:///{folder / 'node.db'}"), data[name])
 
 

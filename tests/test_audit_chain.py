@@ -274,9 +274,12 @@ def test_two_workers_and_eight_clients_extend_one_chain(database_url, tmp_path):
 
 
 def audited_request_ids(database_url: str) -> set[str]:
-    """The X-Request-Id of every AuditEvent in the database (its BALP `XrequestId` entity)."""
-    with database(database_url) as db, db.read() as conn:
-        events = [orjson.loads(content) for content in conn.execute(select(audit_chain.c.content)).scalars()]
+    """The X-Request-Id of every AuditEvent in the chain (its BALP `XrequestId` entity), once the events
+    that writes staged were chained, as a node starting or `audit verify` does."""
+    with database(database_url) as db:
+        chain.catch_up(db)
+        with db.read() as conn:
+            events = [orjson.loads(content) for content in conn.execute(select(audit_chain.c.content)).scalars()]
     return {
         entity["what"]["identifier"]["value"]
         for event in events

@@ -6,6 +6,7 @@ an older node (events stored as resources at once) keeps verifying after the upg
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from alembic import command
@@ -143,6 +144,29 @@ def test_indexing_stores_each_event_byte_for_byte(database_url, batch, monkeypat
             kept = dict(conn.execute(select(audit_chain.c.res_id, audit_chain.c.content)).all())
             served = {i: repository.current(conn, "AuditEvent", i) for i in ids}
         assert all(v is not None and v.content == kept[i] and v.version_id == 1 for i, v in served.items())
+
+
+def test_catching_up_indexes_what_was_chained_before_not_what_comes_meanwhile(database_url, monkeypatch):
+    """Under sustained load events are chained about as fast as they are indexed: a request that must see
+    every AuditEvent indexes those chained before it, and is not held up by the ones that follow."""
+    monkeypatch.setattr(chain, "INDEX_BATCH", 1)
+    index = chain.index
+    calls: list[int] = []
+
+    def while_requests_come(conn: Any, limit: int | None = None) -> int:
+        calls.append(1)
+        assert len(calls) < 20, "catching up chases the events chained since it began"
+        with db.write(chain=True) as other:  # a request answered meanwhile
+            chain.extend(other, [{"resourceType": "AuditEvent", "outcome": "0"}])
+        return index(conn, limit)
+
+    with database(database_url) as db:
+        db.migrate()
+        with db.write() as conn:
+            chain.extend(conn, [{"resourceType": "AuditEvent", "outcome": "0"} for _ in range(3)])
+        monkeypatch.setattr(chain, "index", while_requests_come)
+        assert chain.catch_up(db) == 3
+        assert (stored(db), chained(db)) == (3, 6)
 
 
 @pytest.mark.parametrize("lag", [0, 4])

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from fhir_node.app import create_app
+from fhir_node.audit import chain
 from fhir_node.rules.pseudonym import clear
 from fhir_node.settings import Settings
 from fhir_node.store.schema import audit_chain, resources
@@ -26,8 +27,11 @@ Secured = tuple[TestClient, World]
 
 
 def audit_events(client: TestClient) -> list[dict[str, Any]]:
-    """Every AuditEvent the node wrote, read straight from its chain (no request, so none is added)."""
-    with client.app.state.node.db.read() as conn:  # type: ignore[attr-defined]
+    """Every AuditEvent the node wrote, read straight from its chain (no request, so none is added), once
+    those that writes staged are chained, as the audit writer does right after."""
+    db = client.app.state.node.db  # type: ignore[attr-defined]
+    chain.settle(db)
+    with db.read() as conn:
         rows = conn.execute(select(audit_chain.c.content).order_by(audit_chain.c.seq)).scalars()
         return [orjson.loads(c) for c in rows]
 

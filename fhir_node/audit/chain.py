@@ -4,6 +4,11 @@ their time, stored bytes and own hash. Appends are serialised (SQLite's write lo
 lock held to commit), so several workers, or hosts, extend one chain; `extend` links many in one
 transaction (group commit). `verify` walks it and names the first break.
 
+On SQLite the chain has a file of its own (`store.audit_file`), so that the commit of an audited
+read leaves the page cache of the database's readers alone. A write's AuditEvent must commit with the
+write, in the database's file: it is staged there (`record`, `audit_outbox`) and the audit writer chains
+it at its next commit (`drain`); a request that may read AuditEvents has it done first (`catch_up`).
+
 Appending is all a request waits for: the event is durable and chained then. Storing it as a resource
 with its search index rows (~60 rows, ~1.5 ms of CPU, more than the search it audits) comes afterwards:
 `index` stores the events not yet indexed, in chain order, and `audit_indexed` records how far it got.
@@ -19,15 +24,23 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, exists, func, insert, select, update
 
 from fhir_node.audit.events import CHAIN_EXTENSION
 from fhir_node.rules.pseudonym import protected
 from fhir_node.store import repository
+from fhir_node.store.audit_file import apart
 from fhir_node.store.batch import add_rows, batched
 from fhir_node.store.database import Database, lock
 from fhir_node.store.ready import Ready
-from fhir_node.store.schema import audit_anchor, audit_chain, audit_indexed, resource_versions, resources
+from fhir_node.store.schema import (
+    audit_anchor,
+    audit_chain,
+    audit_indexed,
+    audit_outbox,
+    resource_versions,
+    resources,
+)
 
 GENESIS = "0" * 64
 _LOCK = "audit-chain"
@@ -37,16 +50,24 @@ _LOCK = "audit-chain"
 _LAST = Ready(select(audit_chain.c.hash).order_by(audit_chain.c.seq.desc()).limit(1))
 _ANCHOR = Ready(select(audit_anchor.c.hash).where(audit_anchor.c.id == 1))
 _INDEXED = select(audit_indexed.c.seq).where(audit_indexed.c.id == 1)
+_LAST_SEQ = select(func.max(audit_chain.c.seq))
 _PENDING = Ready(
     select(audit_chain.c.seq, audit_chain.c.res_id, audit_chain.c.recorded, audit_chain.c.content)
     .where(audit_chain.c.seq > bindparam("after"))
     .order_by(audit_chain.c.seq)
     .limit(bindparam("limit"))
 )
+_UNCHAINED = ~exists().where(audit_chain.c.res_id == audit_outbox.c.res_id)
+_STAGED = (
+    select(audit_outbox.c.res_id, audit_outbox.c.recorded, audit_outbox.c.content)
+    .where(_UNCHAINED)
+    .order_by(audit_outbox.c.seq)
+)
 _WAITING = Ready(
     select(
-        func.coalesce(select(func.max(audit_chain.c.seq)).scalar_subquery(), 0)
+        func.coalesce(_LAST_SEQ.scalar_subquery(), 0)
         - func.coalesce(_INDEXED.scalar_subquery(), 0)
+        + select(func.count()).select_from(audit_outbox).where(_UNCHAINED).scalar_subquery()
     )
 )
 #: Events stored as resources per transaction: ~1.5 ms each, so the write lock is held ~0.1 s at most.
@@ -66,17 +87,51 @@ def extend(conn: Connection, events: list[dict[str, Any]]) -> list[str]:
     """Chain the node's `events` (from `events.build`, without their link) in this order, each linked to
     the one before, in `conn`'s transaction: one commit for the audits of many requests. Their ids. They
     are stored and indexed as resources later (`index`)."""
+    items = [(repository.time_ordered_id(), repository.now(), event) for event in events]
+    _link(conn, items)
+    return [res_id for res_id, _, _ in items]
+
+
+def _link(conn: Connection, items: list[tuple[str, datetime, dict[str, Any]]]) -> None:
+    """Append (id, time, event) to the chain, in this order."""
     previous = head(conn)
-    ids, rows = [], []
-    for event in events:
-        res_id, ts = repository.time_ordered_id(), repository.now()
+    rows = []
+    for res_id, ts, event in items:
         linked = {"extension": [{"url": CHAIN_EXTENSION, "valueString": previous}], **event}
         _, content = protected(repository.stored_form(linked, res_id, 1, ts))
         previous = digest(content)
         rows.append({"res_id": res_id, "hash": previous, "recorded": ts, "content": content})
-        ids.append(res_id)
     add_rows(conn, audit_chain, rows)
-    return ids
+
+
+def record(conn: Connection, events: list[dict[str, Any]]) -> bool:
+    """The AuditEvents of the writes of `conn`'s transaction, committed with them: chained there, or where
+    the chain has a file of its own (SQLite), staged in the database for the audit writer to chain
+    (`drain`); whether they were staged."""
+    if not apart(conn):
+        extend(conn, events)
+        return False
+    rows = [
+        {"res_id": repository.time_ordered_id(), "recorded": repository.now(), "content": orjson.dumps(event)}
+        for event in events
+    ]
+    add_rows(conn, audit_outbox, rows)
+    return True
+
+
+def settle(db: Database) -> int:
+    """`drain` in a transaction of its own, for those that wrote AuditEvents with no audit writer to chain
+    them (a command) or must see every one (`catch_up`, `audit verify`); how many."""
+    with db.write(chain=True) as conn:
+        return drain(conn)
+
+
+def drain(conn: Connection) -> int:
+    """Chain the staged AuditEvents not chained yet, in the order staged, in `conn`'s transaction (which
+    writes the chain's file only: the staged rows are removed later, by `index`); how many."""
+    staged = conn.execute(_STAGED).all()
+    _link(conn, [(res_id, recorded, orjson.loads(content)) for res_id, recorded, content in staged])
+    return len(staged)
 
 
 def index(conn: Connection, limit: int | None = None) -> int:
@@ -92,24 +147,32 @@ def index(conn: Connection, limit: int | None = None) -> int:
             if content is not None:  # else lost before this version of the node: `verify` names it
                 repository.add(conn, "AuditEvent", res_id, orjson.loads(content), content, recorded)
     conn.execute(update(audit_indexed).where(audit_indexed.c.id == 1).values(seq=rows[-1][0]))
+    conn.execute(delete(audit_outbox).where(~_UNCHAINED))
     return len(rows)
 
 
 def waiting(conn: Connection) -> int:
-    """How many chained events wait to be indexed: chain positions after the last one indexed (0 or less:
-    none)."""
+    """How many events wait to be indexed: chain positions after the last one indexed, and staged events
+    not chained yet (0 or less: none)."""
     return _WAITING.scalar(conn)
 
 
 def catch_up(db: Database) -> int:
-    """Index every chained event not yet indexed, a batch per transaction; how many. Whether any wait is
-    asked in a read, which takes no lock: most requests that call this find none."""
+    """Chain the staged events, then index every event chained so far, a batch per transaction; how many.
+    Events chained meanwhile (by requests answered since) are left for later: under sustained load they
+    come about as fast as they are indexed, and chasing them kept a request waiting for minutes (measured).
+    Whether any wait is asked in a read, which takes no lock: most requests that call this find none."""
+    with db.read() as conn:
+        if waiting(conn) <= 0:
+            return 0
+    settle(db)
+    with db.read() as conn:
+        last = conn.execute(_LAST_SEQ).scalar() or 0
     done = 0
     while True:
-        with db.read() as conn:
-            if waiting(conn) <= 0:
-                return done
         with db.write() as conn:
+            if (conn.execute(_INDEXED).scalar() or 0) >= last:
+                return done
             done += index(conn)
 
 
@@ -187,24 +250,30 @@ def _previous_hash(content: bytes) -> str | None:
     return None
 
 
-def purge(conn: Connection, before: datetime) -> int:
+def purge(db: Database, before: datetime) -> int:
     """Remove the node's AuditEvents recorded before `before` (retention): the oldest part of the chain,
     up to the first event still to keep, with the anchor moved to the last one removed so the rest still
-    verifies. Returns how many were removed."""
-    head(conn)
+    verifies. Returns how many were removed. Each batch is two transactions, the stored and staged copies
+    first, then the chain's entries with the anchor's move (on SQLite they are two files): a crash between
+    leaves entries whose copies are gone, which `verify` names and the next purge removes."""
     c = audit_chain.c
     removed = 0
     while True:
-        rows = conn.execute(select(c.seq, c.res_id, c.hash, c.recorded).order_by(c.seq).limit(500)).all()
-        kept = (i for i, row in enumerate(rows) if row.recorded is not None and row.recorded >= before)
-        old = rows[: next(kept, len(rows))]
-        if not old:
-            return removed
-        ids = [row.res_id for row in old]
-        repository.erase(conn, "AuditEvent", ids)
-        conn.execute(delete(audit_chain).where(c.res_id.in_(ids)))
-        conn.execute(delete(audit_anchor))
-        conn.execute(insert(audit_anchor).values(id=1, seq=old[-1].seq, hash=old[-1].hash))
+        with db.write() as conn:
+            head(conn)
+            rows = conn.execute(select(c.seq, c.res_id, c.hash, c.recorded).order_by(c.seq).limit(500)).all()
+            kept = (i for i, row in enumerate(rows) if row.recorded is not None and row.recorded >= before)
+            old = rows[: next(kept, len(rows))]
+            if not old:
+                return removed
+            ids = [row.res_id for row in old]
+            repository.erase(conn, "AuditEvent", ids)
+            conn.execute(delete(audit_outbox).where(audit_outbox.c.res_id.in_(ids)))  # else staged again
+        with db.write(chain=True) as conn:
+            head(conn)
+            conn.execute(delete(audit_chain).where(c.res_id.in_(ids)))
+            conn.execute(delete(audit_anchor))
+            conn.execute(insert(audit_anchor).values(id=1, seq=old[-1].seq, hash=old[-1].hash))
         removed += len(old)
         if len(old) < len(rows) or len(rows) < 500:
             return removed

@@ -33,6 +33,7 @@ def verify(args: argparse.Namespace) -> int:
     db = Database(_settings(args).database_url)
     engine = db.engine if db.is_sqlite else db.engine.execution_options(isolation_level="REPEATABLE READ")
     try:
+        chain.settle(db)  # writes' AuditEvents staged with no node running to chain them
         with engine.begin() as conn:
             checked, head, broken = chain.verify(conn)
     finally:
@@ -45,7 +46,7 @@ def verify(args: argparse.Namespace) -> int:
 
 
 def purge(args: argparse.Namespace) -> int:
-    """One write transaction: the removal and the anchor's move commit together, or neither does."""
+    """The chain's entries and the anchor's move commit together, or neither does (`chain.purge`)."""
     from fhir_node.audit import chain
     from fhir_node.cli import _settings
     from fhir_node.store.database import Database
@@ -55,8 +56,7 @@ def purge(args: argparse.Namespace) -> int:
     before = now() - timedelta(days=settings.audit_retention_days)
     db = Database(settings.database_url)
     try:
-        with db.write() as conn:
-            removed = chain.purge(conn, before)
+        removed = chain.purge(db, before)
     finally:
         db.dispose()
     print(f"fhir-node: purged {removed} AuditEvents recorded before {instant(before)}")

@@ -121,7 +121,8 @@ def stage(conn: Connection) -> None:
     record = access.record
     if record is not None:
         status = 200 if record.interaction in ("transaction", "batch") else record.status
-        chain.extend(conn, [build(access, record, status, access.server)])
+        if chain.record(conn, [build(access, record, status, access.server)]):
+            record.staged = True
 
 
 def committed() -> None:
@@ -159,6 +160,7 @@ class Writer:
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._under_way = 0  # requests begun whose AuditEvent is not handed over yet
+        self._staged = True  # writes' AuditEvents may wait to be chained (`chain.drain`): at first, any left
 
     @contextlib.contextmanager
     def request(self, record: Record | None) -> Iterator[None]:
@@ -174,6 +176,9 @@ class Writer:
         finally:
             with self._wake:
                 self._no_longer_awaited(record)  # if it answered without one (a write carried it) or failed
+                if record.staged:
+                    self._staged = True
+                    self._start()
                 self._wake.notify()
 
     @property
@@ -200,18 +205,22 @@ class Writer:
         with self._wake:
             self._queue.append((event, loop, done))
             self._no_longer_awaited(record)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
-                self._thread.start()
+            self._start()
             self._wake.notify()
         await done
         record.written = True
+
+    def _start(self) -> None:
+        """The writer's thread, unless it runs (holding `_wake`)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+            self._thread.start()
 
     def _run(self) -> None:
         behind = False  # until it chains some: what others left is indexed by them, or when read
         while True:
             with self._wake:
-                while not self._queue:
+                while not self._queue and not self._staged:
                     if not behind:
                         self._wake.wait()
                     elif not self._wake.wait(self.IDLE):
@@ -223,14 +232,17 @@ class Writer:
                         break
                     self._wake.wait(left)
                 group, self._queue = self._queue[:GROUP_LIMIT], self._queue[GROUP_LIMIT:]
-            if not group:
+                staged, self._staged = self._staged, False
+            if not group and not staged:
                 behind = self._index()
                 continue
             behind = True
             error: Exception | None = None
             over = 0
             try:
-                with self.db.write() as conn:
+                with self.db.write(chain=True) as conn:
+                    if staged:
+                        chain.drain(conn)
                     chain.extend(conn, [event for event, _, _ in group])
                     over = chain.waiting(conn) - self.lag
             except Exception as exc:
@@ -246,7 +258,10 @@ class Writer:
 
     def _index(self, limit: int | None = None) -> bool:
         """One batch of chained events indexed; whether more may wait. A failure is logged and retried
-        at the next idle time (nothing is lost: the events stay chained)."""
+        at the next idle time (nothing is lost: the events stay chained). Not while a writer of this process
+        waits for the database's lock: indexing can wait (a reader of AuditEvents has it done first)."""
+        if self.db.writers_waiting:
+            return True
         try:
             with self.db.write() as conn:
                 return chain.index(conn, limit) > 0

@@ -74,6 +74,8 @@ def run(db: Database, before: datetime, *, apply: bool) -> Removal:
             if apply and free:
                 _remove(conn, "Patient", {p: {p} for p in free}, done.run_id)
         done.patients += free
+    if apply:
+        chain.settle(db)  # the removals' AuditEvents, staged with them: a command has no audit writer
     return done
 
 
@@ -127,7 +129,7 @@ def _unreferenced(conn: Connection, patient_id: str, spared: set[str]) -> bool:
 
 
 def _remove(conn: Connection, res_type: str, owners: dict[str, set[str]], run_id: str) -> None:
-    """Erase these resources and chain one AuditEvent per removal (`owners`: each one's Patients)."""
+    """Erase these resources and record one AuditEvent per removal (`owners`: each one's Patients)."""
     repository.erase(conn, res_type, sorted(owners))
     access = Access(LOCAL_OPERATOR, request_id=run_id, server=_AGENT, user_agent=_AGENT)
     events = []
@@ -136,4 +138,4 @@ def _remove(conn: Connection, res_type: str, owners: dict[str, set[str]], run_id
         record.entities.append((res_type, res_id))
         record.patients |= patients
         events.append(build(access, record, 204, _AGENT))
-    chain.extend(conn, events)
+    chain.record(conn, events)

@@ -37,6 +37,8 @@ class Record:
     written: bool = False
     #: Set while the audit writer's groups may wait for its AuditEvent (the request runs, not handed over).
     awaited: bool = False
+    #: Set once an AuditEvent of its writes was staged for the audit writer to chain (`chain.record`).
+    staged: bool = False
 
 
 @dataclass

@@ -23,12 +23,16 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.util import await_, greenlet_spawn
 
+from fhir_node.store.audit_file import audit_file, move_chain, set_aside_orphan
+
 MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK = zlib.crc32(b"fhir-node:migrate")
 #: SQLite asks the progress handler whether to stop every this many virtual-machine steps.
 _PROGRESS_STEPS = 1000
 #: WAL pages between automatic checkpoints (see `_tune_sqlite`).
 _WAL_PAGES = 10_000
+#: A table of each SQLite file a write transaction deletes nothing from, to take that file's lock.
+_LOCK_TABLE = {"main": "resources", "audit": "audit_anchor"}
 #: Connections kept for reads on the event loop, at most (see `Database._take_kept`).
 _KEPT = 5
 
@@ -89,18 +93,24 @@ class Database:
         self.write_wait = write_wait
         self._writing: ContextVar[Connection | None] = ContextVar(f"writing:{id(self)}", default=None)
         self._kept: list[Connection] = []
+        self._wanting = 0  # writers of the database waiting for its write lock (see `writers_waiting`)
+        self._wanting_guard = threading.Lock()
         # A Database dropped undisposed (an app run without its lifespan) gives its kept connections back to
         # the pool, which closes them, instead of leaving them checked out for the garbage collector.
         weakref.finalize(self, _give_back, self._kept)
         parsed = make_url(self.url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        #: SQLite: the file holding the AuditEvent hash chain (`store.audit_file`); None: in the database itself.
+        self.audit_path: Path | None = None
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                set_aside_orphan(parsed.database)
+                self.audit_path = audit_file(parsed.database)
             self.engine = create_engine(
                 self.url, connect_args={"check_same_thread": False}, execution_options={"write_wait": write_wait}
             )
-            _tune_sqlite(self.engine, statement_timeout, write_wait)
+            _tune_sqlite(self.engine, statement_timeout, write_wait, self.audit_path)
         else:
             self.engine = create_engine(
                 self.url,
@@ -128,16 +138,41 @@ class Database:
         self._reader = self.engine if self.is_sqlite else self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, chain: bool = False) -> Iterator[Connection]:
         """A write transaction: SQLite takes the write lock at BEGIN so concurrent writers queue, not fail.
-        Reads made inside it (a transaction Bundle's GET entries) use it and see its writes."""
-        engine: Engine = self.engine.execution_options(sqlite_immediate=True) if self.is_sqlite else self.engine
-        with engine.begin() as conn:
-            token = self._writing.set(conn)
-            try:
-                yield conn
-            finally:
-                self._writing.reset(token)
+        Reads made inside it (a transaction Bundle's GET entries) use it and see its writes. `chain`: it
+        writes the AuditEvent chain only, and where the chain has a file of its own takes that file's lock
+        alone (the database's writers and the audit writer then never wait for each other)."""
+        engine = self.engine
+        if self.is_sqlite:
+            engine = engine.execution_options(sqlite_immediate="audit" if chain else "main")
+        wanting = not chain
+        if wanting:
+            self._count_wanting(1)
+        try:
+            with engine.begin() as conn:  # the lock taken
+                if wanting:
+                    self._count_wanting(-1)
+                    wanting = False
+                token = self._writing.set(conn)
+                try:
+                    yield conn
+                finally:
+                    self._writing.reset(token)
+        finally:
+            if wanting:  # BEGIN failed
+                self._count_wanting(-1)
+
+    def _count_wanting(self, change: int) -> None:
+        with self._wanting_guard:
+            self._wanting += change
+
+    @property
+    def writers_waiting(self) -> bool:
+        """Whether a writer of this process waits for the database's write lock: work that can wait (the
+        audit writer's indexing) lets it go first. SQLite's busy handler polls, so a thread that takes the
+        lock again and again would otherwise starve a big write for as long as it has work."""
+        return self._wanting > 0
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -246,6 +281,7 @@ class Database:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+        move_chain(self.engine)
 
     async def dispose_loop(self) -> None:
         """Close the connections of reads on the event loop, from a coroutine (PostgreSQL's are async)."""
@@ -404,22 +440,39 @@ async def _rows_awaited(cursor: Any, sql: str, params: Any, many: bool) -> list[
     return await cursor.fetchall() if cursor.rownumber is not None else []  # (rows: `description` builds columns)
 
 
-def _tune_sqlite(engine: Engine, statement_timeout: float | None, write_wait: float) -> None:
+def _has_lock_table(conn: Connection, schema: str) -> bool:
+    """Whether `schema` holds its `_LOCK_TABLE` yet (asked once per connection, then only while it does not)."""
+    known: set[str] = conn.connection.info.setdefault("lock_tables", set())
+    if schema not in known:
+        query = f"SELECT 1 FROM {schema}.sqlite_master WHERE type = 'table' AND name = ?"
+        if conn.connection.dbapi_connection.execute(query, (_LOCK_TABLE[schema],)).fetchone():  # type: ignore[union-attr]
+            known.add(schema)
+    return schema in known
+
+
+def _tune_sqlite(engine: Engine, statement_timeout: float | None, write_wait: float, audit: Path | None) -> None:
     """WAL for concurrent readers, a busy timeout of `write_wait` (writers queue for the lock rather than
-    fail), explicit BEGIN so `write()` can say IMMEDIATE, and a progress handler that stops a statement
-    past its deadline or when its request is cancelled (SQLite has no statement timeout of its own)."""
+    fail), explicit BEGIN so `write()` can say IMMEDIATE, a progress handler that stops a statement
+    past its deadline or when its request is cancelled (SQLite has no statement timeout of its own), and
+    the AuditEvent chain's file attached (`store.audit_file`)."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, record) -> None:  # type: ignore[no-untyped-def]
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        schemas = ["main"]
+        if audit is not None:
+            cur.execute("ATTACH DATABASE ? AS audit", (str(audit),))
+            schemas.append("audit")
+            record.info["audit_apart"] = True
+        for schema in schemas:
+            cur.execute(f"PRAGMA {schema}.journal_mode=WAL")
+            cur.execute(f"PRAGMA {schema}.synchronous=NORMAL")
+            cur.execute(f"PRAGMA {schema}.journal_size_limit={_WAL_PAGES * 4096}")
         # Checkpoint every ~40 MB of WAL, not SQLite's ~4 MB: a page many commits change is copied back
         # to the database once per checkpoint. Per AuditEvent written in groups of 4: 2,650 -> 2,080 us of
         # CPU, 5.5-6.8 -> 2.6-3.6 ms of wall time (2026-11-30). After a checkpoint the file shrinks to that size.
         cur.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
-        cur.execute(f"PRAGMA journal_size_limit={_WAL_PAGES * 4096}")
         cur.execute(f"PRAGMA busy_timeout={int(write_wait * 1000)}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
@@ -443,7 +496,13 @@ def _tune_sqlite(engine: Engine, statement_timeout: float | None, write_wait: fl
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get("sqlite_immediate"):
+        schema = conn.get_execution_options().get("sqlite_immediate")
+        if schema and audit is not None and _has_lock_table(conn, schema):
+            # BEGIN IMMEDIATE would lock every attached file: a write statement that changes nothing takes the
+            # lock of its own file only (and may wait for it, failing with an OperationalError).
+            driver_rows(conn, "BEGIN")
+            driver_rows(conn, f"DELETE FROM {schema}.{_LOCK_TABLE[schema]} WHERE 0")
+        elif schema:  # also a database the migrations have not made yet
             driver_rows(conn, "BEGIN IMMEDIATE")  # may wait for the lock and fail (an OperationalError)
         else:  # takes no lock, touches no file: straight on the DBAPI connection (SQLAlchemy's execute costs more)
             conn.connection.dbapi_connection.execute("BEGIN")  # type: ignore[union-attr]

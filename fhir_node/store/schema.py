@@ -151,6 +151,17 @@ audit_chain = Table(
     sqlite_autoincrement=True,  # never reuse a position, even once retention emptied the table
 )
 
+audit_outbox = Table(
+    "audit_outbox",
+    metadata,
+    Column("seq", SeqType, primary_key=True, autoincrement=True),
+    Column("res_id", String(64), nullable=False, unique=True),
+    Column("recorded", DateTime(timezone=False), nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    comment="On SQLite, where the chain has a file of its own: a write's AuditEvent, committed with the write "
+    "and chained from here by the audit writer (the chain's res_id says which are); emptied when indexing.",
+)
+
 audit_anchor = Table(
     "audit_anchor",
     metadata,

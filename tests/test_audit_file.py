@@ -1,0 +1,148 @@
+"""On SQLite the AuditEvent chain has a file of its own (`store.audit_file`): audited reads commit there
+and leave the database's file, and so its readers' page caches, alone; a write's AuditEvent commits with
+the write in the database's file and is chained from there; nodes from before move their chain there, and
+a node whose chain file went missing refuses to start rather than begin a new chain."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from test_audit_chain import audited_client, database, verified
+
+from fhir_node.audit import chain, trail
+from fhir_node.store import database as database_module
+from fhir_node.store.audit_file import audit_file
+from fhir_node.store.database import MIGRATIONS, Database
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'fhir-node.db'}"
+
+
+def _path(url: str) -> Path:
+    return Path(url.removeprefix("sqlite:///"))
+
+
+def _count(path: Path, table: str) -> int:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def _tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def test_audited_reads_commit_to_the_chain_file_and_leave_the_database_alone(sqlite_url, monkeypatch):
+    monkeypatch.setattr(trail.Writer, "IDLE", 3600)  # no indexing (which writes the database) meanwhile
+    main, audit = _path(sqlite_url), audit_file(str(_path(sqlite_url)))
+    assert audit.name == "fhir-node.audit.db"
+    with audited_client(sqlite_url) as client:
+        pid = client.post("/fhir/Patient", json={"resourceType": "Patient"}).json()["id"]
+        assert client.get("/fhir/Patient").status_code == 200  # the writer has chained the write's event since
+        reader = sqlite3.connect(main)
+        seen = reader.execute("PRAGMA data_version").fetchone()
+        chained = _count(audit, "audit_chain")
+        for _ in range(5):
+            assert client.get(f"/fhir/Patient/{pid}").status_code == 200
+            assert client.get("/fhir/Patient", params={"_id": pid}).status_code == 200
+        assert _count(audit, "audit_chain") == chained + 10
+        assert reader.execute("PRAGMA data_version").fetchone() == seen  # no commit to the database's file
+        reader.close()
+    assert {"audit_chain", "audit_anchor"} <= _tables(audit)
+    assert not {"audit_chain", "audit_anchor"} & _tables(main)
+    assert verified(sqlite_url)[0] == chained + 10
+
+
+def test_a_writes_audit_event_is_staged_with_it_and_chained_once(sqlite_url):
+    event = {"resourceType": "AuditEvent", "action": "C", "outcome": "0"}
+    with database(sqlite_url) as db:
+        db.migrate()
+        with db.write() as conn:
+            assert chain.record(conn, [event, {**event, "action": "U"}]) is True
+        main, audit = _path(sqlite_url), audit_file(str(_path(sqlite_url)))
+        assert (_count(main, "audit_outbox"), _count(audit, "audit_chain")) == (2, 0)
+        with db.read() as conn:
+            assert chain.waiting(conn) == 2
+        with db.write() as conn:
+            assert chain.drain(conn) == 2
+        with db.write() as conn:
+            assert chain.drain(conn) == 0  # staged rows already chained are not chained again
+        assert (_count(main, "audit_outbox"), _count(audit, "audit_chain")) == (2, 2)
+        assert chain.catch_up(db) == 2
+        assert (_count(main, "audit_outbox"), _count(audit, "audit_chain")) == (0, 2)
+    assert verified(sqlite_url)[0] == 2
+
+
+def test_a_failed_write_stages_nothing(sqlite_url):
+    with database(sqlite_url) as db:
+        db.migrate()
+        with pytest.raises(RuntimeError), db.write() as conn:
+            chain.record(conn, [{"resourceType": "AuditEvent", "action": "C"}])
+            raise RuntimeError("the write fails after its event was staged")
+    assert _count(_path(sqlite_url), "audit_outbox") == 0
+
+
+def test_a_chain_kept_in_the_database_moves_to_its_file_with_its_positions(sqlite_url, monkeypatch):
+    """A node from before 0007 kept the chain in the database: the upgrade moves its rows, and positions
+    used before (even by events since purged) are not used again."""
+    with monkeypatch.context() as before:  # as that node opened it: no chain file attached
+        before.setattr(database_module, "audit_file", lambda _: None)
+        with database(sqlite_url) as db:
+            cfg = Config()
+            cfg.set_main_option("script_location", str(MIGRATIONS))
+            with db.engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "0006")
+            with db.write() as conn:
+                chain.extend(conn, [{"resourceType": "AuditEvent", "outcome": o} for o in ("0", "4", "8")])
+                conn.exec_driver_sql("DELETE FROM audit_chain WHERE seq = 3")  # as if purged: seq 3 stays used
+    with database(sqlite_url) as db:
+        db.migrate()
+        with db.write() as conn:
+            chain.extend(conn, [{"resourceType": "AuditEvent", "outcome": "0"}])
+        with db.read() as conn:
+            positions = [row[0] for row in conn.exec_driver_sql("SELECT seq FROM audit_chain ORDER BY seq")]
+    assert positions == [1, 2, 4]
+    main = _path(sqlite_url)
+    assert not {t for t in _tables(main) if t.startswith("audit_chain") or t.startswith("audit_anchor")}
+    assert _count(audit_file(str(main)), "audit_chain") == 3
+
+
+def test_a_node_whose_chain_file_is_gone_refuses_to_start(sqlite_url):
+    with database(sqlite_url) as db:
+        db.migrate()
+        with db.write() as conn:
+            chain.extend(conn, [{"resourceType": "AuditEvent", "outcome": "0"}])
+    audit = audit_file(str(_path(sqlite_url)))
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{audit}{suffix}").unlink(missing_ok=True)
+    db = Database(sqlite_url)
+    try:
+        with pytest.raises(RuntimeError, match=r"fhir-node\.audit\.db holds no AuditEvent chain"):
+            db.migrate()
+    finally:
+        db.dispose()
+
+
+def test_a_chain_file_left_without_its_database_is_set_aside(sqlite_url):
+    """The database was removed but not its chain file: a new database starts a chain of its own."""
+    with database(sqlite_url) as db:
+        db.migrate()
+        with db.write() as conn:
+            chain.extend(conn, [{"resourceType": "AuditEvent", "outcome": "0"}])
+    main = _path(sqlite_url)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{main}{suffix}").unlink(missing_ok=True)
+    with database(sqlite_url) as db:
+        db.migrate()
+        with db.read() as conn:
+            assert chain.waiting(conn) == 0
+    assert _count(audit_file(str(main)), "audit_chain") == 0
+    orphans = [o for o in main.parent.glob("fhir-node.audit.db.orphan-*") if not o.name.endswith(("-wal", "-shm"))]
+    assert len(orphans) == 1 and _count(orphans[0], "audit_chain") == 1
