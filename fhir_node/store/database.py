@@ -100,17 +100,16 @@ class Database:
         weakref.finalize(self, _give_back, self._kept)
         parsed = make_url(self.url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
-        #: SQLite: the file holding the AuditEvent hash chain (`store.audit_file`); None: in the database itself.
-        self.audit_path: Path | None = None
         if self.is_sqlite:
+            chain_file = None  # the AuditEvent chain's own file (`store.audit_file`); an in-memory one has none
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
                 set_aside_orphan(parsed.database)
-                self.audit_path = audit_file(parsed.database)
+                chain_file = audit_file(parsed.database)
             self.engine = create_engine(
                 self.url, connect_args={"check_same_thread": False}, execution_options={"write_wait": write_wait}
             )
-            _tune_sqlite(self.engine, statement_timeout, write_wait, self.audit_path)
+            _tune_sqlite(self.engine, statement_timeout, write_wait, chain_file)
         else:
             self.engine = create_engine(
                 self.url,
