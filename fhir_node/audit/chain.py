@@ -13,7 +13,7 @@ Appending is all a request waits for: the event is durable and chained then. Sto
 with its search index rows (~60 rows, ~1.5 ms of CPU, more than the search it audits) comes afterwards:
 `index` stores the events not yet indexed, in chain order, and `audit_indexed` records how far it got.
 The audit writer does it when the node is idle, and any request that may read AuditEvents first has it
-done (`catch_up`), so what a search of AuditEvents finds is always the whole chain."""
+done (`catch_up`), so what a search of AuditEvents finds is the whole chain as of when it began."""
 
 from __future__ import annotations
 
@@ -130,7 +130,8 @@ def drain(conn: Connection) -> int:
     """Chain the staged AuditEvents not chained yet, in the order staged, in `conn`'s transaction (which
     writes the chain's file only: the staged rows are removed later, by `index`); how many."""
     staged = conn.execute(_STAGED).all()
-    _link(conn, [(res_id, recorded, orjson.loads(content)) for res_id, recorded, content in staged])
+    if staged:
+        _link(conn, [(res_id, recorded, orjson.loads(content)) for res_id, recorded, content in staged])
     return len(staged)
 
 
