@@ -5,13 +5,16 @@ a node whose chain file went missing refuses to start rather than begin a new ch
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.config import Config
 from test_audit_chain import audited_client, database, verified
+from test_audit_writer import answer, audited, requests
 
 from fhir_node.audit import chain, trail
 from fhir_node.store import database as database_module
@@ -146,3 +149,26 @@ def test_a_chain_file_left_without_its_database_is_set_aside(sqlite_url):
     assert _count(audit_file(str(main)), "audit_chain") == 0
     orphans = [o for o in main.parent.glob("fhir-node.audit.db.orphan-*") if not o.name.endswith(("-wal", "-shm"))]
     assert len(orphans) == 1 and _count(orphans[0], "audit_chain") == 1
+
+
+def test_the_writers_thread_checkpoints_what_the_event_loop_appends(sqlite_url, monkeypatch):
+    """The loop's connection never checkpoints (that copies megabytes); the audit writer's thread does, every
+    CHECKPOINT_EVERY events the loop chained."""
+    monkeypatch.setattr(trail, "CHECKPOINT_EVERY", 3)
+    with database(sqlite_url) as db:
+        db.migrate()
+        done = threading.Event()
+        checkpoint = db.checkpoint_chain
+
+        def counted() -> None:
+            checkpoint()
+            done.set()
+
+        monkeypatch.setattr(db, "checkpoint_chain", counted)
+        writer = trail.Writer(db, lag=2000)
+        for access in requests(3):
+            asyncio.run(answer(writer, access))
+        assert done.wait(10)
+        assert audited(db) == ["r0", "r1", "r2"]
+        with db.chain_on_loop() as conn:
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0

@@ -29,7 +29,7 @@ from fhir_node.search.index import rows
 from fhir_node.security.access import Access, Record, serving
 from fhir_node.security.principal import LOCAL_OPERATOR
 from fhir_node.settings import Settings
-from fhir_node.store.database import Database
+from fhir_node.store.database import ChainBusy, Database
 from fhir_node.store.schema import INDEX_TABLES, audit_chain, resources
 
 Rows = dict[str, collections.Counter[tuple[Any, ...]]]
@@ -130,7 +130,48 @@ def audited(db: Database) -> list[str]:
         return [orjson.loads(c)["entity"][0]["what"]["identifier"]["value"] for c in conn.execute(q).scalars()]
 
 
-def test_concurrent_requests_share_transactions_and_extend_one_chain(db: Database) -> None:
+@pytest.fixture
+def grouped(db: Database, monkeypatch: pytest.MonkeyPatch) -> Database:
+    """`db` with every append going to the audit writer's thread, as on PostgreSQL or while another SQLite
+    worker holds the chain's lock (on SQLite the event loop appends the events itself otherwise)."""
+
+    def busy() -> Any:
+        raise ChainBusy
+
+    monkeypatch.setattr(db, "chain_on_loop", busy)
+    return db
+
+
+def test_audited_reads_are_chained_on_the_event_loop_unless_the_chain_is_busy(db: Database, monkeypatch) -> None:
+    """On SQLite (the chain in its own file) the event loop commits a read's AuditEvent itself, which costs
+    less than handing it to a thread; PostgreSQL's, and SQLite's while the chain's lock is held elsewhere,
+    go to the audit writer's thread. Either way the chain holds the event when the answer starts."""
+    writer = trail.Writer(db, lag=2000)
+    extend = chain.extend
+    threads: list[str] = []
+
+    def where(conn: Any, events: list[dict[str, Any]]) -> list[str]:
+        threads.append(threading.current_thread().name)
+        return extend(conn, events)
+
+    monkeypatch.setattr(chain, "extend", where)
+    first, second = requests(2)
+    asyncio.run(answer(writer, first))
+    assert audited(db) == ["r0"]
+    with db.write(chain=True) as conn:  # another worker appends: the loop does not wait for it
+        chain.head(conn)
+        holder = threading.Thread(target=lambda: asyncio.run(answer(writer, second)))
+        holder.start()
+        holder.join(0.3)
+        assert holder.is_alive()  # the thread waits for the lock, the loop that handed it over does not
+    holder.join(10)
+    assert audited(db) == ["r0", "r1"]
+    on_loop = "MainThread" if db.is_sqlite else "audit-writer"
+    assert threads == [on_loop, "audit-writer"]
+
+
+def test_concurrent_requests_share_transactions_and_extend_one_chain(grouped: Database) -> None:
+    db = grouped
     writer = trail.Writer(db, lag=2000)
     groups: list[int] = []
     extend = chain.extend
@@ -154,10 +195,11 @@ def test_concurrent_requests_share_transactions_and_extend_one_chain(db: Databas
     assert (checked, broken) == (40, None)
 
 
-def test_a_group_waits_for_the_requests_under_way_and_not_for_those_over(db: Database) -> None:
+def test_a_group_waits_for_the_requests_under_way_and_not_for_those_over(grouped: Database) -> None:
     """Each group commit costs the same for one AuditEvent or many (and empties every reader's page cache):
     a group waits, LINGER at most, for the AuditEvents of the requests still under way, and stops waiting
     for one that ends without handing one over (a write carried its own, or it failed)."""
+    db = grouped
     writer = trail.Writer(db, lag=2000)
     writer.LINGER = 30  # longer than any wait below: only the requests' ends may stop it
     groups: list[int] = []

@@ -1,8 +1,9 @@
 """The audit trail of requests: interactions note what they touch as they run, and each request's
 AuditEvent is durable before its answer leaves. A write's AuditEvent commits in the write's own
-transaction (`stage`); anything else's is handed to the process's `Writer` when the answer starts, which
-commits the AuditEvents of every request then waiting in one transaction (group commit) and only then
-lets their answers go; if they cannot be written, each of those answers becomes a 503 (fail closed)."""
+transaction (`stage`); anything else's is committed by the process's `Writer` when the answer starts
+(on SQLite on the event loop itself, else in one transaction for every request then waiting: group
+commit), and only then do their answers go; if it cannot be written, the answer becomes a 503 (fail
+closed)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ from fhir_node.audit import chain
 from fhir_node.audit.events import build
 from fhir_node.security.access import Record, current
 from fhir_node.security.rules import PATIENT_PARAM
-from fhir_node.store.database import Database, driver_rows
+from fhir_node.store.database import ChainBusy, Database, driver_rows
 from fhir_node.store.schema import idx_reference
 
 #: At most this many AuditEvents per transaction: a burst does not hold the write lock (which other
 #: workers' writes wait for) for long.
 GROUP_LIMIT = 200
+#: AuditEvents chained on the event loop (~8.5 kB each for a search) between checkpoints of the chain's file.
+CHECKPOINT_EVERY = 4000
 error_log = logging.getLogger("fhir_node.errors")
 
 
@@ -136,10 +139,14 @@ def committed() -> None:
 
 
 class Writer:
-    """Group commit, one per process and database: requests hand over their AuditEvent and wait; one thread
-    (started on first use) chains everything handed over meanwhile in one write transaction, then
-    releases those requests, or fails them all. Nothing waits on the event loop for SQLite's write lock,
-    a commit or a checkpoint, and nothing outlives the commit, so workers and hosts share no state.
+    """One per process and database. On SQLite, where the chain has a file of its own, the event loop
+    chains a request's AuditEvent itself (`_on_loop`): a commit there waits for no write to the database
+    and at most 2 ms for another worker's append, and costs less than the hand-off. Otherwise (PostgreSQL,
+    whose appends await the network; SQLite while the chain's lock is held) requests hand their AuditEvent
+    over and wait; one thread (started on first use) chains everything handed over meanwhile in one write
+    transaction (group commit), then releases those requests, or fails them all. Nothing outlives the
+    commit, so workers and hosts share no state. The thread also checkpoints the chain's file for the
+    loop's appends, whose connection never does (a checkpoint copies megabytes).
 
     Indexing the chained events for search (`chain.index`, ~1.7 ms each) waits: once nothing was handed
     over for `IDLE` seconds, the thread indexes them a batch at a time until none is left or requests
@@ -161,6 +168,12 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._under_way = 0  # requests begun whose AuditEvent is not handed over yet
         self._staged = True  # writes' AuditEvents may wait to be chained (`chain.drain`): at first, any left
+        # Chained on the event loop (`_on_loop`): events chained, not yet all indexed; when the last was; how
+        # many since the chain's file was checkpointed; more than `lag` wait to be indexed.
+        self._behind = False
+        self._last_append = 0.0
+        self._appended = 0
+        self._overdue = False
 
     @contextlib.contextmanager
     def request(self, record: Record | None) -> Iterator[None]:
@@ -179,7 +192,8 @@ class Writer:
                 if record.staged:
                     self._staged = True
                     self._start()
-                self._wake.notify()
+                if self._queue or record.staged:  # a group may be waiting for it; else leave the thread be
+                    self._wake.notify()
 
     @property
     def under_way(self) -> int:
@@ -199,9 +213,12 @@ class Writer:
         record = access.record
         if record is None or record.written:
             return
+        event = build(access, record, status, access.server)
+        if self._on_loop(record, event):
+            record.written = True
+            return
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        event = build(access, record, status, access.server)
         with self._wake:
             self._queue.append((event, loop, done))
             self._no_longer_awaited(record)
@@ -210,6 +227,28 @@ class Writer:
         await done
         record.written = True
 
+    def _on_loop(self, record: Record, event: dict[str, Any]) -> bool:
+        """On SQLite, where the chain has a file of its own: the event chained and committed right here, on the
+        event loop (`Database.chain_on_loop`), and the thread told what it has to do about it (index once
+        idle or past the lag, checkpoint the chain's file). False: the thread appends it."""
+        try:
+            with self.db.chain_on_loop() as conn:
+                chain.extend(conn, [event])
+                over = chain.waiting(conn) - self.lag
+        except ChainBusy:
+            return False
+        with self._wake:
+            self._no_longer_awaited(record)
+            self._last_append = time.monotonic()
+            self._appended += 1
+            due = not self._behind or over > 0 or self._appended >= CHECKPOINT_EVERY
+            self._behind = True
+            self._overdue |= over > 0
+            if due:
+                self._start()
+                self._wake.notify()
+        return True
+
     def _start(self) -> None:
         """The writer's thread, unless it runs (holding `_wake`)."""
         if self._thread is None or not self._thread.is_alive():
@@ -217,14 +256,17 @@ class Writer:
             self._thread.start()
 
     def _run(self) -> None:
-        behind = False  # until it chains some: what others left is indexed by them, or when read
         while True:
             with self._wake:
-                while not self._queue and not self._staged:
-                    if not behind:
+                while not (self._queue or self._staged or self._overdue or self._appended >= CHECKPOINT_EVERY):
+                    if not self._behind:  # until it chains some: others' are indexed by them, or when read
                         self._wake.wait()
-                    elif not self._wake.wait(self.IDLE):
+                    elif not self._wake.wait(self.IDLE) and time.monotonic() - self._last_append >= self.IDLE:
                         break  # idle: time to index
+                checkpoint = self._appended >= CHECKPOINT_EVERY
+                if checkpoint:
+                    self._appended = 0
+                self._overdue = False
                 ends = time.monotonic() + self.LINGER
                 while self._queue and self._under_way > 0 and len(self._queue) < GROUP_LIMIT:
                     left = ends - time.monotonic()
@@ -233,17 +275,23 @@ class Writer:
                     self._wake.wait(left)
                 group, self._queue = self._queue[:GROUP_LIMIT], self._queue[GROUP_LIMIT:]
                 staged, self._staged = self._staged, False
+            if checkpoint:
+                self._checkpoint()
             if not group and not staged:
                 behind = self._index()
+                with self._wake:
+                    self._behind = behind
                 continue
-            behind = True
+            with self._wake:
+                self._behind = True
             error: Exception | None = None
             over = 0
             try:
                 with self.db.write(chain=True) as conn:
                     if staged:
                         chain.drain(conn)
-                    chain.extend(conn, [event for event, _, _ in group])
+                    if group:
+                        chain.extend(conn, [event for event, _, _ in group])
                     over = chain.waiting(conn) - self.lag
             except Exception as exc:
                 error = exc
@@ -255,6 +303,12 @@ class Writer:
                     loop.call_soon_threadsafe(_settle, futures, error)
             if over > 0:
                 self._index()
+
+    def _checkpoint(self) -> None:
+        try:
+            self.db.checkpoint_chain()
+        except Exception as exc:
+            error_log.warning("checkpointing the AuditEvent chain's file failed, retried later: %s", exc)
 
     def _index(self, limit: int | None = None) -> bool:
         """One batch of chained events indexed; whether more may wait. A failure is logged and retried
