@@ -155,7 +155,7 @@ def test_audited_reads_are_chained_on_the_event_loop_unless_the_chain_is_busy(db
         return extend(conn, events)
 
     monkeypatch.setattr(chain, "extend", where)
-    first, second = requests(2)
+    first, second, third = requests(3)
     asyncio.run(answer(writer, first))
     assert audited(db) == ["r0"]
     with db.write(chain=True) as conn:  # another worker appends: the loop does not wait for it
@@ -166,8 +166,10 @@ def test_audited_reads_are_chained_on_the_event_loop_unless_the_chain_is_busy(db
         assert holder.is_alive()  # the thread waits for the lock, the loop that handed it over does not
     holder.join(10)
     assert audited(db) == ["r0", "r1"]
+    asyncio.run(answer(writer, third))  # the lock free again: back on the loop
+    assert audited(db) == ["r0", "r1", "r2"]
     on_loop = "MainThread" if db.is_sqlite else "audit-writer"
-    assert threads == [on_loop, "audit-writer"]
+    assert threads == [on_loop, "audit-writer", on_loop]
 
 
 def test_concurrent_requests_share_transactions_and_extend_one_chain(grouped: Database) -> None:
@@ -239,10 +241,12 @@ def test_a_search_names_the_patients_of_the_versions_it_showed(database_url: str
     app = create_app(Settings(database_url=database_url, audit=True, enforce_profiles=False))
 
     def named() -> set[str]:
+        """The Patients named by the last search's AuditEvent (a write's own may be chained after it)."""
         with app.state.node.db.read() as conn:
-            last = conn.execute(select(audit_chain.c.content).order_by(audit_chain.c.seq.desc()).limit(1)).scalar()
-        entities = orjson.loads(last)["entity"]
-        return {e["what"]["reference"] for e in entities if e.get("role", {}).get("code") == "1"}
+            rows = conn.execute(select(audit_chain.c.content).order_by(audit_chain.c.seq)).scalars()
+            events = [orjson.loads(c) for c in rows]
+        last = [e for e in events if e["subtype"][0]["code"] == "search-type"][-1]
+        return {e["what"]["reference"] for e in last["entity"] if e.get("role", {}).get("code") == "1"}
 
     with TestClient(app, base_url=BASE_HOST, client=("127.0.0.1", 50000)) as client:
         first, second = (client.post("/fhir/Patient", json={"resourceType": "Patient"}).json()["id"] for _ in "ab")

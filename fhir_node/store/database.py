@@ -209,12 +209,13 @@ class Database:
 
     @contextlib.contextmanager
     def chain_on_loop(self) -> Iterator[Connection]:
-        """A write transaction on the AuditEvent chain's own file (SQLite), to run on the event loop: a commit
+        """A write transaction on the AuditEvent chain's own file (SQLite), to run on the event loop: an append
         there takes ~0.1 ms and waits for no write to the database, where handing it to a thread cost an
-        audited search a third of its CPU (measured: 905-923 against 1,467-1,560 us). On a connection kept
-        for it, which waits `_CHAIN_WAIT_MS` at most for the chain's lock and never checkpoints (that copies
-        megabytes: `checkpoint_chain`, from a thread). ChainBusy when it cannot: no such file (PostgreSQL's
-        appends await the network), the lock held, or the connection in use by another loop's thread."""
+        audited search a third of its CPU (measured, one commit per request: 905-923 against 1,467-1,560 us).
+        On a connection kept for it, which waits `_CHAIN_WAIT_MS` at most for the chain's lock and never
+        checkpoints (that copies megabytes: `checkpoint_chain`, from a thread). ChainBusy when it cannot: no
+        such file (PostgreSQL's appends await the network), the lock held, or the connection in use by
+        another loop's thread."""
         if self.chain_file is None or not self._chain_guard.acquire(blocking=False):
             raise ChainBusy
         try:
@@ -329,7 +330,7 @@ class Database:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
-        move_chain(self.engine)
+        move_chain(self.engine, self.chain_file)
 
     async def dispose_loop(self) -> None:
         """Close the connections of reads on the event loop, from a coroutine (PostgreSQL's are async)."""

@@ -8,7 +8,7 @@ Revises: 0006
 import sqlalchemy as sa
 from alembic import op
 
-from fhir_node.store.audit_file import MOVED, attached
+from fhir_node.store.audit_file import MOVED, apart
 from fhir_node.store.schema import audit_outbox
 
 revision = "0007"
@@ -28,14 +28,14 @@ def upgrade() -> None:
         sa.UniqueConstraint("res_id"),
         comment=audit_outbox.comment,
     )
-    if attached(op.get_bind()):  # set aside here, moved once this commits (`audit_file.move_chain`)
+    if apart(op.get_bind()):  # set aside here, moved once this commits (`audit_file.move_chain`)
         for table in MOVED:
             op.rename_table(table.name, f"{table.name}_moved")
 
 
 def downgrade() -> None:
     conn = op.get_bind()
-    if attached(conn):
+    if apart(conn):
         for table in MOVED:
             table.to_metadata(sa.MetaData(), schema="main").create(conn)
             columns = ", ".join(c.name for c in table.columns)
