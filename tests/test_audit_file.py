@@ -153,8 +153,9 @@ def test_a_chain_file_left_without_its_database_is_set_aside(sqlite_url):
 
 def test_the_writers_thread_checkpoints_what_the_event_loop_appends(sqlite_url, monkeypatch):
     """The loop's connection never checkpoints (that copies megabytes); the audit writer's thread does, every
-    CHECKPOINT_EVERY events the loop chained."""
+    CHECKPOINT_EVERY events the loop chained, and indexes none of them for that (only once idle)."""
     monkeypatch.setattr(trail, "CHECKPOINT_EVERY", 3)
+    monkeypatch.setattr(trail.Writer, "IDLE", 3600)
     with database(sqlite_url) as db:
         db.migrate()
         done = threading.Event()
@@ -170,5 +171,51 @@ def test_the_writers_thread_checkpoints_what_the_event_loop_appends(sqlite_url, 
             asyncio.run(answer(writer, access))
         assert done.wait(10)
         assert audited(db) == ["r0", "r1", "r2"]
+        with db.read() as conn:
+            assert chain.waiting(conn) == 3
         with db.chain_on_loop() as conn:
             assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+
+
+def test_a_checkpoint_starts_the_chains_wal_over_though_appends_went_on_meanwhile(sqlite_url, monkeypatch):
+    """Under load the loop appends while the thread checkpoints. A PASSIVE checkpoint then never left the WAL
+    all copied when the next append began, so no append started it over: it grew by ~26 kB an event."""
+    with database(sqlite_url) as db:
+        db.migrate()
+
+        event = {"resourceType": "AuditEvent", "outcome": "0"}
+
+        def append() -> None:
+            with db.chain_on_loop() as conn:
+                chain.extend(conn, [event])
+
+        for _ in range(30):
+            append()
+        raw_connection = db.engine.raw_connection
+
+        def appending_meanwhile() -> object:
+            raw = raw_connection()
+
+            class Interleaved:
+                def __getattr__(self, name: str) -> object:
+                    return getattr(raw, name)
+
+                def execute(self, sql: str) -> object:
+                    if "PASSIVE" not in sql:
+                        return raw.execute(sql)
+                    with db.chain_on_loop() as conn:  # an append under way while the checkpoint copies
+                        chain.extend(conn, [event])
+                        return raw.execute(sql)
+
+            return Interleaved()
+
+        monkeypatch.setattr(db.engine, "raw_connection", appending_meanwhile)
+        db.checkpoint_chain()
+        monkeypatch.undo()
+        wal = Path(f"{audit_file(str(_path(sqlite_url)))}-wal")
+        size = wal.stat().st_size
+        for _ in range(3):
+            append()
+        assert wal.stat().st_size == size  # written from its start again, not appended to
+        with db.read() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM audit_chain").scalar() == 34

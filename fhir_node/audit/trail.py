@@ -29,7 +29,7 @@ from fhir_node.store.schema import idx_reference
 #: workers' writes wait for) for long.
 GROUP_LIMIT = 200
 #: AuditEvents chained on the event loop (~8.5 kB each for a search) between checkpoints of the chain's file.
-CHECKPOINT_EVERY = 4000
+CHECKPOINT_EVERY = 1000
 error_log = logging.getLogger("fhir_node.errors")
 
 
@@ -258,15 +258,17 @@ class Writer:
     def _run(self) -> None:
         while True:
             with self._wake:
+                idle = False
                 while not (self._queue or self._staged or self._overdue or self._appended >= CHECKPOINT_EVERY):
                     if not self._behind:  # until it chains some: others' are indexed by them, or when read
                         self._wake.wait()
                     elif not self._wake.wait(self.IDLE) and time.monotonic() - self._last_append >= self.IDLE:
-                        break  # idle: time to index
+                        idle = True  # time to index
+                        break
                 checkpoint = self._appended >= CHECKPOINT_EVERY
                 if checkpoint:
                     self._appended = 0
-                self._overdue = False
+                overdue, self._overdue = self._overdue, False
                 ends = time.monotonic() + self.LINGER
                 while self._queue and self._under_way > 0 and len(self._queue) < GROUP_LIMIT:
                     left = ends - time.monotonic()
@@ -278,9 +280,10 @@ class Writer:
             if checkpoint:
                 self._checkpoint()
             if not group and not staged:
-                behind = self._index()
-                with self._wake:
-                    self._behind = behind
+                if idle or overdue:  # not for a checkpoint alone: an index commit empties the readers' caches
+                    behind = self._index()
+                    with self._wake:
+                        self._behind = behind
                 continue
             with self._wake:
                 self._behind = True
