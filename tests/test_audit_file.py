@@ -153,24 +153,31 @@ def test_a_chain_file_left_without_its_database_is_set_aside(sqlite_url):
 
 def test_the_writers_thread_checkpoints_what_the_event_loop_appends(sqlite_url, monkeypatch):
     """The loop's connection never checkpoints (that copies megabytes); the audit writer's thread does, every
-    CHECKPOINT_EVERY events the loop chained, and indexes none of them for that (only once idle)."""
+    CHECKPOINT_EVERY events the loop chained, and indexes none of them for that (only once idle). While it
+    restarts the WAL, the loop hands its events over rather than wait for the chain's lock."""
     monkeypatch.setattr(trail, "CHECKPOINT_EVERY", 3)
     monkeypatch.setattr(trail.Writer, "IDLE", 3600)
     with database(sqlite_url) as db:
         db.migrate()
         done = threading.Event()
         checkpoint = db.checkpoint_chain
+        modes: list[tuple[str, bool]] = []
 
-        def counted() -> None:
-            checkpoint()
-            done.set()
+        def counted(mode: str = "PASSIVE") -> None:
+            modes.append((mode, writer._holding))
+            checkpoint(mode)
+            if mode == "RESTART":
+                done.set()
 
         monkeypatch.setattr(db, "checkpoint_chain", counted)
         writer = trail.Writer(db, lag=2000)
         for access in requests(3):
             asyncio.run(answer(writer, access))
         assert done.wait(10)
+        assert modes == [("PASSIVE", False), ("RESTART", True)]
         assert audited(db) == ["r0", "r1", "r2"]
+        writer._holding = True
+        assert not writer._on_loop(requests(1)[0].record, {"resourceType": "AuditEvent"})
         with db.read() as conn:
             assert chain.waiting(conn) == 3
         with db.chain_on_loop() as conn:
@@ -210,7 +217,7 @@ def test_a_checkpoint_starts_the_chains_wal_over_though_appends_went_on_meanwhil
             return Interleaved()
 
         monkeypatch.setattr(db.engine, "raw_connection", appending_meanwhile)
-        db.checkpoint_chain()
+        trail.Writer(db, lag=2000)._checkpoint()
         monkeypatch.undo()
         wal = Path(f"{audit_file(str(_path(sqlite_url)))}-wal")
         size = wal.stat().st_size

@@ -241,18 +241,20 @@ class Database:
         finally:
             self._chain_guard.release()
 
-    def checkpoint_chain(self) -> None:
+    def checkpoint_chain(self, mode: str = "PASSIVE") -> None:
         """Copy the chain's WAL back into its file, for the appends made by `chain_on_loop`, whose connection
-        never does, and have the next append write the WAL from its start again. PASSIVE alone never got
-        there under load: appends went on while it copied, so the WAL was never all copied when one began,
-        and it grew by ~26 kB per event (250 MB in 8 s of audited searches). So PASSIVE copies while appends
-        go on, then RESTART copies what they added meanwhile, holding appends back (to the thread) that long;
-        it gives up after `_RESTART_WAIT_MS` while a reader holds the chain's WAL, and the next one retries."""
+        never does. PASSIVE copies while appends go on. RESTART (after a PASSIVE: little is left to copy) has
+        the next append write the WAL from its start again; it blocks appends meanwhile and gives up after
+        `_RESTART_WAIT_MS` while a reader holds the chain's WAL (the next one retries). PASSIVE alone never got
+        there under load: the loop appended while it copied, so no append began with the WAL all copied, and
+        it grew by ~26 kB per event (250 MB in 8 s of audited searches)."""
         if self.chain_file is None:
             return
         raw = self.engine.raw_connection()
         try:
-            raw.execute("PRAGMA audit.wal_checkpoint(PASSIVE)").fetchall()
+            if mode == "PASSIVE":
+                raw.execute("PRAGMA audit.wal_checkpoint(PASSIVE)").fetchall()
+                return
             raw.execute(f"PRAGMA busy_timeout={_RESTART_WAIT_MS}")
             try:
                 raw.execute("PRAGMA audit.wal_checkpoint(RESTART)").fetchall()
