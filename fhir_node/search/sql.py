@@ -285,17 +285,15 @@ def _code_form(value: str, system: str | None) -> tuple[str, tuple[Any, ...]]:
     """A code or identifier value equal to `value`; SSINs rest pseudonymised, so an SSIN (or a value that
     may be one, when no system is given) is looked for as its pseudonyms."""
     if system == pseudonym.SSIN:
-        return "ssin", (pseudonym.search_forms(value),)
-    if system is None and pseudonym.may_be_ssin(value):
-        return "code or ssin", (value, pseudonym.search_forms(value))
+        return "any of", (pseudonym.search_forms(value),)
+    if system is None and pseudonym.may_be_ssin(value):  # one IN: an OR hides from SQLite that the column is
+        return "any of", ([value, *pseudonym.search_forms(value)],)  # not NULL (see `schema.sparse_index`)
     return "code", (value,)
 
 
 def _code_sql(column: Any, form: str, a: tuple[Any, ...]) -> ColumnElement[bool]:
-    if form == "ssin":
+    if form == "any of":
         return column.in_(a[0])
-    if form == "code or ssin":
-        return or_(column == a[0], column.in_(a[1]))
     return column == a[0]
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData()
@@ -58,10 +59,12 @@ def _index_table(
     indexes: tuple[tuple[str, ...], ...],
     comment: str,
     resource_extra: tuple[str, ...] = (),
+    sparse: tuple[str, ...] = (),
 ) -> Table:
     """A search index table: one row per (resource, parameter, value) of the current version only; its
     resource index (type, id, param) carries `resource_extra` too, so a lookup of a row's own values is
-    answered from the index alone (and planners without statistics pick it)."""
+    answered from the index alone (and planners without statistics pick it). An index led by a `sparse`
+    column (mostly NULL) holds only the rows that have one (`sparse_index`)."""
     return Table(
         name,
         metadata,
@@ -70,9 +73,22 @@ def _index_table(
         Column("param", String(64), nullable=False),
         *columns,
         Index(f"ix_{name}_resource", "res_type", "res_id", "param", *resource_extra),
-        *(Index(f"ix_{name}_{'_'.join(cols)}", "res_type", "param", *cols) for cols in indexes),
+        *(
+            sparse_index(f"ix_{name}_{'_'.join(cols)}", cols) if cols[0] in sparse
+            else Index(f"ix_{name}_{'_'.join(cols)}", "res_type", "param", *cols)
+            for cols in indexes
+        ),
         comment=comment,
     )
+
+
+def sparse_index(name: str, cols: tuple[str, ...]) -> Index:
+    """An index on (res_type, param, *cols) of the rows whose cols[0] is not NULL: a search on that column
+    (=, IN, LIKE) implies as much, so both planners use it, and the rows without one, most of them (an
+    AuditEvent's ~60 references have no URL and no identifier), cost no entry: indexing an AuditEvent
+    took 1,846-1,907 us with full indexes, 1,478-1,527 us with these (2026-11-30)."""
+    where = text(f"{cols[0]} IS NOT NULL")
+    return Index(name, "res_type", "param", *cols, sqlite_where=where, postgresql_where=where)
 
 
 idx_token = _index_table(
@@ -83,6 +99,7 @@ idx_token = _index_table(
     Column("type_system", String(255), nullable=True),
     Column("type_code", String(255), nullable=True),
     indexes=(("code", "res_id"), ("text",)),
+    sparse=("text",),
     comment="token: system|code (identifiers, codes, booleans); text = normalised display, type = Identifier.type",
 )
 idx_string = _index_table(
@@ -108,6 +125,7 @@ idx_reference = _index_table(
     Column("id_value", String(255), nullable=True),
     indexes=(("target_type", "target_id", "res_id"), ("url", "res_id"), ("id_value", "res_id")),
     resource_extra=("target_type", "target_id"),
+    sparse=("url", "id_value"),
     comment="reference: local targets as type/id; other URLs and canonicals in url; Reference.identifier",
 )
 idx_uri = _index_table(
