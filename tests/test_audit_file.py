@@ -9,6 +9,7 @@ import asyncio
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from alembic import command
@@ -163,7 +164,7 @@ def test_the_writers_thread_checkpoints_what_the_event_loop_appends(sqlite_url, 
         checkpoint = db.checkpoint_chain
         modes: list[tuple[str, bool]] = []
 
-        def counted(mode: str = "PASSIVE") -> None:
+        def counted(mode: Literal["PASSIVE", "RESTART"]) -> None:
             modes.append((mode, writer._holding))
             checkpoint(mode)
             if mode == "RESTART":

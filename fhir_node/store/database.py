@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -241,7 +241,7 @@ class Database:
         finally:
             self._chain_guard.release()
 
-    def checkpoint_chain(self, mode: str = "PASSIVE") -> None:
+    def checkpoint_chain(self, mode: Literal["PASSIVE", "RESTART"]) -> None:
         """Copy the chain's WAL back into its file, for the appends made by `chain_on_loop`, whose connection
         never does. PASSIVE copies while appends go on. RESTART (after a PASSIVE: little is left to copy) has
         the next append write the WAL from its start again; it blocks appends meanwhile and gives up after
@@ -252,15 +252,11 @@ class Database:
             return
         raw = self.engine.raw_connection()
         try:
-            if mode == "PASSIVE":
-                raw.execute("PRAGMA audit.wal_checkpoint(PASSIVE)").fetchall()
-                return
-            raw.execute(f"PRAGMA busy_timeout={_RESTART_WAIT_MS}")
-            try:
-                raw.execute("PRAGMA audit.wal_checkpoint(RESTART)").fetchall()
-            finally:
-                raw.execute(f"PRAGMA busy_timeout={int(self.write_wait * 1000)}")
+            if mode == "RESTART":  # PASSIVE never waits
+                raw.execute(f"PRAGMA busy_timeout={_RESTART_WAIT_MS}")
+            raw.execute(f"PRAGMA audit.wal_checkpoint({mode})").fetchall()
         finally:
+            raw.execute(f"PRAGMA busy_timeout={int(self.write_wait * 1000)}")
             raw.close()
 
     def _take_kept(self) -> Connection:
