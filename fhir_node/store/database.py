@@ -150,14 +150,16 @@ class Database:
         self._reader = self.engine if self.is_sqlite else self.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextlib.contextmanager
-    def write(self, chain: bool = False) -> Iterator[Connection]:
+    def write(self, chain: bool = False, lock_wait: float | None = None) -> Iterator[Connection]:
         """A write transaction: SQLite takes the write lock at BEGIN so concurrent writers queue, not fail.
         Reads made inside it (a transaction Bundle's GET entries) use it and see its writes. `chain`: it
         writes the AuditEvent chain only, and where the chain has a file of its own takes that file's lock
-        alone (the database's writers and the audit writer then never wait for each other)."""
+        alone (the database's writers and the audit writer then never wait for each other). `lock_wait`:
+        on SQLite, seconds to wait for the lock instead of `write_wait`, for work that had better give up
+        (an OperationalError, `locked`) and come back than wait behind another process."""
         engine = self.engine
         if self.is_sqlite:
-            engine = engine.execution_options(sqlite_immediate="audit" if chain else "main")
+            engine = engine.execution_options(sqlite_immediate="audit" if chain else "main", sqlite_wait=lock_wait)
         wanting = not chain
         if wanting:
             self._count_wanting(1)
@@ -560,13 +562,23 @@ def _tune_sqlite(engine: Engine, statement_timeout: float | None, write_wait: fl
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        schema = conn.get_execution_options().get("sqlite_immediate")
-        if schema and audit is not None and _has_lock_table(conn, schema):
-            # BEGIN IMMEDIATE would lock every attached file: a write statement that changes nothing takes the
-            # lock of its own file only (and may wait for it, failing with an OperationalError).
-            driver_rows(conn, "BEGIN")
-            driver_rows(conn, f"DELETE FROM {schema}.{_LOCK_TABLE[schema]} WHERE 0")
-        elif schema:  # also a database the migrations have not made yet
-            driver_rows(conn, "BEGIN IMMEDIATE")  # may wait for the lock and fail (an OperationalError)
-        else:  # takes no lock, touches no file: straight on the DBAPI connection (SQLAlchemy's execute costs more)
-            conn.connection.dbapi_connection.execute("BEGIN")  # type: ignore[union-attr]
+        options = conn.get_execution_options()
+        schema = options.get("sqlite_immediate")
+        dbapi_conn: Any = conn.connection.dbapi_connection
+        if not schema:  # takes no lock, touches no file: straight on the DBAPI connection (cheaper than execute)
+            dbapi_conn.execute("BEGIN")
+            return
+        wait = options.get("sqlite_wait")
+        if wait is not None:
+            dbapi_conn.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
+        try:
+            if audit is not None and _has_lock_table(conn, schema):
+                # BEGIN IMMEDIATE would lock every attached file: a write statement that changes nothing takes
+                # the lock of its own file only (and may wait for it, failing with an OperationalError).
+                driver_rows(conn, "BEGIN")
+                driver_rows(conn, f"DELETE FROM {schema}.{_LOCK_TABLE[schema]} WHERE 0")
+            else:  # also a database the migrations have not made yet
+                driver_rows(conn, "BEGIN IMMEDIATE")  # may wait for the lock and fail (an OperationalError)
+        finally:
+            if wait is not None:
+                dbapi_conn.execute(f"PRAGMA busy_timeout={int(write_wait * 1000)}")
