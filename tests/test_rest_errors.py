@@ -3,6 +3,7 @@ nothing. The TestClient re-raises server exceptions, so a 500 anywhere here fail
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,7 @@ from live_node import BASE_HOST
 from r4_resources import audit_event, create, episode
 from starlette.testclient import TestClient
 
+from fhir_node.api import guard
 from fhir_node.app import create_app
 
 FHIR_JSON = "application/fhir+json"
@@ -434,6 +436,30 @@ def test_streamed_body_over_the_limit_is_413_and_stores_nothing(small_client):
     assert "content-length" not in {k.lower() for k in r.request.headers}
     assert_outcome(r, 413, "too-costly")
     assert history_count(small_client) == before
+
+
+def test_streamed_bundle_over_the_limit_is_413_and_stores_nothing(small_client):
+    """A Bundle's bytes are looked at before the route reads them (may it read AuditEvents?): only up to the
+    limit, the rest is left for the route, which refuses it."""
+    before = history_count(small_client)
+    entry = {"resource": json.loads(padded_episode(MAX_BODY)), "request": {"method": "POST", "url": "EpisodeOfCare"}}
+    body = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [entry] * 4}).encode()
+    chunks = [body[i : i + 100] for i in range(0, len(body), 100)]
+    r = small_client.post("/fhir", content=iter(chunks), headers=JSON_HEADERS)
+    assert_outcome(r, 413, "too-costly")
+    assert history_count(small_client) == before
+
+
+def test_a_bundles_bytes_are_read_ahead_no_further_than_the_limit():
+    """What the Guard holds of a body it reads ahead is bounded as the route's reading is (a chunk past it)."""
+    pulled: list[int] = []
+
+    async def endless() -> dict[str, Any]:
+        pulled.append(100)
+        return {"type": "http.request", "body": b"x" * 100, "more_body": True}
+
+    body, whole = asyncio.run(guard._read_up_to(endless, 1000))
+    assert (len(body), whole, sum(pulled)) == (1100, False, 1100)
 
 
 def test_update_over_the_limit_is_413_and_keeps_the_resource(small_client):

@@ -82,9 +82,9 @@ class Guard:
             try:
                 reads_audit = _may_read_audit(scope)
                 if reads_audit and _is_bundle(scope):
-                    body = await _whole_body(receive)
-                    receive = _replaying(body, receive)
-                    reads_audit = _bundle_may_read_audit(body)
+                    body, whole = await _read_up_to(receive, self.node.settings.max_body_bytes)
+                    receive = _replaying(body, whole, receive)
+                    reads_audit = not whole or _bundle_may_read_audit(body)
                 if reads_audit:
                     await run_in_threadpool(chain.catch_up, self.node.db)
                 await self.app(scope, receive, self._audited(send))
@@ -172,19 +172,22 @@ def _bundle_may_read_audit(body: bytes) -> bool:
     return b"\\u" in body or any(mark in body for mark in _READS_AUDIT)
 
 
-async def _whole_body(receive: Receive) -> bytes:
-    chunks = []
+async def _read_up_to(receive: Receive, limit: int) -> tuple[bytes, bool]:
+    """The body's first bytes, no more than a chunk past `limit` (the route answers 413 past it, as it reads
+    the rest: `negotiate.read_body`), and whether that is the whole body."""
+    chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             raise ClientDisconnect()
         chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+        size += len(chunks[-1])
+        if not message.get("more_body", False) or size > limit:
+            return b"".join(chunks), not message.get("more_body", False)
 
 
-def _replaying(body: bytes, receive: Receive) -> Receive:
-    """`receive` with the body already read handed over first."""
+def _replaying(body: bytes, whole: bool, receive: Receive) -> Receive:
+    """`receive` with the bytes already read handed over first, then the rest of the body, if any."""
     sent = False
 
     async def replay() -> Message:
@@ -192,7 +195,7 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
         if sent:
             return await receive()
         sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": not whole}
 
     return replay
 
