@@ -23,7 +23,7 @@ from fhir_node.audit import chain
 from fhir_node.audit.events import build
 from fhir_node.security.access import Record, current
 from fhir_node.security.rules import PATIENT_PARAM
-from fhir_node.store.database import ChainBusy, Database, driver_rows
+from fhir_node.store.database import ChainBusy, Database, driver_rows, lock_busy
 from fhir_node.store.schema import idx_reference
 
 #: At most this many AuditEvents per transaction: a burst does not hold the write lock (which other
@@ -340,7 +340,7 @@ class Writer:
             with self.db.write(lock_wait=INDEX_LOCK_WAIT) as conn:
                 return chain.index(conn, limit) > 0
         except Exception as exc:
-            if isinstance(exc, OperationalError) and "locked" in str(exc.orig):
+            if isinstance(exc, OperationalError) and lock_busy(exc):
                 self._index_again = time.monotonic() + INDEX_BACKOFF  # another process writes (or indexes)
                 return True
             error_log.warning("indexing chained AuditEvents failed, retried later: %s", exc)

@@ -15,7 +15,7 @@ import logging
 import time
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, MetaData
+from sqlalchemy import Connection, Engine, MetaData, Table
 
 from fhir_node.store.schema import audit_anchor, audit_chain
 
@@ -63,11 +63,7 @@ def move_chain(engine: Engine, chain_file: Path | None) -> None:
                 f"{chain_file} holds no AuditEvent chain: restore it from the backup of the database it belongs to"
             )
         for table in moved:
-            table.to_metadata(MetaData(), schema="audit").create(conn, checkfirst=True)
-            columns = ", ".join(c.name for c in table.columns)
-            conn.exec_driver_sql(
-                f"INSERT OR IGNORE INTO audit.{table.name} ({columns}) SELECT {columns} FROM main.{table.name}_moved"
-            )
+            copy_table(conn, table, f"main.{table.name}_moved", "audit", "INSERT OR IGNORE")
         # AUTOINCREMENT's high-water mark, so that no position is used twice, even after a purge emptied it.
         high = conn.exec_driver_sql(
             "SELECT seq FROM main.sqlite_sequence WHERE name = ?", (f"{audit_chain.name}_moved",)
@@ -80,6 +76,13 @@ def move_chain(engine: Engine, chain_file: Path | None) -> None:
     with engine.begin() as conn:
         for table in moved:
             conn.exec_driver_sql(f"DROP TABLE main.{table.name}_moved")
+
+
+def copy_table(conn: Connection, table: Table, source: str, schema: str, insert: str = "INSERT") -> None:
+    """`table` made in `schema` (unless there) and filled with the rows of `source`, column by column."""
+    table.to_metadata(MetaData(), schema=schema).create(conn, checkfirst=True)
+    columns = ", ".join(c.name for c in table.columns)
+    conn.exec_driver_sql(f"{insert} INTO {schema}.{table.name} ({columns}) SELECT {columns} FROM {source}")
 
 
 def _tables(conn: Connection, schema: str) -> set[str]:

@@ -81,6 +81,11 @@ class ChainBusy(Exception):
     thread): the append goes to the audit writer's thread instead (see `Database.chain_on_loop`)."""
 
 
+def lock_busy(exc: OperationalError) -> bool:
+    """Whether SQLite refused a lock another connection holds (past its busy timeout)."""
+    return "locked" in str(exc.orig)
+
+
 class OverBudget(Exception):
     """A read tried on the event loop outran its budget (see `Database.on_loop`): run it in a thread."""
 
@@ -237,7 +242,7 @@ class Database:
             except OperationalError as exc:
                 if conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
                     conn.connection.dbapi_connection.rollback()  # type: ignore[union-attr]
-                if "locked" in str(exc.orig):
+                if lock_busy(exc):
                     raise ChainBusy from exc
                 raise
             with transaction:

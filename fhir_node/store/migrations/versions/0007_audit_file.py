@@ -8,7 +8,7 @@ Revises: 0006
 import sqlalchemy as sa
 from alembic import op
 
-from fhir_node.store.audit_file import MOVED, apart
+from fhir_node.store.audit_file import MOVED, apart, copy_table
 from fhir_node.store.schema import audit_outbox
 
 revision = "0007"
@@ -37,8 +37,6 @@ def downgrade() -> None:
     conn = op.get_bind()
     if apart(conn):
         for table in MOVED:
-            table.to_metadata(sa.MetaData(), schema="main").create(conn)
-            columns = ", ".join(c.name for c in table.columns)
-            conn.exec_driver_sql(f"INSERT INTO main.{table.name} ({columns}) SELECT {columns} FROM audit.{table.name}")
+            copy_table(conn, table, f"audit.{table.name}", "main")
             conn.exec_driver_sql(f"DROP TABLE audit.{table.name}")
     op.drop_table("audit_outbox")
