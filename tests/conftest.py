@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 from live_node import BASE_HOST, serve_node
@@ -17,11 +18,13 @@ from postgres_server import (
     postgres_required,
     start_postgres,
 )
+from sqlalchemy import Engine, event
 from starlette.testclient import TestClient
 
 from fhir_node.app import create_app
 from fhir_node.security.keyring import keygen
 from fhir_node.settings import Settings
+from fhir_node.store import database as database_module
 
 # The REST-core, search and bundle suites test base R4 with minimal resources: every Settings they build
 # (and every `fhir-node serve` they start) leaves profile enforcement off unless a test turns it on.
@@ -128,3 +131,23 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     server: PostgresServer = request.getfixturevalue("postgres_server")
     with server.fresh_database() as url, secured(url) as env:
         yield env
+
+
+@pytest.fixture
+def statements(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, Any]]]:
+    """The SQL statements the node runs, with their parameters (on the driver, or through SQLAlchemy)."""
+    seen: list[tuple[str, Any]] = []
+    run = database_module.driver_rows
+
+    def spy(conn: Any, sql: str, params: Any = (), many: bool = False) -> Any:
+        seen.append((sql, params))
+        return run(conn, sql, params, many)
+
+    def executed(_conn: Any, _cursor: Any, sql: str, params: Any, _context: Any, _many: bool) -> None:
+        seen.append((sql, params))
+
+    monkeypatch.setattr(database_module, "driver_rows", spy)
+    monkeypatch.setattr("fhir_node.store.ready.driver_rows", spy)
+    event.listen(Engine, "before_cursor_execute", executed)
+    yield seen
+    event.remove(Engine, "before_cursor_execute", executed)

@@ -3,17 +3,14 @@ rows that have one (`schema.sparse_index`, migration 0008): searches on those co
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, event
 from starlette.testclient import TestClient
 from test_audit_chain import database
 
-from fhir_node.store import database as database_module
 from fhir_node.store.database import MIGRATIONS, Database
 
 SPARSE = {
@@ -57,26 +54,6 @@ def test_the_upgrade_makes_them_sparse_and_the_downgrade_full_again(database_url
         assert not _sparse(db)
         db.migrate()
         assert _sparse(db)
-
-
-@pytest.fixture
-def statements(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, Any]]]:
-    """The SQL statements the node runs, with their parameters (on the driver, or through SQLAlchemy)."""
-    seen: list[tuple[str, Any]] = []
-    run = database_module.driver_rows
-
-    def spy(conn: Any, sql: str, params: Any = (), many: bool = False) -> Any:
-        seen.append((sql, params))
-        return run(conn, sql, params, many)
-
-    def executed(_conn: Any, _cursor: Any, sql: str, params: Any, _context: Any, _many: bool) -> None:
-        seen.append((sql, params))
-
-    monkeypatch.setattr(database_module, "driver_rows", spy)
-    monkeypatch.setattr("fhir_node.store.ready.driver_rows", spy)
-    event.listen(Engine, "before_cursor_execute", executed)
-    yield seen
-    event.remove(Engine, "before_cursor_execute", executed)
 
 
 @pytest.mark.parametrize(

@@ -296,7 +296,7 @@ def _unmatched(conn: Connection, entries: list[Entry], limits: Limits) -> set[in
             chunk = group[start : start + _ORED]
             query = f"{name}={','.join(value for _, value in chunk)}"
             try:
-                if len(chunk) > 1 and not search.matching(conn, res_type, query, None, 1, single=False):
+                if len(chunk) > 1 and not search.any_match(conn, res_type, query):
                     unmatched.update(index for index, _ in chunk)
             except FHIRError:
                 continue  # a value refused only when its SQL is built: its own entry will say so

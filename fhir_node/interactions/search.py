@@ -174,17 +174,36 @@ def _shown_total(total: int | None, node: Node) -> dict[str, Any]:
     return bundle_total(total, policy.count_minimum(node.settings.small_cell_min))
 
 
-def matching(
-    conn: Connection, res_type: str, query: str, limits: Limits | None, limit: int = 2, single: bool = True
-) -> list[str]:
+def matching(conn: Connection, res_type: str, query: str, limits: Limits | None, limit: int = 2) -> list[str]:
     """Ids matching a conditional operation's criteria (If-None-Exist, conditional update/delete), within
-    the node's `limits` (None: a query the node wrote itself, not a client's). `single` False: a
-    criterion's several values may drive the lookup through their index rows (see `sql.driver`)."""
+    the node's `limits` (None: a query the node wrote itself, not a client's)."""
     parsed = conditions(res_type, query, limits)
     page = Page({res_type: parsed}, "")
-    page.walk = _walk(res_type, parsed, "", single=single)
+    page.walk = _walk(res_type, parsed, "")
     q, key = _in_id_order(conn, page, resources.c.res_id)
     return list(conn.execute(q.order_by(key).limit(limit)).scalars())
+
+
+def any_match(conn: Connection, res_type: str, query: str) -> bool:
+    """Whether anything matches criteria the node wrote itself, typically one parameter with many values
+    (the conditional creates of a Bundle, asked together). Its statement is built once per shape (`plans`):
+    building one with 100 values took ~5 ms, SQLite's answer ~0.3 ms."""
+    parsed = conditions(res_type, query, None)
+    found = plans.shape(res_type, parsed, "", "node")
+    if found is None:
+        return conn.execute(_any_query(res_type, parsed)).first() is not None
+    key = ("any", found.key, conn.dialect.name)
+    return bool(plans.ready(key, lambda: Ready(_any_query(res_type, plans.bound(parsed)))).rows(conn, found.binds))
+
+
+def _any_query(res_type: str, parsed: Parsed) -> Select[Any]:
+    """One match of `parsed`, if any: a criterion's several values may drive the lookup through their index
+    rows (see `sql.driver`), in no order, as one row answers (ordered or grouped by id, SQLite walked every
+    index row of the type in id order instead)."""
+    walk = _walk(res_type, parsed, "", single=False)
+    if walk is None:
+        return select(resources.c.res_id).where(Page({res_type: parsed}, "").where).limit(1)
+    return select(walk.table.c.res_id).select_from(_joined(walk.table)).where(walk.condition, walk.rest).limit(1)
 
 
 def conditions(res_type: str, query: str, limits: Limits | None) -> Parsed:

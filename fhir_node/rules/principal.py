@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from fhir_node.interactions.search import matching
+from fhir_node.interactions.search import any_match
 from fhir_node.outcome import fail
 from fhir_node.rules.inclusion import Inclusion
 from fhir_node.rules.patients import (
@@ -76,7 +76,7 @@ def foresee(conn: Connection, inclusions: list[tuple[dict[str, Any], Patient]]) 
     criteria = principal_criteria()
     noted = notes(conn)
     if noted is not None and not any(
-        matching(conn, "EpisodeOfCare", f"{q}&{criteria}", None, 1, single=False) for q in queries
+        any_match(conn, "EpisodeOfCare", f"{q}&{criteria}") for q in queries
     ):
         noted[_CLEARED] = patients
 

@@ -198,12 +198,52 @@ def _values(table: FromClause, c: Criterion, base: str) -> ColumnElement[bool]:
         return or_(*(build(table, v, c.modifier, c, base) for v in c.values))
     classify, render = shaped
     conds = []
+    pinned: list[dict[str, list[Any]] | None] = []
     for j, v in enumerate(c.values):
         form, args = classify(v, c.modifier, c, base)
         if c.bound is not None:
             args = tuple(_slot(_name(c.bound, j, k), a) for k, a in enumerate(args))
         conds.append(render(table, form, args))
-    return or_(*conds)
+        pinned.append(_pins(c.param.type, form, args))
+    return and_(*_implied(table, pinned), or_(*conds))
+
+
+def _pins(ptype: str, form: str, a: tuple[Any, ...]) -> dict[str, list[Any]] | None:
+    """The indexed columns one value's condition holds equal to given values (those an index leads with after
+    type and parameter), or None."""
+    if ptype == "reference" and form == "local":
+        return {"target_type": [a[0]], "target_id": [a[1]]}
+    if ptype == "reference" and form.startswith("id of "):
+        return {"target_type": form.removeprefix("id of ").split(","), "target_id": [a[0]]}
+    column = "code" if ptype == "token" else "id_value" if ptype == "reference" else None
+    if column is None:
+        return None
+    if form in ("code", "no-system", "system code"):
+        return {column: [a[-1]]}
+    if form.startswith("any of "):
+        return {column: list(a)}
+    if form.startswith("system any of "):
+        return {column: list(a[1:])}
+    return None
+
+
+def _implied(table: FromClause, pinned: list[dict[str, list[Any]] | None]) -> list[ColumnElement[bool]]:
+    """For several values whose conditions each pin the same columns: those columns IN the values, which the
+    OR of the conditions implies. SQLite cannot use an index for an OR of pairs (`system = ? AND code = ?`
+    OR ...) and scanned every row of the type instead (100 identifiers: ~3 ms at 3,500 resources, growing
+    with them); given the IN, it looks each value up."""
+    if len(pinned) < 2 or any(p is None for p in pinned):
+        return []
+    columns = pinned[0].keys() if pinned[0] is not None else ()
+    if any(p is None or p.keys() != columns for p in pinned):
+        return []
+    implied = []
+    for column in columns:
+        values = [v for p in pinned if p is not None for v in p[column]]
+        if all(isinstance(v, str) for v in values):
+            values = list(dict.fromkeys(values))
+        implied.append(table.c[column].in_(values))
+    return implied
 
 
 def forms(c: Criterion, prefix: str, base: str) -> tuple[tuple[str, ...], dict[str, Any]] | None:
@@ -285,15 +325,21 @@ def _code_form(value: str, system: str | None) -> tuple[str, tuple[Any, ...]]:
     """A code or identifier value equal to `value`; SSINs rest pseudonymised, so an SSIN (or a value that
     may be one, when no system is given) is looked for as its pseudonyms."""
     if system == pseudonym.SSIN:
-        return "any of", (pseudonym.search_forms(value),)
+        return _any_of(pseudonym.search_forms(value))
     if system is None and pseudonym.may_be_ssin(value):  # one IN: an OR hides from SQLite that the column is
-        return "any of", ([value, *pseudonym.search_forms(value)],)  # not NULL (see `schema.sparse_index`)
+        return _any_of([value, *pseudonym.search_forms(value)])  # not NULL (see `schema.sparse_index`)
     return "code", (value,)
 
 
+def _any_of(values: list[str]) -> tuple[str, tuple[Any, ...]]:
+    """Equal to any of `values`: their count is in the form and each is an argument of its own, so a plan
+    binds each (one list bound to an expanding IN leaves the statement to SQLAlchemy, per execution)."""
+    return f"any of {len(values)}", tuple(values)
+
+
 def _code_sql(column: Any, form: str, a: tuple[Any, ...]) -> ColumnElement[bool]:
-    if form == "any of":
-        return column.in_(a[0])
+    if form.startswith("any of"):
+        return column.in_(list(a))
     return column == a[0]
 
 
