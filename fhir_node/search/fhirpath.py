@@ -31,46 +31,67 @@ _OPTIONS = {"userInvocationTable": {"resolve": {"fn": resolve_literal, "arity": 
 _MODEL = models["r4"]
 
 
-def _walk(path: list[str]) -> Evaluator:
-    """`Type.a.b`: follow the keys, flattening arrays, as FHIRPath would, without the engine's cost."""
+Steps = list[tuple[str, ...]]
+
+
+def _walk(steps: Steps) -> Evaluator:
+    """`Type.a.b`: follow the keys (each step's JSON names: several for a choice element), flattening
+    arrays, as FHIRPath would, without the engine's cost."""
 
     def evaluate(resource: dict[str, Any]) -> list[Any]:
         items: list[Any] = [resource]
-        for key in path:
-            nxt: list[Any] = []
-            for item in items:
-                value = item.get(key) if isinstance(item, dict) else None
-                if isinstance(value, list):
-                    nxt.extend(value)
-                elif value is not None:
-                    nxt.append(value)
-            items = nxt
+        for keys in steps:
+            items = _step(items, keys)
         return items
 
     return evaluate
 
 
-def _walkable(expression: str) -> bool:
-    """A plain path none of whose steps is a choice element: `Consent.source` is `sourceReference` in
-    JSON, which only the engine (with the model) knows to follow."""
+def _step(items: list[Any], keys: tuple[str, ...]) -> list[Any]:
+    nxt: list[Any] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        for key in keys:
+            value = item.get(key)
+            if isinstance(value, list):
+                nxt.extend(value)
+            elif value is not None:
+                nxt.append(value)
+    return nxt
+
+
+def _steps(expression: str) -> Steps | None:
+    """The JSON names of each step of a plain path, or None. A choice element (`Consent.source` is
+    `sourceAttachment` or `sourceReference` in JSON), which only the model tells, may only come last."""
     if not _PLAIN.fullmatch(expression):
-        return False
-    owner, *steps = expression.split(".")
-    for step in steps:
-        path = f"{owner}.{step}"
-        if path in _MODEL["choiceTypePaths"]:
-            return False
+        return None
+    owner, *names = expression.split(".")
+    steps: Steps = []
+    for i, name in enumerate(names):
+        path = f"{owner}.{name}"
+        choices = _MODEL["choiceTypePaths"].get(path)
+        if choices is not None:
+            if i != len(names) - 1:
+                return None
+            steps.append(tuple(name + t[0].upper() + t[1:] for t in choices))
+            return steps
+        steps.append((name,))
         owner = _MODEL["path2Type"].get(path) or _MODEL["pathsDefinedElsewhere"].get(path, path)
-    return True
+    return steps
 
 
 _RESOLVED = re.compile(r"(.+)\.where\(resolve\(\) is ([A-Z][A-Za-z]+)\)")
+_WHERE = re.compile(r"(.+)\.where\(([a-z][A-Za-z]*) ?= ?'([^'\\]*)'\)")
+_AS = re.compile(r"\((.+) as ([A-Za-z]+)\)")
+_REPEAT = re.compile(r"([A-Z][A-Za-z]*(?:\.[a-z][A-Za-z]*)*)\.repeat\(([a-z][A-Za-z]*)\)((?:\.[a-z][A-Za-z]*)*)")
+_EXISTS_NOT_FALSE = re.compile(r"(.+)\.exists\(\) and \1 != false")
 
 
-def _of_type(path: list[str], target: str) -> Evaluator:
+def _of_type(steps: Steps, target: str) -> Evaluator:
     """`Type.a.b.where(resolve() is T)`: the references along the path whose literal target is a T, which
     is all that `resolve_literal` can tell the engine, without the engine's cost (~1 ms for 20 refs)."""
-    walk = _walk(path)
+    walk = _walk(steps)
 
     def evaluate(resource: dict[str, Any]) -> list[Any]:
         out = []
@@ -83,6 +104,54 @@ def _of_type(path: list[str], target: str) -> Evaluator:
     return evaluate
 
 
+def _where_equal(steps: Steps, key: str, wanted: str) -> Evaluator:
+    """`Type.a.where(k = 'v')`: the elements whose `k` is the string `v` (`telecom.where(system='email')`)."""
+    walk = _walk(steps)
+    return lambda resource: [e for e in walk(resource) if isinstance(e, dict) and e.get(key) == wanted]
+
+
+def _as(expression: str, type_name: str) -> Evaluator | None:
+    """`(Type.a.b as t)`, `b` a choice element: its value of type `t` only (`deceasedDateTime`)."""
+    steps = _steps(expression)
+    if steps is None or len(steps[-1]) < 2:
+        return None
+    named = type_name[0].upper() + type_name[1:]
+    keys = [k for k in steps[-1] if k.endswith(named)]
+    return _walk([*steps[:-1], (keys[0],)]) if len(keys) == 1 else None
+
+
+def _repeat(base: Steps, step: str, rest: Steps) -> Evaluator:
+    """`Type.a.repeat(b).c`: `b` followed again and again from `a` (not `a` itself), level by level as the
+    engine gives them, then `c` from each."""
+    walk, follow = _walk(base), (step,)
+
+    def evaluate(resource: dict[str, Any]) -> list[Any]:
+        found: list[Any] = []
+        level = _step(walk(resource), follow)
+        while level:
+            found += level
+            level = _step(level, follow)
+        for keys in rest:
+            found = _step(found, keys)
+        return found
+
+    return evaluate
+
+
+def _exists_not_false(steps: Steps, expression: str) -> Evaluator:
+    """`X.exists() and X != false` on an element of at most one value (`Patient.deceased`): whether it is
+    there and not the boolean false."""
+    walk, engine = _walk(steps), _engine(expression)
+
+    def evaluate(resource: dict[str, Any]) -> list[Any]:
+        values = walk(resource)
+        if len(values) > 1:  # several values to compare: the engine's answer
+            return engine(resource)
+        return [bool(values) and values[0] is not False]
+
+    return evaluate
+
+
 _EXTENSION = re.compile(r"([A-Z][A-Za-z]*(?:\.[a-z][A-Za-z]*)*)\.extension\('([^']+)'\)(\.value)?")
 
 
@@ -91,10 +160,11 @@ def _extensions(expression: str) -> Evaluator | None:
     without the engine's cost, when each value is an object (a Period, a Reference...); other shapes (a
     primitive value, a `_value` twin) are left to the engine, which knows their FHIRPath types."""
     found = _EXTENSION.fullmatch(expression)
-    if found is None or not _walkable(found.group(1) + ".extension"):
+    steps = _steps(found.group(1) + ".extension") if found is not None else None
+    if found is None or steps is None:
         return None
-    walk, url, value = _walk([*found.group(1).split(".")[1:], "extension"]), found.group(2), found.group(3)
-    engine = fhirpathpy.compile(expression, _MODEL, _OPTIONS)
+    walk, url, value = _walk(steps), found.group(2), found.group(3)
+    engine = _engine(expression)
 
     def evaluate(resource: dict[str, Any]) -> list[Any]:
         named = [e for e in walk(resource) if isinstance(e, dict) and e.get("url") == url]
@@ -104,39 +174,57 @@ def _extensions(expression: str) -> Evaluator | None:
         for extension in named:
             given = [k for k in extension if k.startswith(("value", "_value"))]
             if len(given) != 1 or not given[0].startswith("value") or not isinstance(extension[given[0]], dict):
-                return engine(resource, None)
+                return engine(resource)
             out.append(extension[given[0]])
         return out
 
     return evaluate
 
 
+def _part(expression: str) -> Evaluator | None:
+    """A fast evaluator for one part of a union, or None."""
+    resolved = _RESOLVED.fullmatch(expression)
+    if resolved and (steps := _steps(resolved.group(1))) is not None:
+        return _of_type(steps, resolved.group(2))
+    where = _WHERE.fullmatch(expression)
+    if where and (steps := _steps(where.group(1))) is not None:
+        return _where_equal(steps, where.group(2), where.group(3))
+    cast = _AS.fullmatch(expression)
+    if cast:
+        return _as(cast.group(1), cast.group(2))
+    repeat = _REPEAT.fullmatch(expression)
+    if repeat:
+        base, rest = _steps(repeat.group(1)), _steps("X" + repeat.group(3)) if repeat.group(3) else []
+        return _repeat(base, repeat.group(2), rest) if base is not None and rest is not None else None
+    steps = _steps(expression)
+    return _walk(steps) if steps is not None else None
+
+
 def _fast(expression: str) -> Evaluator | None:
-    """A fast evaluator for a plain path, a path filtered by `where(resolve() is T)`, an extension (or its
-    value) by URL, or a union of those."""
+    """A fast evaluator for a plain path (a choice element last), a path filtered by `where(resolve() is T)`
+    or by a string-valued element, a choice element `as` one type, `repeat` of one element, an extension
+    (or its value) by URL, whether an element is there and not false, or a union of those."""
     extensions = _extensions(expression)
     if extensions is not None:
         return extensions
-    parts = [p.strip() for p in expression.split(" | ")]
-    evaluators: list[Evaluator] = []
-    for part in parts:
-        resolved = _RESOLVED.fullmatch(part)
-        if resolved and _walkable(resolved.group(1)):
-            evaluators.append(_of_type(resolved.group(1).split(".")[1:], resolved.group(2)))
-        elif _walkable(part):
-            evaluators.append(_walk(part.split(".")[1:]))
-        else:
-            return None
-    if len(evaluators) == 1:
-        return evaluators[0]
-    return lambda resource: [v for evaluate in evaluators for v in evaluate(resource)]
+    present = _EXISTS_NOT_FALSE.fullmatch(expression)
+    if present and (steps := _steps(present.group(1))) is not None:
+        return _exists_not_false(steps, expression)
+    evaluators = [_part(p.strip()) for p in expression.split(" | ")]
+    if any(e is None for e in evaluators):
+        return None
+    found = [e for e in evaluators if e is not None]
+    if len(found) == 1:
+        return found[0]
+    return lambda resource: [v for evaluate in found for v in evaluate(resource)]
+
+
+def _engine(expression: str) -> Evaluator:
+    compiled = fhirpathpy.compile(expression, _MODEL, _OPTIONS)
+    return lambda resource: compiled(resource, None)
 
 
 def compile_expression(expression: str) -> Evaluator:
     """An evaluator for `expression` on a resource; plain dotted paths (and their literal-reference type
     filters) skip the FHIRPath engine."""
-    fast = _fast(expression)
-    if fast is not None:
-        return fast
-    compiled = fhirpathpy.compile(expression, _MODEL, _OPTIONS)
-    return lambda resource: compiled(resource, None)
+    return _fast(expression) or _engine(expression)
