@@ -75,6 +75,8 @@ class Walk:
     rest: ColumnElement[bool]
     chosen: Criterion
     policy_free: bool
+    #: A resource has at most one row for the criterion: the walk meets each once, with no grouping by id.
+    unique: bool
 
     def bare(self, parsed: Parsed, base: str) -> ColumnElement[bool]:
         """The other criteria on the index row (any refused under lenient handling was reported with `rest`)."""
@@ -310,9 +312,14 @@ def _walk(
             ranked.append((found[2], i, c, found))
     if not ranked:
         return None
-    _, _, chosen, (table, condition, _) = min(ranked, key=lambda x: (x[0], x[1]))
+    _, _, chosen, (table, condition, _, unique) = min(ranked, key=lambda x: (x[0], x[1]))
     return Walk(
-        table, condition, _type_condition(res_type, parsed, base, allowed, skip=chosen), chosen, allowed is None
+        table,
+        condition,
+        _type_condition(res_type, parsed, base, allowed, skip=chosen),
+        chosen,
+        allowed is None,
+        unique,
     )
 
 
@@ -499,7 +506,8 @@ def _in_id_order(conn: Connection, page: Page, *cols: Any) -> tuple[Select[Any],
     # walking the index when grouped by its column alone; PostgreSQL needs the resource's primary key grouped
     # too before it selects the resource's other columns (and still walks the index: the join ties the keys).
     group = [w.table.c.res_id] if conn.dialect.name == "sqlite" else [w.table.c.res_id, r.c.res_type, r.c.res_id]
-    return select(*cols).select_from(joined).where(w.condition, w.rest).group_by(*group), w.table.c.res_id
+    q = select(*cols).select_from(joined).where(w.condition, w.rest)
+    return (q if w.unique else q.group_by(*group)), w.table.c.res_id
 
 
 @cache
@@ -587,7 +595,8 @@ def _count_all(conn: Connection, page: Page, bound: int | None = None) -> int:
         w = _walk(res_type, page.parsed[res_type], page.base, page.allowed.get(res_type))
     if w is not None and w.policy_free:
         bare = w.bare(page.parsed[page.types[0]], page.base)
-        q = select(w.table.c.res_id).where(w.condition, bare).group_by(w.table.c.res_id)
+        q = select(w.table.c.res_id).where(w.condition, bare)
+        q = q if w.unique else q.group_by(w.table.c.res_id)
     else:
         q, _ = _in_id_order(conn, page, resources.c.res_id)
     if bound is not None:

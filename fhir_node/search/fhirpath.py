@@ -81,6 +81,25 @@ def _steps(expression: str) -> Steps | None:
     return steps
 
 
+def primitive(expression: str) -> bool:
+    """Whether each part of `expression` is a plain path to a primitive element (a code, a boolean, a
+    string...): its token rows are then one per value, never two for the same code."""
+    for part in expression.split(" | "):
+        if not _PLAIN.fullmatch(part.strip()):
+            return False
+        owner, *names = part.strip().split(".")
+        kind = None
+        for name in names:
+            path = f"{owner}.{name}"
+            if path in _MODEL["choiceTypePaths"]:
+                return False
+            kind = _MODEL["path2Type"].get(path)
+            owner = kind or _MODEL["pathsDefinedElsewhere"].get(path, path)
+        if kind is None or not (kind[:1].islower() or kind.startswith("System.")):
+            return False
+    return True
+
+
 _RESOLVED = re.compile(r"(.+)\.where\(resolve\(\) is ([A-Z][A-Za-z]+)\)")
 _WHERE = re.compile(r"(.+)\.where\(([a-z][A-Za-z]*) ?= ?'([^'\\]*)'\)")
 _AS = re.compile(r"\((.+) as ([A-Za-z]+)\)")
