@@ -41,7 +41,7 @@ from fhir_node.search import plans
 from fhir_node.search.limits import Limits
 from fhir_node.search.parse import VENDOR_TOTALS, Criterion, Parsed, SearchError, parse
 from fhir_node.search.registry import registry
-from fhir_node.search.sql import driver, named, probe, same_resource
+from fhir_node.search.sql import driver, named, named_param, probe, same_resource
 from fhir_node.security import policy
 from fhir_node.security.rules import REDACTED_PARAMS
 from fhir_node.store.ready import Ready
@@ -690,7 +690,7 @@ def _include_targets(
                 ref.c.res_type == t,
                 ref.c.res_id.in_(ids),
                 ref.c.target_id.is_not(None),
-                ref.c.param == code if code else true(),
+                named_param(ref, t, code) if code else true(),
                 ref.c.target_type == target if target else true(),
             )
         else:
@@ -698,7 +698,7 @@ def _include_targets(
                 ref.c.target_type == t,
                 ref.c.target_id.in_(ids),
                 ref.c.res_type == source if source else true(),
-                ref.c.param == code if code else true(),
+                named_param(ref, source, code) if source and code else true(),
             )
         found |= {(a, b) for a, b in conn.execute(q) if a in KINDS}
     return found

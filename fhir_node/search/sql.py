@@ -29,6 +29,7 @@ from fhir_node.datetimes import date_range
 from fhir_node.outcome import error
 from fhir_node.rules import pseudonym
 from fhir_node.search.fhirpath import primitive
+from fhir_node.search.index import param_is, param_names
 from fhir_node.search.parse import Criterion, SearchError, split_prefix, unescape
 from fhir_node.search.values import fold, number_range
 from fhir_node.security import policy
@@ -46,6 +47,12 @@ def named(table: FromClause, column: str, name: str) -> ColumnElement[bool]:
     """`column = name` for a name of the node's own, finite vocabulary (a type, a parameter code), built
     once: SQLAlchemy takes ~10-20 us to build one comparison, as long as SQLite takes for a small search."""
     return table.c[column] == name
+
+
+@cache
+def named_param(table: FromClause, res_type: str, code: str) -> ColumnElement[bool]:
+    """`index.param_is` on one of the node's own tables or aliases, built once (see `named`)."""
+    return param_is(table, res_type, code)
 
 
 @cache
@@ -72,7 +79,7 @@ def _ids(c: Criterion, base: str) -> Select[tuple[str]]:
         ref = idx_reference
         return select(ref.c.target_id).where(
             ref.c.res_type == ref_type,
-            ref.c.param == ref_code,
+            named_param(ref, ref_type, ref_code),
             ref.c.target_type == c.res_type,
             ref.c.res_id.in_(matching_ids(c.chain[0], base)),
         )
@@ -82,12 +89,14 @@ def _ids(c: Criterion, base: str) -> Select[tuple[str]]:
         ref = idx_reference
         return select(ref.c.res_id).where(
             ref.c.res_type == c.res_type,
-            ref.c.param == c.param.code,
+            named_param(ref, c.res_type, c.param.code),
             or_(*(and_(ref.c.target_type == i.res_type, ref.c.target_id.in_(matching_ids(i, base))) for i in c.chain)),
         )
     if c.param.code == "_id" and c.missing is None and c.modifier is None:
         return _live(c.res_type, lambda res_id: res_id.in_(c.values))
-    indexed = select(table.c.res_id).where(named(table, "res_type", c.res_type), named(table, "param", c.param.code))
+    indexed = select(table.c.res_id).where(
+        named(table, "res_type", c.res_type), named_param(table, c.res_type, c.param.code)
+    )
     if c.missing is not None:
         return _live(c.res_type, lambda res_id: res_id.not_in(indexed)) if c.missing else indexed
     if c.modifier == "not":
@@ -114,7 +123,7 @@ def probe(c: Criterion, base: str, r: FromClause = resources) -> ColumnElement[b
             select(ref.c.res_id)
             .where(
                 ref.c.res_type == ref_type,
-                ref.c.param == ref_code,
+                named_param(ref, ref_type, ref_code),
                 ref.c.target_type == r.c.res_type,
                 ref.c.target_id == r.c.res_id,
                 ref.c.res_id.in_(matching_ids(c.chain[0], base)),
@@ -125,7 +134,7 @@ def probe(c: Criterion, base: str, r: FromClause = resources) -> ColumnElement[b
     if c.param.code == "_id" and c.missing is None and c.modifier is None:
         return r.c.res_id.in_(c.values if c.bound is None else _slot(_name(c.bound, "ids"), c.values))
     table = _PROBED[_table(c).name]
-    own = (same_resource(table, r), named(table, "param", c.param.code))
+    own = (same_resource(table, r), named_param(table, c.res_type, c.param.code))
     if c.chain:  # `table` is (an alias of) idx_reference here
         targets = [
             and_(table.c.target_type == i.res_type, table.c.target_id.in_(matching_ids(i, base))) for i in c.chain
@@ -154,7 +163,9 @@ def driver(c: Criterion, base: str, single: bool = True) -> tuple[Table, ColumnE
         return None
     rank = max(r for r in ranks if r is not None)
     table = _table(c)
-    condition = and_(named(table, "res_type", c.res_type), named(table, "param", c.param.code), _values(table, c, base))
+    condition = and_(
+        named(table, "res_type", c.res_type), named_param(table, c.res_type, c.param.code), _values(table, c, base)
+    )
     return table, condition, rank, len(c.values) == 1 and _unique(c, c.values[0], base)
 
 
@@ -166,6 +177,8 @@ def _unique(c: Criterion, value: str, base: str) -> bool:
     and a code of a parameter on primitive elements (no system, text or type beside it)."""
     assert c.param is not None
     ptype = c.param.type
+    if len(param_names(c.res_type, c.param.code)) > 1:  # rows of two names may stand for it
+        return False
     if ptype == "reference" and c.modifier is None:
         form = _reference_form(value, None, c, base)[0]
         return form in ("local", "url") or (form.startswith("id of ") and "," not in form)

@@ -17,6 +17,7 @@ from fhir_node.rules.billing import BILLING_PERIOD
 from fhir_node.rules.inclusion import INCLUSION_STATUS
 from fhir_node.rules.pseudonym import protect
 from fhir_node.rules.research_consent import in_consent
+from fhir_node.search.index import param_is
 from fhir_node.security.access import current
 from fhir_node.security.keyring import installed
 from fhir_node.security.relationships import NIHDI_SYSTEMS, SSIN
@@ -247,7 +248,9 @@ def _about(res_type: str, patients: Select[Any] | Collection[str]) -> ColumnElem
     param = PATIENT_PARAM.get(res_type)
     if param is None:
         return false()
-    return _indexed(idx_reference, param, lambda ref: (ref.c.target_type == "Patient", ref.c.target_id.in_(patients)))
+    return _indexed(
+        idx_reference, res_type, param, lambda ref: (ref.c.target_type == "Patient", ref.c.target_id.in_(patients))
+    )
 
 
 @cache
@@ -260,17 +263,19 @@ def _of_consented(res_type: str) -> ColumnElement[bool]:
     param = PATIENT_PARAM.get(res_type)
     if param is None:
         return false()
-    return _indexed(idx_reference, param, lambda ref: (ref.c.target_type == "Patient", in_consent(ref.c.target_id)))
+    return _indexed(
+        idx_reference, res_type, param, lambda ref: (ref.c.target_type == "Patient", in_consent(ref.c.target_id))
+    )
 
 
 def _indexed(
-    table: Table, param: str, conditions: Callable[[FromClause], tuple[ColumnElement[bool], ...]]
+    table: Table, res_type: str, param: str, conditions: Callable[[FromClause], tuple[ColumnElement[bool], ...]]
 ) -> ColumnElement[bool]:
-    """The enclosing `resources` row has an index row of `param` in `table` that meets `conditions` (an
-    alias of the table: never correlated with one the enclosing query walks)."""
+    """The enclosing `resources` row (of `res_type`) has an index row of `param` in `table` that meets
+    `conditions` (an alias of the table: never correlated with one the enclosing query walks)."""
     alias = table.alias()
     r = resources
-    own = (alias.c.res_type == r.c.res_type, alias.c.res_id == r.c.res_id, alias.c.param == param)
+    own = (alias.c.res_type == r.c.res_type, alias.c.res_id == r.c.res_id, param_is(alias, res_type, param))
     return select(alias.c.res_id).where(*own, *conditions(alias)).exists()
 
 
@@ -312,7 +317,10 @@ def _in_project(res_type: str, conn: Connection) -> ColumnElement[bool]:
         return _about(res_type, _project_patients(conn))
     orgs = _project_organizations(conn)
     return _indexed(
-        idx_reference, "organization", lambda ref: (ref.c.target_type == "Organization", ref.c.target_id.in_(orgs))
+        idx_reference,
+        res_type,
+        "organization",
+        lambda ref: (ref.c.target_type == "Organization", ref.c.target_id.in_(orgs)),
     )
 
 
@@ -335,4 +343,6 @@ def _project_patients(conn: Connection) -> Select[Any]:
 
 def _principal_inclusion() -> ColumnElement[bool]:
     """EpisodeOfCare rows typed as a principal inclusion."""
-    return _indexed(idx_token, "type", lambda t: (t.c.system == INCLUSION_STATUS, t.c.code == "principal"))
+    return _indexed(
+        idx_token, "EpisodeOfCare", "type", lambda t: (t.c.system == INCLUSION_STATUS, t.c.code == "principal")
+    )
