@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -170,6 +171,31 @@ def test_audited_reads_are_chained_on_the_event_loop_unless_the_chain_is_busy(db
     assert audited(db) == ["r0", "r1", "r2"]
     on_loop = "MainThread" if db.is_sqlite else "audit-writer"
     assert threads == [on_loop, "audit-writer", on_loop]
+
+
+def test_past_the_lag_what_waits_to_be_indexed_stays_bounded(db: Database, monkeypatch) -> None:
+    """Under sustained load the index keeps up: past the lag each request's event goes to the thread, whose
+    groups are each followed by a batch indexed, which the next group waits for. Appended on the event
+    loop whatever the lag, events came faster than a slow indexer took them, and what waited grew."""
+    monkeypatch.setattr(trail.Writer, "IDLE", 3600.0)  # no indexing for being idle
+    monkeypatch.setattr(chain, "INDEX_BATCH", 2)
+    index = chain.index
+
+    def slow(conn: Any, limit: int | None = None) -> int:
+        time.sleep(0.02)
+        return index(conn, limit)
+
+    monkeypatch.setattr(chain, "index", slow)
+    writer = trail.Writer(db, lag=5)
+
+    async def sustained() -> None:
+        for access in requests(40):
+            await answer(writer, access)
+
+    asyncio.run(sustained())
+    with db.read() as conn:
+        assert 5 <= chain.waiting(conn) <= 5 + 2
+    assert len(audited(db)) == 40
 
 
 def test_concurrent_requests_share_transactions_and_extend_one_chain(grouped: Database) -> None:

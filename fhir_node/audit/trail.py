@@ -149,17 +149,18 @@ class Writer:
     """One per process and database. On SQLite, where the chain has a file of its own, the event loop
     chains a request's AuditEvent itself (`_on_loop`): a commit there waits for no write to the database
     and at most 2 ms for another worker's append, and costs less than the hand-off. Otherwise (PostgreSQL,
-    whose appends await the network; SQLite while the chain's lock is held) requests hand their AuditEvent
-    over and wait; one thread (started on first use) chains everything handed over meanwhile in one write
-    transaction (group commit), then releases those requests, or fails them all. Nothing outlives the
-    commit, so workers and hosts share no state. The thread also checkpoints the chain's file for the
-    loop's appends, whose connection never does (a checkpoint copies megabytes).
+    whose appends await the network; SQLite while the chain's lock is held, or past the lag) requests hand
+    their AuditEvent over and wait; one thread (started on first use) chains everything handed over
+    meanwhile in one write transaction (group commit), then releases those requests, or fails them all.
+    Nothing outlives the commit, so workers and hosts share no state. The thread also checkpoints the
+    chain's file for the loop's appends, whose connection never does (a checkpoint copies megabytes).
 
     Indexing the chained events for search (`chain.index`, ~1.7 ms each) waits: once nothing was handed
     over for `IDLE` seconds, the thread indexes them a batch at a time until none is left or requests
     come again. A burst is served at the cost of chaining alone; under sustained load, once more than
-    `lag` events wait, a group is followed by indexing a batch, so what waits stays bounded (and so does
-    what a request that reads AuditEvents may have to index first)."""
+    `lag` events wait, requests hand their events over and each group is followed by indexing a batch,
+    which the next group waits for, so what waits stays bounded (and so does what a request that reads
+    AuditEvents may have to index first)."""
 
     #: Seconds without AuditEvents to write before the writer indexes the chained ones.
     IDLE = 0.5
@@ -182,6 +183,7 @@ class Writer:
         self._appended = 0
         self._overdue = False
         self._holding = False  # while the thread restarts the chain's WAL (`_checkpoint`)
+        self._past_lag = False  # more than `lag` events waited at the last append (the loop's or a group's)
         self._index_again = 0.0  # no indexing before (another process held the lock)
 
     @contextlib.contextmanager
@@ -239,8 +241,11 @@ class Writer:
     def _on_loop(self, record: Record, event: dict[str, Any]) -> bool:
         """On SQLite, where the chain has a file of its own: the event chained and committed right here, on the
         event loop (`Database.chain_on_loop`), and the thread told what it has to do about it (index once
-        idle or past the lag, checkpoint the chain's file). False: the thread appends it."""
-        if self._holding:
+        idle or past the lag, checkpoint the chain's file). False: the thread appends it; so it does past the
+        lag, where each of its groups is followed by a batch indexed, which the next group waits for: appended
+        here, events came faster than the thread indexed them, and what waited grew without bound (13,347
+        after 25 s of the wrk mix, measured), all of it to index before any read of AuditEvents."""
+        if self._holding or self._past_lag:
             return False
         try:
             with self.db.chain_on_loop() as conn:
@@ -249,6 +254,7 @@ class Writer:
         except ChainBusy:
             return False
         with self._wake:
+            self._past_lag = over > 0
             self._no_longer_awaited(record)
             self._last_append = time.monotonic()
             self._appended += 1
@@ -317,6 +323,7 @@ class Writer:
                     loop.call_soon_threadsafe(_settle, futures, error)
             if over > 0:
                 self._index()
+            self._past_lag = over > 0  # until a group finds what waits under the lag again
 
     def _checkpoint(self) -> None:
         """The chain's file checkpointed, its WAL restarted. The loop hands its events over meanwhile
