@@ -64,10 +64,18 @@ def _step(items: list[Any], keys: tuple[str, ...]) -> list[Any]:
 def _steps(expression: str) -> Steps | None:
     """The JSON names of each step of a plain path, or None. A choice element (`Consent.source` is
     `sourceAttachment` or `sourceReference` in JSON), which only the model tells, may only come last."""
+    found = _follow(expression)
+    return found[0] if found is not None else None
+
+
+def _follow(expression: str) -> tuple[Steps, str | None] | None:
+    """A plain path's steps (see `_steps`) and the type of the element it ends at (None for a choice
+    element, or one the model does not name), or None."""
     if not _PLAIN.fullmatch(expression):
         return None
     owner, *names = expression.split(".")
     steps: Steps = []
+    kind = None
     for i, name in enumerate(names):
         path = f"{owner}.{name}"
         choices = _MODEL["choiceTypePaths"].get(path)
@@ -75,26 +83,19 @@ def _steps(expression: str) -> Steps | None:
             if i != len(names) - 1:
                 return None
             steps.append(tuple(name + t[0].upper() + t[1:] for t in choices))
-            return steps
+            return steps, None
         steps.append((name,))
-        owner = _MODEL["path2Type"].get(path) or _MODEL["pathsDefinedElsewhere"].get(path, path)
-    return steps
+        kind = _MODEL["path2Type"].get(path)
+        owner = kind or _MODEL["pathsDefinedElsewhere"].get(path, path)
+    return steps, kind
 
 
 def primitive(expression: str) -> bool:
     """Whether each part of `expression` is a plain path to a primitive element (a code, a boolean, a
     string...): its token rows are then one per value, never two for the same code."""
     for part in expression.split(" | "):
-        if not _PLAIN.fullmatch(part.strip()):
-            return False
-        owner, *names = part.strip().split(".")
-        kind = None
-        for name in names:
-            path = f"{owner}.{name}"
-            if path in _MODEL["choiceTypePaths"]:
-                return False
-            kind = _MODEL["path2Type"].get(path)
-            owner = kind or _MODEL["pathsDefinedElsewhere"].get(path, path)
+        found = _follow(part.strip())
+        kind = found[1] if found is not None else None
         if kind is None or not (kind[:1].islower() or kind.startswith("System.")):
             return False
     return True
@@ -212,9 +213,11 @@ def _part(expression: str) -> Evaluator | None:
     if cast:
         return _as(cast.group(1), cast.group(2))
     repeat = _REPEAT.fullmatch(expression)
-    if repeat:
-        base, rest = _steps(repeat.group(1)), _steps("X" + repeat.group(3)) if repeat.group(3) else []
-        return _repeat(base, repeat.group(2), rest) if base is not None and rest is not None else None
+    if repeat:  # the steps after `repeat(b)` are those after `.b` (the elements it reaches are b's)
+        base, whole = _steps(repeat.group(1)), _steps(repeat.group(1) + "." + repeat.group(2) + repeat.group(3))
+        if base is None or whole is None:
+            return None
+        return _repeat(base, repeat.group(2), whole[len(base) + 1 :])
     steps = _steps(expression)
     return _walk(steps) if steps is not None else None
 
