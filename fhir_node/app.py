@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from fhir_node import memory
 from fhir_node.api.edge import Edge
 from fhir_node.api.errors import HANDLERS
 from fhir_node.api.guard import Guard
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None, node: Node | None = None) -> St
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         # Export jobs: this worker's share of them (unless it is told to leave them to others).
         task = asyncio.create_task(runner.run()) if settings.export_runner else None
+        memory.collect_less()
         yield
         if task is not None:
             task.cancel()

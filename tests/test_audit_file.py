@@ -179,9 +179,13 @@ def test_the_writers_thread_checkpoints_what_the_event_loop_appends(sqlite_url, 
         assert modes == [("PASSIVE", False), ("RESTART", True)]
         assert audited(db) == ["r0", "r1", "r2"]
         writer._holding = True
-        assert not writer._on_loop(requests(1)[0].record, {"resourceType": "AuditEvent"})
+        loop_connection = db.chain_on_loop
+        monkeypatch.setattr(db, "chain_on_loop", lambda: pytest.fail("appended on the loop while held"))
+        asyncio.run(answer(writer, requests(1)[0]))  # handed over: the thread appends it
+        monkeypatch.setattr(db, "chain_on_loop", loop_connection)
+        assert audited(db) == ["r0", "r1", "r2", "r0"]
         with db.read() as conn:
-            assert chain.waiting(conn) == 3
+            assert chain.waiting(conn) == 4
         with db.chain_on_loop() as conn:
             assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
 

@@ -173,6 +173,33 @@ def test_audited_reads_are_chained_on_the_event_loop_unless_the_chain_is_busy(db
     assert threads == [on_loop, "audit-writer", on_loop]
 
 
+def test_the_requests_answered_in_one_turn_of_the_loop_share_one_commit(db: Database, monkeypatch) -> None:
+    """On SQLite the loop chains, in one transaction, the AuditEvents of every request that answered in its
+    last turn (the commit was most of what chaining one cost); each answer still waits for it. On PostgreSQL
+    the thread's groups do the same."""
+    writer = trail.Writer(db, lag=2000)
+    extend = chain.extend
+    calls: list[tuple[str, int]] = []
+
+    def counted(conn: Any, events: list[dict[str, Any]]) -> list[str]:
+        calls.append((threading.current_thread().name, len(events)))
+        return extend(conn, events)
+
+    monkeypatch.setattr(chain, "extend", counted)
+
+    async def together() -> None:
+        first = requests(3)
+        await asyncio.gather(*(answer(writer, access) for access in first))
+        await answer(writer, requests(4)[3])  # alone in its turn
+
+    asyncio.run(together())
+    assert audited(db) == ["r0", "r1", "r2", "r3"]
+    if db.is_sqlite:
+        assert calls == [("MainThread", 3), ("MainThread", 1)]
+    else:
+        assert sum(n for _, n in calls) == 4 and all(name == "audit-writer" for name, _ in calls)
+
+
 def test_past_the_lag_what_waits_to_be_indexed_stays_bounded(db: Database, monkeypatch) -> None:
     """Under sustained load the index keeps up: past the lag each request's event goes to the thread, whose
     groups are each followed by a batch indexed, which the next group waits for. Appended on the event

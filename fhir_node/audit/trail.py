@@ -38,6 +38,8 @@ INDEX_LOCK_WAIT = 0.01
 #: Seconds it then leaves the lock alone, so that a checkpoint finds the database's WAL quiet once.
 INDEX_BACKOFF = 0.05
 error_log = logging.getLogger("fhir_node.errors")
+#: An AuditEvent to chain, the loop of the request waiting for it, and what it waits on.
+_Item = tuple[dict[str, Any], asyncio.AbstractEventLoop, asyncio.Future[None]]
 
 
 def note(
@@ -171,7 +173,8 @@ class Writer:
     def __init__(self, db: Database, lag: int) -> None:
         self.db = db
         self.lag = lag
-        self._queue: list[tuple[dict[str, Any], asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._queue: list[_Item] = []
+        self._turns: dict[asyncio.AbstractEventLoop, list[_Item]] = {}  # see `_on_loop`
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._under_way = 0  # requests begun whose AuditEvent is not handed over yet
@@ -224,47 +227,63 @@ class Writer:
         record = access.record
         if record is None or record.written:
             return
-        event = build(access, record, status, access.server)
-        if self._on_loop(record, event):
-            record.written = True
-            return
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        with self._wake:
-            self._queue.append((event, loop, done))
-            self._no_longer_awaited(record)
-            self._start()
-            self._wake.notify()
+        item = (build(access, record, status, access.server), loop, done)
+        if self.db.chain_file is not None and not (self._holding or self._past_lag):
+            turn = self._turns.setdefault(loop, [])
+            if not turn:
+                loop.call_soon(self._on_loop, loop)
+            turn.append(item)
+            with self._wake:
+                self._no_longer_awaited(record)
+        else:
+            self._hand_over([item], record)
         await done
         record.written = True
 
-    def _on_loop(self, record: Record, event: dict[str, Any]) -> bool:
-        """On SQLite, where the chain has a file of its own: the event chained and committed right here, on the
-        event loop (`Database.chain_on_loop`), and the thread told what it has to do about it (index once
-        idle or past the lag, checkpoint the chain's file). False: the thread appends it; so it does past the
-        lag, where each of its groups is followed by a batch indexed, which the next group waits for: appended
-        here, events came faster than the thread indexed them, and what waited grew without bound (13,347
-        after 25 s of the wrk mix, measured), all of it to index before any read of AuditEvents."""
+    def _hand_over(self, items: list[_Item], record: Record | None = None) -> None:
+        """To the thread's next group."""
+        with self._wake:
+            self._queue.extend(items)
+            if record is not None:
+                self._no_longer_awaited(record)
+            self._start()
+            self._wake.notify()
+
+    def _on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On SQLite, where the chain has a file of its own: the AuditEvents of the requests that answered in
+        the loop's last turn chained and committed here, on the event loop (`Database.chain_on_loop`), in
+        one transaction, and the thread told what it has to do about it (index once idle or past the lag,
+        checkpoint the chain's file). Else the thread appends them; so it does past the lag, where each of
+        its groups is followed by a batch indexed, which the next group waits for: appended here, events
+        came faster than the thread indexed them, and what waited grew without bound (13,347 after 25 s of
+        the wrk mix, measured), all of it to index before any read of AuditEvents."""
+        turn = self._turns.pop(loop)
         if self._holding or self._past_lag:
-            return False
+            self._hand_over(turn)
+            return
         try:
             with self.db.chain_on_loop() as conn:
-                chain.extend(conn, [event])
+                chain.extend(conn, [event for event, _, _ in turn])
                 over = chain.waiting(conn) - self.lag
         except ChainBusy:
-            return False
+            self._hand_over(turn)
+            return
+        except Exception as exc:
+            _settle([done for _, _, done in turn], exc)
+            return
+        _settle([done for _, _, done in turn], None)
         with self._wake:
             self._past_lag = over > 0
-            self._no_longer_awaited(record)
             self._last_append = time.monotonic()
-            self._appended += 1
+            self._appended += len(turn)
             due = not self._behind or over > 0 or self._appended >= CHECKPOINT_EVERY
             self._behind = True
             self._overdue |= over > 0
             if due:
                 self._start()
                 self._wake.notify()
-        return True
 
     def _start(self) -> None:
         """The writer's thread, unless it runs (holding `_wake`)."""
