@@ -140,7 +140,7 @@ def serve(args: argparse.Namespace) -> int:
     if problem:
         print(f"fhir-node: {problem}", file=sys.stderr)
         return 2
-    from fhir_node.logs import configure
+    from fhir_node.logs import config, configure
 
     configure(settings.log_level)
     from fhir_node.node import Node
@@ -159,7 +159,7 @@ def serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         access_log=False,
-        log_config=None,
+        log_config=config(settings.log_level),
         **uvicorn_tls_options(args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certs),
         **uvicorn_proxy_options(settings),
         **uvicorn_edge_options(settings),

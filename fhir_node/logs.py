@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import logging.config
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 
@@ -24,13 +26,20 @@ class JSONFormatter(logging.Formatter):
         return orjson.dumps(out).decode()
 
 
+def config(level: str) -> dict[str, Any]:
+    """The node's and uvicorn's logs through the JSON formatter, as a `logging.config.dictConfig` dict: uvicorn
+    applies it in each worker process it starts (`--workers 2`), whose logs, access log included, went
+    nowhere else (measured: no access line at all with two workers)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JSONFormatter}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
+        "root": {"handlers": ["stderr"], "level": level.upper()},
+        "loggers": {name: {"handlers": [], "propagate": True} for name in ("uvicorn", "uvicorn.error")},
+    }
+
+
 def configure(level: str) -> None:
-    """Route the node's and uvicorn's logs through the JSON formatter."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(JSONFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
+    """`config` applied in this process."""
+    logging.config.dictConfig(config(level))
