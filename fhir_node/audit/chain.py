@@ -158,14 +158,20 @@ def waiting(conn: Connection) -> int:
     return _WAITING.scalar(conn)
 
 
+def behind(db: Database) -> bool:
+    """Whether any event waits to be chained or indexed: a read, which takes no lock; most requests that may
+    read AuditEvents find none, and ask on the event loop (`api.guard`)."""
+    with db.read() as conn:
+        return waiting(conn) > 0
+
+
 def catch_up(db: Database) -> int:
     """Chain the staged events, then index every event chained so far, a batch per transaction; how many.
     Events chained meanwhile (by requests answered since) are left for later: under sustained load they
     come about as fast as they are indexed, and chasing them kept a request waiting for minutes (measured).
-    Whether any wait is asked in a read, which takes no lock: most requests that call this find none."""
-    with db.read() as conn:
-        if waiting(conn) <= 0:
-            return 0
+    Whether any wait is asked first (`behind`)."""
+    if not behind(db):
+        return 0
     settle(db)
     with db.read() as conn:
         last = conn.execute(_LAST_SEQ).scalar() or 0
