@@ -21,7 +21,7 @@ from test_audit_writer import answer, audited, requests
 from fhir_node.audit import chain, trail
 from fhir_node.store import database as database_module
 from fhir_node.store.audit_file import audit_file
-from fhir_node.store.database import MIGRATIONS, Database
+from fhir_node.store.database import MIGRATIONS, Database, driver_rows
 
 
 @pytest.fixture
@@ -187,7 +187,7 @@ def test_the_writers_thread_checkpoints_what_the_event_loop_appends(sqlite_url, 
         with db.read() as conn:
             assert chain.waiting(conn) == 4
         with db.chain_on_loop() as conn:
-            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
+            assert driver_rows(conn, "PRAGMA wal_autocheckpoint") == [(0,)]
 
 
 def test_a_checkpoint_starts_the_chains_wal_over_though_appends_went_on_meanwhile(sqlite_url, monkeypatch):
@@ -257,3 +257,19 @@ def test_indexing_gives_way_to_another_process_that_holds_the_databases_lock(sql
         writer._index()
         with db.read() as conn:
             assert chain.waiting(conn) == 0
+
+
+def test_an_append_on_the_event_loop_that_fails_leaves_nothing_and_the_next_one_goes_through(sqlite_url):
+    """The loop's append begins and ends its transaction on the driver: a failure inside rolls it back."""
+    event = {"resourceType": "AuditEvent", "outcome": "0"}
+    audit = audit_file(str(_path(sqlite_url)))
+    with database(sqlite_url) as db:
+        db.migrate()
+        with pytest.raises(RuntimeError), db.chain_on_loop() as conn:
+            chain.extend(conn, [event])
+            raise RuntimeError("fails after its append")
+        assert _count(audit, "audit_chain") == 0
+        with db.chain_on_loop() as conn:
+            chain.extend(conn, [event, event])
+        assert _count(audit, "audit_chain") == 2
+    assert verified(sqlite_url)[0] == 2

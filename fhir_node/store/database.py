@@ -224,7 +224,10 @@ class Database:
         there takes ~0.1 ms and waits for no write to the database, where handing it to a thread cost an
         audited search a third of its CPU (measured, one commit per request: 905-923 against 1,467-1,560 us).
         On a connection kept for it, which waits `_CHAIN_WAIT_MS` at most for the chain's lock and never
-        checkpoints (that copies megabytes: `checkpoint_chain`, from a thread). ChainBusy when it cannot: no
+        checkpoints (that copies megabytes: `checkpoint_chain`, from a thread); its transaction begun and ended
+        on the driver, whose statements are all the append runs (SQLAlchemy's transaction around them cost
+        ~10-14 us of an append's ~85-140, measured): what runs inside runs on the driver too (`driver_rows`,
+        `Ready`), as SQLAlchemy's execute would begin a second transaction and fail. ChainBusy when it cannot: no
         such file (PostgreSQL's appends await the network), the lock held, or the connection in use by
         another loop's thread."""
         if self.chain_file is None or not self._chain_guard.acquire(blocking=False):
@@ -237,16 +240,21 @@ class Database:
                 dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
                 self._chain_kept.append(conn)
             conn = self._chain_kept[0]
+            dbapi_conn: Any = conn.connection.dbapi_connection
             try:
-                transaction = conn.begin()
+                _begin(conn, "audit")
             except OperationalError as exc:
-                if conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
-                    conn.connection.dbapi_connection.rollback()  # type: ignore[union-attr]
+                if dbapi_conn.in_transaction:
+                    dbapi_conn.rollback()
                 if lock_busy(exc):
                     raise ChainBusy from exc
                 raise
-            with transaction:
+            try:
                 yield conn
+            except BaseException:
+                dbapi_conn.rollback()
+                raise
+            dbapi_conn.commit()
         finally:
             self._chain_guard.release()
 
@@ -513,6 +521,17 @@ async def _rows_awaited(cursor: Any, sql: str, params: Any, many: bool) -> list[
     return await cursor.fetchall() if cursor.rownumber is not None else []  # (rows: `description` builds columns)
 
 
+def _begin(conn: Connection, schema: str | None) -> None:
+    """A write transaction on `conn` holding the write lock of `schema`'s file (None: no file attached, the
+    database's). BEGIN IMMEDIATE would lock every attached file: a write statement that changes nothing
+    takes the lock of its own file only (and may wait for it, failing with an OperationalError)."""
+    if schema is not None and _has_lock_table(conn, schema):
+        driver_rows(conn, "BEGIN")
+        driver_rows(conn, f"DELETE FROM {schema}.{_LOCK_TABLE[schema]} WHERE 0")
+    else:  # also a database the migrations have not made yet
+        driver_rows(conn, "BEGIN IMMEDIATE")  # may wait for the lock and fail (an OperationalError)
+
+
 def _has_lock_table(conn: Connection, schema: str) -> bool:
     """Whether `schema` holds its `_LOCK_TABLE` yet (asked once per connection, then only while it does not)."""
     known: set[str] = conn.connection.info.setdefault("lock_tables", set())
@@ -579,13 +598,7 @@ def _tune_sqlite(engine: Engine, statement_timeout: float | None, write_wait: fl
         if wait is not None:
             dbapi_conn.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
         try:
-            if audit is not None and _has_lock_table(conn, schema):
-                # BEGIN IMMEDIATE would lock every attached file: a write statement that changes nothing takes
-                # the lock of its own file only (and may wait for it, failing with an OperationalError).
-                driver_rows(conn, "BEGIN")
-                driver_rows(conn, f"DELETE FROM {schema}.{_LOCK_TABLE[schema]} WHERE 0")
-            else:  # also a database the migrations have not made yet
-                driver_rows(conn, "BEGIN IMMEDIATE")  # may wait for the lock and fail (an OperationalError)
+            _begin(conn, schema if audit is not None else None)
         finally:
             if wait is not None:
                 dbapi_conn.execute(f"PRAGMA busy_timeout={int(write_wait * 1000)}")
