@@ -230,7 +230,7 @@ class Writer:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         item = (build(access, record, status, access.server), loop, done)
-        if self.db.chain_file is not None and not (self._holding or self._past_lag):
+        if self.db.chain_file is not None:  # the loop's turn decides where it goes (`_on_loop`)
             turn = self._turns.setdefault(loop, [])
             if not turn:
                 loop.call_soon(self._on_loop, loop)
