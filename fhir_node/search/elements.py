@@ -38,9 +38,14 @@ def _choices() -> dict[str, dict[str, frozenset[str]]]:
     return {t: {c: frozenset(names) for c, names in found.items()} for t, found in _structure()["choices"].items()}
 
 
+def asks(summary: str | None, elements: list[str]) -> bool:
+    """Whether `_summary` / `_elements` ask for less than the whole resource."""
+    return summary not in (None, "false") or bool(elements)
+
+
 def shape(content: bytes, summary: str | None, elements: list[str]) -> bytes:
     """The resource as `_summary` / `_elements` ask; the stored bytes themselves when nothing is asked."""
-    if summary in (None, "false") and not elements:
+    if not asks(summary, elements):
         return content
     resource = orjson.loads(content)
     res_type = resource["resourceType"]

@@ -151,11 +151,11 @@ def _may_redact(res_type: str) -> bool:
 
 
 def shown_page(conn: Connection, res_types: Collection[str], rows: Iterable[Any]) -> list[tuple[bytes, bool]]:
-    """`shown` for each of a page's `rows` (with `res_type` and `content`) of `res_types`, asking once
+    """`shown` for each of a page's `rows` ((type, id, content, ...) tuples) of `res_types`, asking once
     whether the caller may be shown a redaction of any of them."""
     if not any(_may_redact(t) for t in res_types):
-        return [(r.content, False) for r in rows]
-    return [shown(conn, r.res_type, r.content) for r in rows]
+        return [(r[2], False) for r in rows]
+    return [shown(conn, r[0], r[2]) for r in rows]
 
 
 def shown(conn: Connection, res_type: str, content: bytes) -> tuple[bytes, bool]:
