@@ -3,10 +3,11 @@ enforcement on and off: resources per second, and the server's CPU per resource 
 shared machine), and the loader's.
 
     python benchmarks/load_speed.py [--patients 500] [--profiles on,off] [--database postgresql]
+        [--workers 1] [--in-flight 2]
 
-Each run gets a fresh database and a fresh node (`fhir-node serve`, one worker, audit off). The scenario
-is the NDJSON shape (one file per type, in reference order), loaded as an operator would:
-`fhir-node load DIR --url BASE --batch-size 100`.
+Each run gets a fresh database and a fresh node (`fhir-node serve`, `--workers` workers, audit off). The
+scenario is the NDJSON shape (one file per type, in reference order), loaded as an operator would:
+`fhir-node load DIR --url BASE --batch-size 100 --in-flight N` (Bundles on their way at once).
 """
 
 from __future__ import annotations
@@ -25,16 +26,17 @@ from search_load import cpu_seconds, database, serve_node, server_pid
 from fhir_node.synth import Options, synth
 
 
-def run(kind: str, scenario: Path, profiles: str, batch: int) -> dict[str, object]:
+def run(kind: str, scenario: Path, profiles: str, batch: int, workers: int, in_flight: int) -> dict[str, object]:
     """One load into a fresh database and node; the loader runs as its own process, as an operator runs it."""
     with tempfile.TemporaryDirectory() as tmpdir, database(kind, Path(tmpdir)) as url:
         env = {"FHIR_NODE_ENFORCE_PROFILES": "true" if profiles == "on" else "false", "FHIR_NODE_AUDIT": "false"}
         env["FHIR_NODE_LOG_LEVEL"] = "WARNING"
-        with serve_node(url, Path(tmpdir), env) as base:
+        with serve_node(url, Path(tmpdir), env, workers=workers) as base:
             pid = server_pid(Path(tmpdir))
             cpu0, loader0, t0 = cpu_seconds(pid), _children_cpu(), time.perf_counter()
             command = [sys.executable, "-m", "fhir_node", "load", str(scenario), "--url", base]
-            done = subprocess.run([*command, "--batch-size", str(batch), "--quiet"], capture_output=True, text=True)
+            options = ["--batch-size", str(batch), "--in-flight", str(in_flight), "--quiet"]
+            done = subprocess.run([*command, *options], capture_output=True, text=True)
             seconds, cpu, loader = time.perf_counter() - t0, cpu_seconds(pid) - cpu0, _children_cpu() - loader0
         summary = done.stdout.strip().splitlines()[0] if done.stdout.strip() else done.stderr[-500:]
         if done.returncode != 0:
@@ -63,11 +65,22 @@ def main() -> None:
     ap.add_argument("--patients", type=int, default=500)
     ap.add_argument("--profiles", default="on,off", help="runs, in order: on, off or both")
     ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--in-flight", type=int, default=2, help="Bundles the loader has on their way at once")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as out:
         synth(Options(args.patients, 1, Path(out), "ndjson"))
-        report = [run(args.database, Path(out), p, args.batch_size) for p in args.profiles.split(",")]
-    summary = {"database": args.database, "patients": args.patients, "runs": report}
+        report = [
+            run(args.database, Path(out), p, args.batch_size, args.workers, args.in_flight)
+            for p in args.profiles.split(",")
+        ]
+    summary = {
+        "database": args.database,
+        "patients": args.patients,
+        "workers": args.workers,
+        "in_flight": args.in_flight,
+        "runs": report,
+    }
     print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
 
 

@@ -27,7 +27,9 @@ import re
 import sys
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -209,30 +211,65 @@ def files(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
-class Loader:
-    """Feeds files to a Target and keeps the Summary; `advance(n)` is told of every n bytes read."""
+@dataclass
+class _Sent:
+    """A wrapped Bundle on its way: its answer, what to do with it, and the files' `Type/id`s it defines."""
 
-    def __init__(self, target: Target, batch_size: int = 500, advance: Callable[[int], None] | None = None) -> None:
+    answer: Future[Answer]
+    then: Callable[[Answer], None]
+    defines: frozenset[str]
+
+
+class Loader:
+    """Feeds files to a Target and keeps the Summary; `advance(n)` is told of every n bytes read.
+
+    `in_flight` wrapped Bundles may be on their way at once: the node validates one while the loader
+    prepares the next and the previous answer travels (one at a time, each side waited for the other:
+    ~1.3 ms per resource of which ~0.2 the loader's). Answers are settled in the order sent, and a Bundle
+    that refers to a resource defined by one still on its way waits for its answer (the node's id)."""
+
+    def __init__(
+        self, target: Target, batch_size: int = 500, advance: Callable[[int], None] | None = None, in_flight: int = 1
+    ) -> None:
         self.target = target
         self.batch_size = batch_size
         self.advance = advance or (lambda n: None)
         self.summary = Summary()
         self.resolved: dict[str, str] = {}  # `Type/id` in the files -> `Type/id` on the node
+        self.in_flight = max(1, in_flight)
+        self._sent: deque[_Sent] = deque()
 
     def run(self, paths: Iterable[Path]) -> Summary:
         started = time.perf_counter()
         loose: list[tuple[str, dict[str, Any]]] = []
-        for path in files(paths):
-            if path.suffix == ".ndjson":
-                self._ndjson(path)
-            else:
-                loose += self._json(path)
-                self.advance(path.stat().st_size)
-        loose.sort(key=lambda item: _rank(item[1]))
-        for start in range(0, len(loose), self.batch_size):
-            self._wrapped(loose[start : start + self.batch_size])
+        with ThreadPoolExecutor(self.in_flight, thread_name_prefix="load") as self._posting:
+            for path in files(paths):
+                if path.suffix == ".ndjson":
+                    self._ndjson(path)
+                else:
+                    loose += self._json(path)
+                    self.advance(path.stat().st_size)
+            loose.sort(key=lambda item: _rank(item[1]))
+            for start in range(0, len(loose), self.batch_size):
+                self._wrapped(loose[start : start + self.batch_size])
+            self._wait_for()
         self.summary.seconds = time.perf_counter() - started
         return self.summary
+
+    def _send(self, bundle: bytes, then: Callable[[Answer], None], defines: frozenset[str]) -> None:
+        """Post `bundle` and have `then` settle its answer, once `in_flight` others have been settled."""
+        while len(self._sent) >= self.in_flight:
+            self._settle_oldest()
+        self._sent.append(_Sent(self._posting.submit(self.target.post, bundle), then, defines))
+
+    def _settle_oldest(self) -> None:
+        sent = self._sent.popleft()
+        sent.then(sent.answer.result())
+
+    def _wait_for(self, refers: set[str] | None = None) -> None:
+        """Settle, oldest first, what is on its way: all of it, or until none of it defines one of `refers`."""
+        while self._sent and (refers is None or any(not sent.defines.isdisjoint(refers) for sent in self._sent)):
+            self._settle_oldest()
 
     def _json(self, path: Path) -> list[tuple[str, dict[str, Any]]]:
         """A transaction or batch is posted now; single resources and collections are returned for wrapping."""
@@ -279,6 +316,7 @@ class Loader:
 
     def _as_is(self, where: str, bundle: dict[str, Any]) -> None:
         entries = bundle.get("entry", [])
+        self._wait_for()
         answer = self.target.post(orjson.dumps(bundle))
         if answer.status >= 400 or answer.body.get("resourceType") != "Bundle":
             self.summary.fail(where, _reason(answer), max(len(entries), 1))
@@ -306,13 +344,22 @@ class Loader:
                     by_identity[key] = url
             if "id" in resource:
                 urls[f"{resource['resourceType']}/{resource['id']}"] = url
+        refers: set[str] = set()
+        for _, resource, _ in kept:
+            _references(resource, refers)
+        self._wait_for(refers - urls.keys())
         wrapped = [self._entry(resource, url, urls) for _, resource, url in kept]
         wheres = [where for where, _, _ in kept]
-        while wrapped:
-            answer = self.target.post(orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": wrapped}))
+        if wrapped:
+            self._send(
+                _transaction(wrapped), lambda answer: self._answered(answer, wrapped, wheres, urls), frozenset(urls)
+            )
+
+    def _answered(self, answer: Answer, wrapped: list[dict[str, Any]], wheres: list[str], urls: dict[str, str]) -> None:
+        """Settle a wrapped Bundle's answer; while an entry fails, set it aside and send the rest again."""
+        while True:
             if answer.status < 400 and answer.body.get("resourceType") == "Bundle":
-                responses = answer.body.get("entry", [])
-                self._settle("", wrapped, responses, urls, wheres)
+                self._settle("", wrapped, answer.body.get("entry", []), urls, wheres)
                 return
             bad = _failing_entry(answer)
             if bad is None or bad >= len(wrapped):
@@ -321,6 +368,9 @@ class Loader:
                 return
             self.summary.fail(wheres[bad], _reason(answer, strip_entry=True))
             del wrapped[bad], wheres[bad]
+            if not wrapped:
+                return
+            answer = self.target.post(_transaction(wrapped))
 
     def _entry(self, resource: dict[str, Any], url: str, local: dict[str, str]) -> dict[str, Any]:
         body = _rewrite(resource, local, self.resolved)
@@ -381,7 +431,7 @@ class Loader:
         for _, key, resource in replace:
             body = {**resource, "id": key.split("/")[1]}
             entries.append({"resource": body, "request": {"method": "PUT", "url": key}})
-        answer = self.target.post(orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries}))
+        answer = self.target.post(_transaction(entries))
         for here, key, _ in replace:
             if answer.status < 400:
                 self.summary.count(key, "updated")
@@ -393,6 +443,23 @@ class Loader:
 def _rank(resource: dict[str, Any]) -> int:
     rt = resource.get("resourceType")
     return REFERENCE_ORDER.index(rt) if rt in REFERENCE_ORDER else len(REFERENCE_ORDER)
+
+
+def _transaction(entries: list[dict[str, Any]]) -> bytes:
+    return orjson.dumps({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+
+
+def _references(value: Any, found: set[str]) -> None:
+    """Every `reference` in `value`, added to `found`."""
+    if isinstance(value, list):
+        for v in value:
+            _references(v, found)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if k == "reference" and isinstance(v, str):
+                found.add(v)
+            else:
+                _references(v, found)
 
 
 def _rewrite(value: Any, *maps: dict[str, str]) -> Any:
@@ -482,9 +549,10 @@ def load(
     target: Target,
     batch_size: int = 500,
     advance: Callable[[int], None] | None = None,
+    in_flight: int = 1,
 ) -> Summary:
     """Load `paths` into `target`; the caller closes the target."""
-    return Loader(target, batch_size, advance).run(paths)
+    return Loader(target, batch_size, advance, in_flight).run(paths)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -500,7 +568,8 @@ def main(args: argparse.Namespace) -> int:
     target: Target = DatabaseTarget(args.database) if args.database else HttpTarget(args.url)
     try:
         with tqdm(total=total, unit="B", unit_scale=True, desc="loading", disable=args.quiet) as bar:
-            summary = load(paths, target, args.batch_size, bar.update)
+            in_flight = 1 if args.database else args.in_flight  # in process, the GIL would serialise them anyway
+            summary = load(paths, target, args.batch_size, bar.update, in_flight)
     finally:
         target.close()
     print(summary.report())
@@ -518,6 +587,13 @@ def add_parser(sub: Any) -> None:
     where.add_argument("--database", metavar="URL", help="write straight into this database (SQLAlchemy URL)")
     p.add_argument(
         "--batch-size", type=int, default=500, help="resources per transaction when wrapping (default %(default)s)"
+    )
+    p.add_argument(
+        "--in-flight",
+        type=int,
+        default=2,
+        metavar="N",
+        help="with --url, wrapped Bundles sent before the first answer is awaited (default %(default)s)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=main)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from live_node import serve_node
 from sqlalchemy import create_engine
 
 from fhir_node.cli import main
-from fhir_node.load import DatabaseTarget, HttpTarget, Summary, Target, load
+from fhir_node.load import Answer, DatabaseTarget, HttpTarget, Summary, Target, load
 from fhir_node.store.database import normalise_url
 
 BUNDLES, RESOURCES = EXAMPLES / "bundles", EXAMPLES / "resources"
@@ -142,3 +143,51 @@ def test_a_resource_repeated_in_the_files_is_created_once(
         assert _counts(load([tmp_path], target)) == (0, 0, 1, 0)
     finally:
         target.close()
+
+
+class _Watched:
+    """A real target whose posts are watched: how many were on their way at once, at most."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.on_the_way = self.most = 0
+        self.lock = threading.Lock()
+
+    def post(self, bundle: bytes) -> Answer:
+        with self.lock:
+            self.on_the_way += 1
+            self.most = max(self.most, self.on_the_way)
+        try:
+            return self.target.post(bundle)
+        finally:
+            with self.lock:
+                self.on_the_way -= 1
+
+    def close(self) -> None:
+        self.target.close()
+
+
+def test_bundles_on_their_way_together_wait_for_the_ids_they_refer_to(node_url: str, tmp_path: Path) -> None:
+    """Two wrapped Bundles travel at once, and one referring (`Type/id`) to a resource of a Bundle still on
+    its way is sent only once that answer gave the node's id: every reference lands on what was loaded."""
+    every = list(resources_in(RESOURCES))
+    first = [r for r in every if r["resourceType"] in ("Organization", "Practitioner")]
+    patients = [r for r in every if r["resourceType"] == "Patient"][:8]
+    lines = [*first]
+    for patient in patients:  # each patient followed by its inclusions: the next Bundle refers to the one before
+        ref = f"Patient/{patient['id']}"
+        lines += [
+            patient,
+            *(r for r in every if r["resourceType"] == "EpisodeOfCare" and r["patient"]["reference"] == ref),
+        ]
+    (tmp_path / "all.ndjson").write_bytes(b"\n".join(orjson.dumps(r) for r in lines))
+    watched = _Watched(HttpTarget(node_url))
+    try:
+        assert _counts(load([tmp_path], watched, batch_size=1, in_flight=2)) == (len(lines), 0, 0, 0)
+    finally:
+        watched.close()
+    assert watched.most == 2
+    episodes = httpx.get(f"{node_url}/EpisodeOfCare", params={"_count": "100"}).json()["entry"]
+    refs = {e["resource"]["patient"]["reference"] for e in episodes}
+    assert len(refs) == len(patients)
+    assert all(httpx.get(f"{node_url}/{ref}").status_code == 200 for ref in refs)
