@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -151,3 +153,17 @@ def statements(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, Any]
     event.listen(Engine, "before_cursor_execute", executed)
     yield seen
     event.remove(Engine, "before_cursor_execute", executed)
+
+
+@pytest.fixture
+def access_log(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> Callable[[], list[dict[str, Any]]]:
+    """The access log turned on (INFO); called, the lines it wrote on stderr since the last call, parsed."""
+    caplog.set_level(logging.INFO, logger="fhir_node.access")
+
+    def lines() -> list[dict[str, Any]]:
+        written = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+        return [line for line in written if line["logger"] == "fhir_node.access"]
+
+    return lines

@@ -14,10 +14,10 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_node.api.failures import CLIENT_GONE, classify
+from fhir_node.logs import access
 from fhir_node.outcome import error, operation_outcome
 from fhir_node.rules.pseudonym import scrub
 
-access_log = logging.getLogger("fhir_node.access")
 error_log = logging.getLogger("fhir_node.errors")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 
@@ -83,7 +83,7 @@ class RequestContext:
                 "status": status,
                 "duration_ms": round((time.perf_counter() - start) * 1000, 3),
             }
-            access_log.info("request", extra={"fields": fields})
+            access(fields)
 
 
 async def _unexpected(send: Send, exc: Exception, rid: str) -> int:
