@@ -226,7 +226,9 @@ class Loader:
     `in_flight` wrapped Bundles may be on their way at once: the node validates one while the loader
     prepares the next and the previous answer travels (one at a time, each side waited for the other:
     ~1.3 ms per resource of which ~0.2 the loader's). Answers are settled in the order sent, and a Bundle
-    that refers to a resource defined by one still on its way waits for its answer (the node's id)."""
+    that refers to a resource defined by one still on its way waits for its answer (the node's id); one
+    with a conditional reference (`Patient?identifier=...`), which the node resolves by a search, waits
+    for every Bundle on its way (sent together, the later one may reach the node first)."""
 
     def __init__(
         self, target: Target, batch_size: int = 500, advance: Callable[[int], None] | None = None, in_flight: int = 1
@@ -347,7 +349,8 @@ class Loader:
         refers: set[str] = set()
         for _, resource, _ in kept:
             _references(resource, refers)
-        self._wait_for(refers - urls.keys())
+        conditional = any("?" in ref for ref in refers)  # the node searches for it: all on its way must land
+        self._wait_for(None if conditional else refers - urls.keys())
         wrapped = [self._entry(resource, url, urls) for _, resource, url in kept]
         wheres = [where for where, _, _ in kept]
         if wrapped:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -146,18 +147,22 @@ def test_a_resource_repeated_in_the_files_is_created_once(
 
 
 class _Watched:
-    """A real target whose posts are watched: how many were on their way at once, at most."""
+    """A real target whose posts are watched: how many were on their way at once, at most. A Bundle holding
+    `slow` waits `delay` seconds before it goes, so one sent after it would reach the node first."""
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, slow: bytes = b"", delay: float = 0.0) -> None:
         self.target = target
         self.on_the_way = self.most = 0
         self.lock = threading.Lock()
+        self.slow, self.delay = slow, delay
 
     def post(self, bundle: bytes) -> Answer:
         with self.lock:
             self.on_the_way += 1
             self.most = max(self.most, self.on_the_way)
         try:
+            if self.slow and self.slow in bundle:
+                time.sleep(self.delay)
             return self.target.post(bundle)
         finally:
             with self.lock:
@@ -191,3 +196,32 @@ def test_bundles_on_their_way_together_wait_for_the_ids_they_refer_to(node_url: 
     refs = {e["resource"]["patient"]["reference"] for e in episodes}
     assert len(refs) == len(patients)
     assert all(httpx.get(f"{node_url}/{ref}").status_code == 200 for ref in refs)
+
+
+def test_a_bundle_with_a_conditional_reference_waits_for_every_bundle_on_its_way(node_url: str, tmp_path: Path) -> None:
+    """The node resolves `Patient?identifier=...` by a search when the Bundle arrives: a Bundle holding one is
+    sent only once those on their way have landed, even when the Bundle before it is slow to go."""
+    every = list(resources_in(RESOURCES))
+    lines = [r for r in every if r["resourceType"] in ("Organization", "Practitioner")]
+    patients = [r for r in every if r["resourceType"] == "Patient" and r.get("identifier")][:4]
+    for patient in patients:
+        ident = patient["identifier"][0]
+        inclusion = next(
+            r
+            for r in every
+            if r["resourceType"] == "EpisodeOfCare" and r["patient"]["reference"] == f"Patient/{patient['id']}"
+        )
+        by_identifier = {
+            **inclusion,
+            "patient": {**inclusion["patient"], "reference": f"Patient?identifier={ident['system']}|{ident['value']}"},
+        }
+        lines += [patient, by_identifier]
+    (tmp_path / "all.ndjson").write_bytes(b"\n".join(orjson.dumps(r) for r in lines))
+    watched = _Watched(HttpTarget(node_url), slow=b'"resourceType":"Patient"', delay=0.3)
+    try:
+        assert _counts(load([tmp_path], watched, batch_size=1, in_flight=2)) == (len(lines), 0, 0, 0)
+    finally:
+        watched.close()
+    episodes = httpx.get(f"{node_url}/EpisodeOfCare", params={"_count": "100"}).json()["entry"]
+    assert len(episodes) == len(patients)
+    assert all(httpx.get(f"{node_url}/{e['resource']['patient']['reference']}").status_code == 200 for e in episodes)
