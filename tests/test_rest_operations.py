@@ -3,9 +3,11 @@ client library accepts and that claims exactly what the node does."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -239,6 +241,13 @@ def test_access_log_does_not_log_the_body(client, access_log):
     )
     (logged,) = access_log()
     assert "unknown" not in json.dumps(logged)
+
+
+def test_a_closed_stderr_costs_the_request_nothing(client, access_log, monkeypatch):
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr(sys, "stderr", closed)
+    assert client.get("/fhir/EpisodeOfCare").status_code == 200
 
 
 def test_access_log_is_off_below_its_level(client, caplog, access_log):
