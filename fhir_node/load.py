@@ -92,7 +92,7 @@ class Target(Protocol):
 
 
 class HttpTarget:
-    """POST to the base of a running node (httpx, one keep-alive connection)."""
+    """POST to the base of a running node (httpx, a keep-alive connection per Bundle on its way)."""
 
     def __init__(self, base: str, timeout: float = 300.0) -> None:
         import httpx
