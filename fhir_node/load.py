@@ -37,6 +37,7 @@ from urllib.parse import quote
 
 import orjson
 
+from fhir_node.arguments import positive
 from fhir_node.rules.billing import BILLING_PERIOD
 
 #: Types written first when wrapping loose resources, so references point at what exists already.
@@ -238,7 +239,7 @@ class Loader:
         self.advance = advance or (lambda n: None)
         self.summary = Summary()
         self.resolved: dict[str, str] = {}  # `Type/id` in the files -> `Type/id` on the node
-        self.in_flight = max(1, in_flight)
+        self.in_flight = in_flight
         self._sent: deque[_Sent] = deque()
 
     def run(self, paths: Iterable[Path]) -> Summary:
@@ -589,11 +590,14 @@ def add_parser(sub: Any) -> None:
     )
     where.add_argument("--database", metavar="URL", help="write straight into this database (SQLAlchemy URL)")
     p.add_argument(
-        "--batch-size", type=int, default=500, help="resources per transaction when wrapping (default %(default)s)"
+        "--batch-size",
+        type=positive(int),
+        default=500,
+        help="resources per transaction when wrapping (default %(default)s)",
     )
     p.add_argument(
         "--in-flight",
-        type=int,
+        type=positive(int),
         default=2,
         metavar="N",
         help="with --url, wrapped Bundles sent before the first answer is awaited (default %(default)s)",

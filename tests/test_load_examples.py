@@ -130,6 +130,17 @@ def test_broken_files_fail_with_their_reason_and_a_non_zero_exit(
     assert main(["load", str(tmp_path / "missing"), "--database", database_url, "--quiet"]) == 2
 
 
+@pytest.mark.parametrize("option", ["--in-flight", "--batch-size"])
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_a_count_that_is_not_positive_is_a_usage_error(
+    tmp_path: Path, option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["load", str(tmp_path), "--url", "http://127.0.0.1:9/fhir", option, value])
+    assert refused.value.code == 2
+    assert f"invalid positive int value: '{value}'" in capsys.readouterr().err
+
+
 def test_a_resource_repeated_in_the_files_is_created_once(
     tmp_path: Path, database_url: str, enforcing_env: None
 ) -> None:

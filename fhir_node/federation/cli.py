@@ -9,6 +9,7 @@ import asyncio
 import sys
 from typing import Any, NoReturn
 
+from fhir_node.arguments import positive
 from fhir_node.federation import federate, report
 from fhir_node.federation.fanout import QueryError, parse_query
 from fhir_node.federation.nodes import NodesFileError, load_nodes
@@ -24,17 +25,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")
 
 
-def _positive(kind: type[int] | type[float]) -> Any:
-    def parse(text: str) -> int | float:
-        value = kind(text)
-        if value <= 0:
-            raise ValueError(text)
-        return value
-
-    parse.__name__ = f"positive {kind.__name__}"
-    return parse
-
-
 def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="fhir-node federate",
@@ -46,10 +36,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--nodes", required=True, metavar="FILE", help="YAML nodes file: nodes: [{name, url, auth?}]")
     p.add_argument("--format", choices=("table", "json"), default="table", help="output (default %(default)s)")
-    p.add_argument("--max", type=_positive(int), metavar="N", help="per node, stop following pages after N entries")
+    p.add_argument("--max", type=positive(int), metavar="N", help="per node, stop following pages after N entries")
     p.add_argument(
         "--timeout",
-        type=_positive(float),
+        type=positive(float),
         default=30.0,
         metavar="S",
         help="seconds for each node's whole answer, unless its entry sets one (default %(default)s)",
@@ -64,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--suppress-below",
-        type=_positive(int),
+        type=positive(int),
         default=5,
         metavar="N",
         help="withhold a summed count below N, 0 included (small-cell suppression; default %(default)s)",
