@@ -20,6 +20,7 @@ from unittest import mock
 import httpx
 import orjson
 import pytest
+from chained import chained_events, some_facts
 from live_node import BASE_HOST, serve_node
 from r4_resources import JSON_HEADERS, episode
 from sqlalchemy import Connection, Table, delete, func, select, update
@@ -177,7 +178,7 @@ def change_both_copies(conn: Connection, res_id: str) -> None:
 def change_chained(conn: Connection, res_id: str) -> None:
     """The chained bytes themselves (the stored copies left as they were)."""
     content = conn.execute(select(audit_chain.c.content).where(audit_chain.c.res_id == res_id)).scalar_one()
-    changed = content.replace(b'"outcome":"0"', b'"outcome":"8"')
+    changed = content.replace(b'"status":200', b'"status":500')
     assert changed != content
     conn.execute(update(audit_chain).where(audit_chain.c.res_id == res_id).values(content=changed))
 
@@ -279,7 +280,7 @@ def audited_request_ids(database_url: str) -> set[str]:
     with database(database_url) as db:
         chain.catch_up(db)
         with db.read() as conn:
-            events = [orjson.loads(content) for content in conn.execute(select(audit_chain.c.content)).scalars()]
+            events = chained_events(conn)
     return {
         entity["what"]["identifier"]["value"]
         for event in events
@@ -388,8 +389,7 @@ def test_purge_pages_through_a_long_chain(database_url):
     with database(database_url) as db:
         db.migrate()
         with db.write() as conn:
-            event = {"resourceType": "AuditEvent", "recorded": "2019-03-01T12:00:00Z", "outcome": "0"}
-            chain.extend(conn, [event] * 560)
+            chain.extend(conn, some_facts([200] * 560))
     ids = [res_id for _, res_id in chain_entries(database_url)]
     backdate(database_url, ids[:550])
     _, head = verified(database_url)

@@ -15,6 +15,7 @@ from typing import Literal
 import pytest
 from alembic import command
 from alembic.config import Config
+from chained import some_facts
 from test_audit_chain import audited_client, database, verified
 from test_audit_writer import answer, audited, requests
 
@@ -65,11 +66,10 @@ def test_audited_reads_commit_to_the_chain_file_and_leave_the_database_alone(sql
 
 
 def test_a_writes_audit_event_is_staged_with_it_and_chained_once(sqlite_url):
-    event = {"resourceType": "AuditEvent", "action": "C", "outcome": "0"}
     with database(sqlite_url) as db:
         db.migrate()
         with db.write() as conn:
-            assert chain.record(conn, [event, {**event, "action": "U"}]) is True
+            assert chain.record(conn, some_facts([201, 200])) is True
         main, audit = _path(sqlite_url), audit_file(str(_path(sqlite_url)))
         assert (_count(main, "audit_outbox"), _count(audit, "audit_chain")) == (2, 0)
         with db.read() as conn:
@@ -88,7 +88,7 @@ def test_a_failed_write_stages_nothing(sqlite_url):
     with database(sqlite_url) as db:
         db.migrate()
         with pytest.raises(RuntimeError), db.write() as conn:
-            chain.record(conn, [{"resourceType": "AuditEvent", "action": "C"}])
+            chain.record(conn, some_facts([201]))
             raise RuntimeError("the write fails after its event was staged")
     assert _count(_path(sqlite_url), "audit_outbox") == 0
 
@@ -105,12 +105,12 @@ def test_a_chain_kept_in_the_database_moves_to_its_file_with_its_positions(sqlit
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "0006")
             with db.write() as conn:
-                chain.extend(conn, [{"resourceType": "AuditEvent", "outcome": o} for o in ("0", "4", "8")])
+                chain.extend(conn, some_facts([200, 404, 500]))
                 conn.exec_driver_sql("DELETE FROM audit_chain WHERE seq = 3")  # as if purged: seq 3 stays used
     with database(sqlite_url) as db:
         db.migrate()
         with db.write() as conn:
-            chain.extend(conn, [{"resourceType": "AuditEvent", "outcome": "0"}])
+            chain.extend(conn, some_facts([200]))
         with db.read() as conn:
             positions = [row[0] for row in conn.exec_driver_sql("SELECT seq FROM audit_chain ORDER BY seq")]
     assert positions == [1, 2, 4]
@@ -123,7 +123,7 @@ def test_a_node_whose_chain_file_is_gone_refuses_to_start(sqlite_url):
     with database(sqlite_url) as db:
         db.migrate()
         with db.write() as conn:
-            chain.extend(conn, [{"resourceType": "AuditEvent", "outcome": "0"}])
+            chain.extend(conn, some_facts([200]))
     audit = audit_file(str(_path(sqlite_url)))
     for suffix in ("", "-wal", "-shm"):
         Path(f"{audit}{suffix}").unlink(missing_ok=True)
@@ -140,7 +140,7 @@ def test_a_chain_file_left_without_its_database_is_set_aside(sqlite_url):
     with database(sqlite_url) as db:
         db.migrate()
         with db.write() as conn:
-            chain.extend(conn, [{"resourceType": "AuditEvent", "outcome": "0"}])
+            chain.extend(conn, some_facts([200]))
     main = _path(sqlite_url)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{main}{suffix}").unlink(missing_ok=True)
@@ -196,7 +196,7 @@ def test_a_checkpoint_starts_the_chains_wal_over_though_appends_went_on_meanwhil
     with database(sqlite_url) as db:
         db.migrate()
 
-        event = {"resourceType": "AuditEvent", "outcome": "0"}
+        (event,) = some_facts([200])
 
         def append() -> None:
             with db.chain_on_loop() as conn:
@@ -240,7 +240,7 @@ def test_indexing_gives_way_to_another_process_that_holds_the_databases_lock(sql
     with database(sqlite_url) as db:
         db.migrate()
         with db.write(chain=True) as conn:
-            chain.extend(conn, [{"resourceType": "AuditEvent", "outcome": "0"}] * 3)
+            chain.extend(conn, some_facts([200] * 3))
         writer = trail.Writer(db, lag=2000)
         other = sqlite3.connect(_path(sqlite_url), isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
@@ -261,7 +261,7 @@ def test_indexing_gives_way_to_another_process_that_holds_the_databases_lock(sql
 
 def test_an_append_on_the_event_loop_that_fails_leaves_nothing_and_the_next_one_goes_through(sqlite_url):
     """The loop's append begins and ends its transaction on the driver: a failure inside rolls it back."""
-    event = {"resourceType": "AuditEvent", "outcome": "0"}
+    (event,) = some_facts([200])
     audit = audit_file(str(_path(sqlite_url)))
     with database(sqlite_url) as db:
         db.migrate()

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from alembic import command
 from alembic.config import Config
+from chained import some_facts
 from live_node import BASE_HOST
 from sqlalchemy import func, insert, select
 from starlette.testclient import TestClient
@@ -173,12 +174,38 @@ def test_indexing_stores_each_event_byte_for_byte(database_url, batch, monkeypat
     with database(database_url) as db:
         db.migrate()
         with db.write() as conn:
-            ids = chain.extend(conn, [{"resourceType": "AuditEvent", "outcome": str(n % 2 * 4)} for n in range(7)])
+            ids = chain.extend(conn, some_facts([200, 404] * 3 + [200]))
         assert chain.catch_up(db) == 7
         with db.read() as conn:
-            kept = dict(conn.execute(select(audit_chain.c.res_id, audit_chain.c.content)).all())
+            c = audit_chain.c
+            kept = {i: chain.stored(i, t, b) for i, t, b in conn.execute(select(c.res_id, c.recorded, c.content))}
             served = {i: repository.current(conn, "AuditEvent", i) for i in ids}
         assert all(v is not None and v.content == kept[i] and v.version_id == 1 for i, v in served.items())
+        assert [orjson.loads(kept[i])["outcome"] for i in ids] == ["0", "4"] * 3 + ["0"]
+
+
+def test_events_staged_whole_by_an_older_node_are_chained_and_stored_as_they_were(database_url):
+    """Until 2026-12-01 the node staged (and chained) whole AuditEvents; it now chains a request's facts and
+    builds the event from them when indexing. An event staged whole before an upgrade is linked by its chain
+    extension and stored as it was, beside events chained as facts, and the chain verifies across both."""
+    whole = {"resourceType": "AuditEvent", "action": "C", "outcome": "4", "outcomeDesc": "HTTP 422"}
+    with database(database_url) as db:
+        db.migrate()
+        with db.write() as conn:
+            chain.record(conn, [*some_facts([200]), (repository.now(), orjson.dumps(whole)), *some_facts([404])])
+        assert chain.catch_up(db) == 3
+        with db.read() as conn:
+            c = audit_chain.c
+            rows = conn.execute(select(c.res_id, c.content).order_by(c.seq)).all()
+            served = [orjson.loads(repository.current(conn, "AuditEvent", res_id).content) for res_id, _ in rows]
+    assert rows[1].content.startswith(b'{"resourceType":"AuditEvent"')
+    assert [r.content.startswith(b'{"previous":') for r in rows] == [True, False, True]
+    assert [e["outcome"] for e in served] == ["0", "4", "4"]
+    assert served[1]["outcomeDesc"] == "HTTP 422" and served[1]["extension"][0]["valueString"] == chain.digest(
+        rows[0].content
+    )
+    assert served[2]["extension"][0]["valueString"] == chain.digest(rows[1].content)
+    assert verified(database_url)[0] == 3
 
 
 def test_catching_up_indexes_what_was_chained_before_not_what_comes_meanwhile(database_url, monkeypatch):
@@ -192,13 +219,13 @@ def test_catching_up_indexes_what_was_chained_before_not_what_comes_meanwhile(da
         calls.append(1)
         assert len(calls) < 20, "catching up chases the events chained since it began"
         with db.write(chain=True) as other:  # a request answered meanwhile
-            chain.extend(other, [{"resourceType": "AuditEvent", "outcome": "0"}])
+            chain.extend(other, some_facts([200]))
         return index(conn, limit)
 
     with database(database_url) as db:
         db.migrate()
         with db.write() as conn:
-            chain.extend(conn, [{"resourceType": "AuditEvent", "outcome": "0"} for _ in range(3)])
+            chain.extend(conn, some_facts([200] * 3))
         monkeypatch.setattr(chain, "index", while_requests_come)
         assert chain.catch_up(db) == 3
         assert (stored(db), chained(db)) == (3, 6)
@@ -237,7 +264,7 @@ def test_whether_events_wait_is_asked_on_the_event_loop(database_url, monkeypatc
             assert client.get(f"/fhir{url}").status_code == 200, url
         assert handed == [] and stored(db) == 0
         with db.write(chain=True) as conn:  # an event an audited run left chained, not indexed
-            chain.extend(conn, [{"resourceType": "AuditEvent", "outcome": "0"}])
+            chain.extend(conn, some_facts([200]))
         assert client.get("/fhir/AuditEvent", params={"_summary": "count"}).json()["total"] == 1
         assert handed == ["catch_up"] and stored(db) == 1
         assert client.get("/fhir/AuditEvent", params={"_summary": "count"}).json()["total"] == 1

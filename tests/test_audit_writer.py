@@ -18,6 +18,7 @@ from unittest import mock
 import orjson
 import pytest
 from access_data import ISSUER, World, episode, headers
+from chained import chained_events
 from jwt_keys import REFUSED
 from live_node import BASE_HOST
 from sqlalchemy import insert, select
@@ -31,7 +32,7 @@ from fhir_node.security.access import Access, Record, serving
 from fhir_node.security.principal import LOCAL_OPERATOR
 from fhir_node.settings import Settings
 from fhir_node.store.database import ChainBusy, Database
-from fhir_node.store.schema import INDEX_TABLES, audit_chain, resources
+from fhir_node.store.schema import INDEX_TABLES, resources
 
 Rows = dict[str, collections.Counter[tuple[Any, ...]]]
 Secured = tuple[TestClient, World]
@@ -113,9 +114,7 @@ def db(database_url: str) -> Iterator[Database]:
 
 
 def requests(n: int) -> list[Access]:
-    return [
-        Access(LOCAL_OPERATOR, request_id=f"r{i}", server=SERVER, record=request("search-type")) for i in range(n)
-    ]
+    return [Access(LOCAL_OPERATOR, request_id=f"r{i}", server=SERVER, record=request("search-type")) for i in range(n)]
 
 
 async def answer(writer: trail.Writer, access: Access, status: int = 200) -> None:
@@ -127,8 +126,7 @@ async def answer(writer: trail.Writer, access: Access, status: int = 200) -> Non
 def audited(db: Database) -> list[str]:
     """The request ids of the chain's AuditEvents, in chain order."""
     with db.read() as conn:
-        q = select(audit_chain.c.content).order_by(audit_chain.c.seq)
-        return [orjson.loads(c)["entity"][0]["what"]["identifier"]["value"] for c in conn.execute(q).scalars()]
+        return [e["entity"][0]["what"]["identifier"]["value"] for e in chained_events(conn)]
 
 
 @pytest.fixture
@@ -296,8 +294,7 @@ def test_a_search_names_the_patients_of_the_versions_it_showed(database_url: str
     def named() -> set[str]:
         """The Patients named by the last search's AuditEvent (a write's own may be chained after it)."""
         with app.state.node.db.read() as conn:
-            rows = conn.execute(select(audit_chain.c.content).order_by(audit_chain.c.seq)).scalars()
-            events = [orjson.loads(c) for c in rows]
+            events = chained_events(conn)
         last = [e for e in events if e["subtype"][0]["code"] == "search-type"][-1]
         return {e["what"]["reference"] for e in last["entity"] if e.get("role", {}).get("code") == "1"}
 

@@ -7,9 +7,9 @@ import base64
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 import pytest
 from access_data import ISSUER, World, episode, headers
+from chained import chained_events
 from jwt_keys import ISSUER as ISSUER_URL
 from jwt_keys import REFUSED, TestIssuer
 from live_node import BASE_HOST
@@ -20,7 +20,7 @@ from fhir_node.app import create_app
 from fhir_node.audit import chain
 from fhir_node.rules.pseudonym import clear
 from fhir_node.settings import Settings
-from fhir_node.store.schema import audit_chain, resources
+from fhir_node.store.schema import resources
 from fhir_node.validation.validator import has_errors, validate
 
 Secured = tuple[TestClient, World]
@@ -32,8 +32,7 @@ def audit_events(client: TestClient) -> list[dict[str, Any]]:
     db = client.app.state.node.db  # type: ignore[attr-defined]
     chain.settle(db)
     with db.read() as conn:
-        rows = conn.execute(select(audit_chain.c.content).order_by(audit_chain.c.seq)).scalars()
-        return [orjson.loads(c) for c in rows]
+        return chained_events(conn)
 
 
 def inclusions(client: TestClient) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import date, datetime
 
 import orjson
+from chained import chained_events
 from inclusions import JSON, SSIN, SSINS, created, inclusion, patient
 from sqlalchemy import func, select
 
@@ -14,7 +15,7 @@ from fhir_node.audit import chain
 from fhir_node.cli import main
 from fhir_node.rules.retention import cutoff, run
 from fhir_node.store.database import Database
-from fhir_node.store.schema import INDEX_TABLES, audit_chain, resource_versions, resources
+from fhir_node.store.schema import INDEX_TABLES, resource_versions, resources
 
 
 def rows(db: Database, res_type: str, res_id: str) -> int:
@@ -79,10 +80,7 @@ def test_dry_run_then_apply(client, settings, capsys):
         removed = res_id in gone_inclusions | gone_patients
         assert rows(db, res_type, res_id) == (0 if removed else count), (res_type, res_id)
     with db.read() as conn:
-        events = [
-            orjson.loads(c)
-            for c in conn.execute(select(audit_chain.c.content).order_by(audit_chain.c.seq)).scalars()
-        ]
+        events = chained_events(conn)
         checked, _, broken = chain.verify(conn)
     assert broken is None and checked == len(listed)
     removed = {e["entity"][1]["what"]["reference"] for e in events}

@@ -7,13 +7,11 @@ import re
 from html import unescape
 from typing import Any
 
-import orjson
 from access_data import DR_X, P1, World, headers
-from sqlalchemy import select
+from chained import chained_events
 from starlette.testclient import TestClient
 
 from fhir_node.rules.pseudonym import clear
-from fhir_node.store.schema import audit_chain
 
 Secured = tuple[TestClient, World]
 
@@ -37,8 +35,7 @@ def fhir_ids(client: TestClient, query: str, caller: str) -> set[str]:
 def audit_events(client: TestClient) -> list[dict[str, Any]]:
     """The AuditEvents written so far, straight from the chain (no request, so none is added)."""
     with client.app.state.node.db.read() as conn:  # type: ignore[attr-defined]
-        rows = conn.execute(select(audit_chain.c.content).order_by(audit_chain.c.seq)).scalars()
-        return [clear(orjson.loads(c)) for c in rows]  # SSINs rest pseudonymised
+        return [clear(e) for e in chained_events(conn)]  # SSINs rest pseudonymised
 
 
 def test_public_pages_need_no_token(world: Secured) -> None:

@@ -13,14 +13,13 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
 
 from fhir_node.audit import chain
-from fhir_node.audit.events import build
+from fhir_node.audit.events import Facts, facts
 from fhir_node.search.index import param_names
 from fhir_node.security.access import Record, current
 from fhir_node.security.rules import PATIENT_PARAM
@@ -38,8 +37,8 @@ INDEX_LOCK_WAIT = 0.01
 #: Seconds it then leaves the lock alone, so that a checkpoint finds the database's WAL quiet once.
 INDEX_BACKOFF = 0.05
 error_log = logging.getLogger("fhir_node.errors")
-#: An AuditEvent to chain, the loop of the request waiting for it, and what it waits on.
-_Item = tuple[dict[str, Any], asyncio.AbstractEventLoop, asyncio.Future[None]]
+#: An AuditEvent's facts to chain, the loop of the request waiting for it, and what it waits on.
+_Item = tuple[Facts, asyncio.AbstractEventLoop, asyncio.Future[None]]
 
 
 def note(
@@ -133,7 +132,7 @@ def stage(conn: Connection) -> None:
     record = access.record
     if record is not None:
         status = 200 if record.interaction in ("transaction", "batch") else record.status
-        if chain.record(conn, [build(access, record, status, access.server)]):
+        if chain.record(conn, [facts(access, record, status, access.server)]):
             record.staged = True
 
 
@@ -229,7 +228,7 @@ class Writer:
             return
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        item = (build(access, record, status, access.server), loop, done)
+        item = (facts(access, record, status, access.server), loop, done)
         if self.db.chain_file is not None:  # the loop's turn decides where it goes (`_on_loop`)
             turn = self._turns.setdefault(loop, [])
             if not turn:

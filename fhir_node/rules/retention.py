@@ -17,7 +17,7 @@ from datetime import date, datetime
 from sqlalchemy import Connection, select, true
 
 from fhir_node.audit import chain
-from fhir_node.audit.events import build
+from fhir_node.audit.events import facts
 from fhir_node.rules.inclusion import Inclusion
 from fhir_node.rules.patients import patient_of, patient_ssins, referring
 from fhir_node.rules.pseudonym import in_clear
@@ -137,5 +137,5 @@ def _remove(conn: Connection, res_type: str, owners: dict[str, set[str]], run_id
         record = Record("DELETE", f"/fhir/{res_type}/{res_id}", "", "delete", res_type, res_id)
         record.entities.append((res_type, res_id))
         record.patients |= patients
-        events.append(build(access, record, 204, _AGENT))
+        events.append(facts(access, record, 204, _AGENT))
     chain.record(conn, events)

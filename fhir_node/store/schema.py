@@ -74,7 +74,8 @@ def _index_table(
         *columns,
         Index(f"ix_{name}_resource", "res_type", "res_id", "param", *resource_extra),
         *(
-            sparse_index(f"ix_{name}_{'_'.join(cols)}", cols) if cols[0] in sparse
+            sparse_index(f"ix_{name}_{'_'.join(cols)}", cols)
+            if cols[0] in sparse
             else Index(f"ix_{name}_{'_'.join(cols)}", "res_type", "param", *cols)
             for cols in indexes
         ),
@@ -163,9 +164,9 @@ audit_chain = Table(
     Column("hash", String(64), nullable=False),
     Column("recorded", DateTime(timezone=False), nullable=True),
     Column("content", LargeBinary, nullable=True),
-    comment="The node's own AuditEvents in the order written: each one's SHA-256, time and stored bytes; each "
-    "event carries its predecessor's hash, so a changed or removed event breaks the chain (fhir-node audit "
-    "verify). An event is searchable once indexed (audit_indexed).",
+    comment="The node's own AuditEvents in the order written: each one's SHA-256, time and chained bytes (its "
+    "facts, or until 2026-12-01 the whole event); each carries its predecessor's hash, so a changed or removed "
+    "event breaks the chain (fhir-node audit verify). An event is searchable once indexed (audit_indexed).",
     sqlite_autoincrement=True,  # never reuse a position, even once retention emptied the table
 )
 
