@@ -3,6 +3,8 @@ directly: what the audit tests look at below the HTTP API."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -28,3 +30,11 @@ def some_facts(statuses: list[int], request_id: str = "test") -> list[Facts]:
     return [
         facts(access, Record("GET", "/fhir/Patient/p", "", "read", "Patient", "p"), s, access.server) for s in statuses
     ]
+
+
+def eventually(check: Callable[[], bool], within: float = 10) -> None:
+    """`check` comes true within `within` seconds: the audit writer's thread chains journals a few ms later."""
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "never came true"
+        time.sleep(0.01)

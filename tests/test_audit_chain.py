@@ -108,9 +108,11 @@ def exercise(client: TestClient) -> int:
 
 
 def chain_entries(database_url: str) -> list[tuple[int, str]]:
-    """(position, AuditEvent id) of the chain, in order."""
-    with database(database_url) as db, db.read() as conn:
-        return [(row.seq, row.res_id) for row in conn.execute(select(audit_chain).order_by(audit_chain.c.seq))]
+    """(position, AuditEvent id) of the chain, in order, once what the workers' journals hold is chained."""
+    with database(database_url) as db:
+        chain.settle(db)
+        with db.read() as conn:
+            return [(row.seq, row.res_id) for row in conn.execute(select(audit_chain).order_by(audit_chain.c.seq))]
 
 
 def audit_event_count(database_url: str) -> int:

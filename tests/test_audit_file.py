@@ -6,23 +6,26 @@ a node whose chain file went missing refuses to start rather than begin a new ch
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Literal
 
 import pytest
 from alembic import command
 from alembic.config import Config
-from chained import some_facts
+from chained import chained_events, eventually, some_facts
 from test_audit_chain import audited_client, database, verified
 from test_audit_writer import answer, audited, requests
 
 from fhir_node.audit import chain, trail
+from fhir_node.store import audit_journal
 from fhir_node.store import database as database_module
 from fhir_node.store.audit_file import audit_file
-from fhir_node.store.database import MIGRATIONS, Database, driver_rows
+from fhir_node.store.audit_journal import Journal
+from fhir_node.store.database import MIGRATIONS, Database
 
 
 @pytest.fixture
@@ -51,13 +54,14 @@ def test_audited_reads_commit_to_the_chain_file_and_leave_the_database_alone(sql
     with audited_client(sqlite_url) as client:
         pid = client.post("/fhir/Patient", json={"resourceType": "Patient"}).json()["id"]
         assert client.get("/fhir/Patient").status_code == 200  # the writer has chained the write's event since
+        chain.settle(client.app.state.node.db)  # what the journal holds so far: chained
         reader = sqlite3.connect(main)
         seen = reader.execute("PRAGMA data_version").fetchone()
         chained = _count(audit, "audit_chain")
         for _ in range(5):
             assert client.get(f"/fhir/Patient/{pid}").status_code == 200
             assert client.get("/fhir/Patient", params={"_id": pid}).status_code == 200
-        assert _count(audit, "audit_chain") == chained + 10
+        eventually(lambda: _count(audit, "audit_chain") == chained + 10)  # the writer's thread chains them
         assert reader.execute("PRAGMA data_version").fetchone() == seen  # no commit to the database's file
         reader.close()
     assert {"audit_chain", "audit_anchor"} <= _tables(audit)
@@ -141,97 +145,22 @@ def test_a_chain_file_left_without_its_database_is_set_aside(sqlite_url):
         db.migrate()
         with db.write() as conn:
             chain.extend(conn, some_facts([200]))
+        assert db.journal is not None
+        db.journal.append(some_facts([404])[0][1])  # not chained yet: it belongs to that chain too
     main = _path(sqlite_url)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{main}{suffix}").unlink(missing_ok=True)
     with database(sqlite_url) as db:
         db.migrate()
+        assert chain.settle(db) == 0
         with db.read() as conn:
             assert chain.waiting(conn) == 0
     assert _count(audit_file(str(main)), "audit_chain") == 0
-    orphans = [o for o in main.parent.glob("fhir-node.audit.db.orphan-*") if not o.name.endswith(("-wal", "-shm"))]
+    aside = [o for o in main.parent.glob("fhir-node.audit.db.orphan-*") if not o.name.endswith(("-wal", "-shm"))]
+    orphans = [o for o in aside if not o.name.endswith("-journals")]
     assert len(orphans) == 1 and _count(orphans[0], "audit_chain") == 1
-
-
-def test_the_writers_thread_checkpoints_what_the_event_loop_appends(sqlite_url, monkeypatch):
-    """The loop's connection never checkpoints (that copies megabytes); the audit writer's thread does, every
-    CHECKPOINT_EVERY events the loop chained, and indexes none of them for that (only once idle). While it
-    restarts the WAL, the loop hands its events over rather than wait for the chain's lock."""
-    monkeypatch.setattr(trail, "CHECKPOINT_EVERY", 3)
-    monkeypatch.setattr(trail.Writer, "IDLE", 3600)
-    with database(sqlite_url) as db:
-        db.migrate()
-        done = threading.Event()
-        checkpoint = db.checkpoint_chain
-        modes: list[tuple[str, bool]] = []
-
-        def counted(mode: Literal["PASSIVE", "RESTART"]) -> None:
-            modes.append((mode, writer._holding))
-            checkpoint(mode)
-            if mode == "RESTART":
-                done.set()
-
-        monkeypatch.setattr(db, "checkpoint_chain", counted)
-        writer = trail.Writer(db, lag=2000)
-        for access in requests(3):
-            asyncio.run(answer(writer, access))
-        assert done.wait(10)
-        assert modes == [("PASSIVE", False), ("RESTART", True)]
-        assert audited(db) == ["r0", "r1", "r2"]
-        writer._holding = True
-        loop_connection = db.chain_on_loop
-        monkeypatch.setattr(db, "chain_on_loop", lambda: pytest.fail("appended on the loop while held"))
-        asyncio.run(answer(writer, requests(1)[0]))  # handed over: the thread appends it
-        monkeypatch.setattr(db, "chain_on_loop", loop_connection)
-        assert audited(db) == ["r0", "r1", "r2", "r0"]
-        with db.read() as conn:
-            assert chain.waiting(conn) == 4
-        with db.chain_on_loop() as conn:
-            assert driver_rows(conn, "PRAGMA wal_autocheckpoint") == [(0,)]
-
-
-def test_a_checkpoint_starts_the_chains_wal_over_though_appends_went_on_meanwhile(sqlite_url, monkeypatch):
-    """Under load the loop appends while the thread checkpoints. A PASSIVE checkpoint then never left the WAL
-    all copied when the next append began, so no append started it over: it grew by ~26 kB an event."""
-    with database(sqlite_url) as db:
-        db.migrate()
-
-        (event,) = some_facts([200])
-
-        def append() -> None:
-            with db.chain_on_loop() as conn:
-                chain.extend(conn, [event])
-
-        for _ in range(30):
-            append()
-        raw_connection = db.engine.raw_connection
-
-        def appending_meanwhile() -> object:
-            raw = raw_connection()
-
-            class Interleaved:
-                def __getattr__(self, name: str) -> object:
-                    return getattr(raw, name)
-
-                def execute(self, sql: str) -> object:
-                    if "PASSIVE" not in sql:
-                        return raw.execute(sql)
-                    with db.chain_on_loop() as conn:  # an append under way while the checkpoint copies
-                        chain.extend(conn, [event])
-                        return raw.execute(sql)
-
-            return Interleaved()
-
-        monkeypatch.setattr(db.engine, "raw_connection", appending_meanwhile)
-        trail.Writer(db, lag=2000)._checkpoint()
-        monkeypatch.undo()
-        wal = Path(f"{audit_file(str(_path(sqlite_url)))}-wal")
-        size = wal.stat().st_size
-        for _ in range(3):
-            append()
-        assert wal.stat().st_size == size  # written from its start again, not appended to
-        with db.read() as conn:
-            assert conn.exec_driver_sql("SELECT count(*) FROM audit_chain").scalar() == 34
+    (journals,) = [o for o in aside if o.name.endswith("-journals")]
+    assert len(next(journals.glob("*.facts")).read_bytes().splitlines()) == 1
 
 
 def test_indexing_gives_way_to_another_process_that_holds_the_databases_lock(sqlite_url, caplog):
@@ -259,17 +188,93 @@ def test_indexing_gives_way_to_another_process_that_holds_the_databases_lock(sql
             assert chain.waiting(conn) == 0
 
 
-def test_an_append_on_the_event_loop_that_fails_leaves_nothing_and_the_next_one_goes_through(sqlite_url):
-    """The loop's append begins and ends its transaction on the driver: a failure inside rolls it back."""
-    (event,) = some_facts([200])
-    audit = audit_file(str(_path(sqlite_url)))
+def _journal_files(db: Database) -> list[Path]:
+    assert db.journals is not None
+    return sorted(db.journals.glob("*.facts")) if db.journals.is_dir() else []
+
+
+def test_each_workers_journal_is_chained_once_and_removed_once_read_and_closed(sqlite_url):
+    """Two workers' journals (one per process; two here, as two processes would have): what they hold is
+    chained once, whoever reads it and however often; a journal still open stays, one closed and read
+    to its end is removed, and a worker writes on in a new one."""
     with database(sqlite_url) as db:
         db.migrate()
-        with pytest.raises(RuntimeError), db.chain_on_loop() as conn:
-            chain.extend(conn, [event])
-            raise RuntimeError("fails after its append")
-        assert _count(audit, "audit_chain") == 0
-        with db.chain_on_loop() as conn:
-            chain.extend(conn, [event, event])
-        assert _count(audit, "audit_chain") == 2
-    assert verified(sqlite_url)[0] == 2
+        assert db.journal is not None and db.journals is not None
+        other = Journal(db.journals)
+        for said in some_facts([200, 404], "a"):
+            db.journal.append(said[1])
+        for said in some_facts([200] * 3, "b"):
+            other.append(said[1])
+        assert chain.behind(db)
+        assert chain.settle(db) == 5
+        assert chain.settle(db) == 0
+        with db.read() as conn:
+            assert not audit_journal.pending(conn, db.journals)
+        assert len(_journal_files(db)) == 2
+        other.close()
+        db.journal.append(some_facts([500], "c")[0][1])
+        assert chain.settle(db) == 1  # and the closed one, read to its end, goes
+        assert [p.name.split("-")[0] for p in _journal_files(db)] == [str(os.getpid())]
+        assert chain.settle(db) == 0
+        with db.read() as conn:
+            assert [e["outcome"] for e in chained_events(conn)] == ["0", "4", "0", "0", "0", "8"]
+    assert verified(sqlite_url)[0] == 6
+
+
+def test_a_torn_line_at_the_end_of_a_closed_journal_is_left_out_and_named(sqlite_url, caplog):
+    """A worker whose write was cut short answered 503 for it: the lines before are chained, the torn end is
+    logged and not chained, and the file is removed."""
+    with database(sqlite_url) as db:
+        db.migrate()
+        assert db.journals is not None
+        gone = Journal(db.journals)
+        whole, torn = (said for _, said in some_facts([200, 200], "t"))
+        gone.append(whole)
+        gone.close()
+        (path,) = _journal_files(db)
+        with path.open("ab") as file:
+            file.write(torn[:40])
+        assert chain.settle(db) == 1
+        assert chain.settle(db) == 0
+        assert _journal_files(db) == []
+        assert any("torn line" in r.getMessage() for r in caplog.records)
+    assert verified(sqlite_url)[0] == 1
+
+
+def test_a_journal_being_opened_is_never_taken_for_one_left_behind(sqlite_url, monkeypatch):
+    """A worker's new file gets its lock before a reader can see it: a reader finding an empty file whose lock
+    is free removes it, and the worker's lines would be written to a removed file and lost."""
+    with database(sqlite_url) as db:
+        db.migrate()
+        assert db.journals is not None
+        journal = Journal(db.journals)
+        flock = fcntl.flock
+
+        def read_first(fd: int, how: int) -> None:
+            if how == fcntl.LOCK_EX:  # the worker's, about to be taken: another worker's reader comes first
+                chain.settle(db)
+            flock(fd, how)
+
+        monkeypatch.setattr(fcntl, "flock", read_first)
+        journal.append(some_facts([200])[0][1])
+        monkeypatch.setattr(fcntl, "flock", flock)
+        assert chain.settle(db) == 1
+        journal.close()
+    assert verified(sqlite_url)[0] == 1
+
+
+def test_a_request_answers_from_the_journal_without_waiting_for_the_chains_lock(sqlite_url):
+    """Another worker holds the chain's lock: the request's facts are durable in its journal and it answers;
+    the audit writer's thread chains them once the lock is free."""
+    with database(sqlite_url) as db:
+        db.migrate()
+        writer = trail.Writer(db, lag=2000)
+        (first,) = requests(1)
+        with db.write(chain=True) as conn:
+            chain.head(conn)
+            answered = threading.Thread(target=lambda: asyncio.run(answer(writer, first)))
+            answered.start()
+            answered.join(5)
+            assert not answered.is_alive()
+            assert len(_journal_files(db)) == 1
+        eventually(lambda: audited(db) == ["r0"])

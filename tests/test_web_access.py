@@ -11,6 +11,7 @@ from access_data import DR_X, P1, World, headers
 from chained import chained_events
 from starlette.testclient import TestClient
 
+from fhir_node.audit import chain
 from fhir_node.rules.pseudonym import clear
 
 Secured = tuple[TestClient, World]
@@ -33,7 +34,9 @@ def fhir_ids(client: TestClient, query: str, caller: str) -> set[str]:
 
 
 def audit_events(client: TestClient) -> list[dict[str, Any]]:
-    """The AuditEvents written so far, straight from the chain (no request, so none is added)."""
+    """The AuditEvents written so far, straight from the chain (no request, so none is added), once what the
+    journal holds is chained."""
+    chain.settle(client.app.state.node.db)  # type: ignore[attr-defined]
     with client.app.state.node.db.read() as conn:  # type: ignore[attr-defined]
         return [clear(e) for e in chained_events(conn)]  # SSINs rest pseudonymised
 

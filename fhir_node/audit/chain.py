@@ -24,13 +24,14 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import orjson
 from sqlalchemy import Connection, and_, bindparam, delete, exists, func, insert, select, update
 
 from fhir_node.audit.events import CHAIN_EXTENSION, Facts, event
 from fhir_node.rules.pseudonym import protected
-from fhir_node.store import repository
+from fhir_node.store import audit_journal, repository
 from fhir_node.store.audit_file import apart
 from fhir_node.store.batch import add_rows, batched
 from fhir_node.store.database import Database, lock
@@ -134,10 +135,20 @@ def record(conn: Connection, facts: list[Facts]) -> bool:
 
 
 def settle(db: Database) -> int:
-    """`drain` in a transaction of its own, for those that wrote AuditEvents with no audit writer to chain
-    them (a command) or must see every one (`catch_up`, `audit verify`); how many."""
+    """`drain` and `absorb` in a transaction of its own, for those that wrote AuditEvents with no audit
+    writer to chain them (a command) or must see every one (`catch_up`, `audit verify`); how many."""
     with db.write(chain=True) as conn:
-        return drain(conn)
+        return drain(conn) + (absorb(conn, db.journals) if db.journals is not None else 0)
+
+
+def absorb(conn: Connection, journals: Path) -> int:
+    """Chain the facts the workers' journals hold (SQLite, `store.audit_journal`) past what was chained, in
+    `conn`'s transaction, which records how far each was read; how many."""
+    found, reached = audit_journal.unread(conn, journals)
+    if found:
+        extend(conn, found)
+    audit_journal.advance(conn, reached)
+    return len(found)
 
 
 def drain(conn: Connection) -> int:
@@ -151,7 +162,7 @@ def drain(conn: Connection) -> int:
 
 def index(conn: Connection, limit: int | None = None) -> int:
     """Store the next `limit` (default INDEX_BATCH) chained events not yet indexed as AuditEvent
-    resources, byte for byte as chained, in `conn`'s (write) transaction; how many."""
+    resources (`stored`: built from their facts), in `conn`'s (write) transaction; how many."""
     head(conn)  # appends and other indexers wait: the position read below stays the last indexed
     after = conn.execute(_INDEXED).scalar() or 0
     rows = _PENDING.rows(conn, {"after": after, "limit": limit or INDEX_BATCH})
@@ -177,7 +188,7 @@ def behind(db: Database) -> bool:
     """Whether any event waits to be chained or indexed: a read, which takes no lock; most requests that may
     read AuditEvents find none, and ask on the event loop (`api.guard`)."""
     with db.read() as conn:
-        return waiting(conn) > 0
+        return waiting(conn) > 0 or (db.journals is not None and audit_journal.pending(conn, db.journals))
 
 
 def catch_up(db: Database) -> int:

@@ -1,9 +1,9 @@
 """The audit trail of requests: interactions note what they touch as they run, and each request's
 AuditEvent is durable before its answer leaves. A write's AuditEvent commits in the write's own
-transaction (`stage`); anything else's is committed by the process's `Writer` when the answer starts
-(on SQLite on the event loop itself, else in one transaction for every request then waiting: group
-commit), and only then do their answers go; if it cannot be written, the answer becomes a 503 (fail
-closed)."""
+transaction (`stage`); anything else's is made durable by the process's `Writer` when the answer starts
+(on SQLite written to the worker's journal, else committed in one transaction for every request then
+waiting: group commit), and only then do their answers go; if it cannot be written, the answer becomes a
+503 (fail closed)."""
 
 from __future__ import annotations
 
@@ -23,22 +23,21 @@ from fhir_node.audit.events import Facts, facts
 from fhir_node.search.index import param_names
 from fhir_node.security.access import Record, current
 from fhir_node.security.rules import PATIENT_PARAM
-from fhir_node.store.database import ChainBusy, Database, driver_rows, lock_busy
+from fhir_node.store.database import Database, driver_rows, lock_busy
 from fhir_node.store.schema import idx_reference
 
 #: At most this many AuditEvents per transaction: a burst does not hold the write lock (which other
 #: workers' writes wait for) for long.
 GROUP_LIMIT = 200
-#: AuditEvents chained on the event loop (~8.5 kB each for a search) between checkpoints of the chain's file.
-CHECKPOINT_EVERY = 4000
 #: Seconds the thread waits for the database's lock to index (SQLite), rather than the write wait: behind
 #: another worker's writes it would leave the requests it serves waiting (p95 0.4-0.9 s with 2 workers).
 INDEX_LOCK_WAIT = 0.01
 #: Seconds it then leaves the lock alone, so that a checkpoint finds the database's WAL quiet once.
 INDEX_BACKOFF = 0.05
 error_log = logging.getLogger("fhir_node.errors")
-#: An AuditEvent's facts to chain, the loop of the request waiting for it, and what it waits on.
-_Item = tuple[Facts, asyncio.AbstractEventLoop, asyncio.Future[None]]
+#: An AuditEvent's facts to chain (None: in a journal already), the loop of the request waiting for it, and
+#: what it waits on.
+_Item = tuple[Facts | None, asyncio.AbstractEventLoop, asyncio.Future[None]]
 
 
 def note(
@@ -147,45 +146,45 @@ def committed() -> None:
 
 
 class Writer:
-    """One per process and database. On SQLite, where the chain has a file of its own, the event loop
-    chains a request's AuditEvent itself (`_on_loop`): a commit there waits for no write to the database
-    and at most 2 ms for another worker's append, and costs less than the hand-off. Otherwise (PostgreSQL,
-    whose appends await the network; SQLite while the chain's lock is held, or past the lag) requests hand
-    their AuditEvent over and wait; one thread (started on first use) chains everything handed over
-    meanwhile in one write transaction (group commit), then releases those requests, or fails them all.
-    Nothing outlives the commit, so workers and hosts share no state. The thread also checkpoints the
-    chain's file for the loop's appends, whose connection never does (a checkpoint copies megabytes).
+    """One per process and database. On SQLite, where the chain has a file of its own, a request's facts go
+    to this process's journal (`store.audit_journal`), durable when written, and the answer goes on: ~10 µs
+    where committing them on the event loop cost ~140-230 µs. Otherwise (PostgreSQL) requests hand their
+    facts over and wait. One thread (started on first use) chains what the journals hold and what was
+    handed over meanwhile in one write transaction (group commit), then releases the requests that wait,
+    or fails them all. Nothing outlives the commit but the journals, which every worker reads, so workers
+    and hosts share no state.
 
-    Indexing the chained events for search (`chain.index`, ~1.7 ms each) waits: once nothing was handed
-    over for `IDLE` seconds, the thread indexes them a batch at a time until none is left or requests
-    come again. A burst is served at the cost of chaining alone; under sustained load, once more than
-    `lag` events wait, requests hand their events over and each group is followed by indexing a batch,
-    which the next group waits for, so what waits stays bounded (and so does what a request that reads
-    AuditEvents may have to index first)."""
+    Indexing the chained events for search (`chain.index`, ~1 ms each) waits: once nothing was audited for
+    `IDLE` seconds, the thread indexes them a batch at a time until none is left or requests come again. A
+    burst is served at the cost of chaining alone; under sustained load, once more than `lag` events wait
+    (or `lag` requests were journaled since the thread's last group), requests wait for the thread's next
+    group (on SQLite their facts written first), and each group is followed by indexing a batch, which the
+    next group waits for, so what waits stays bounded (and so does what a request that reads AuditEvents
+    may have to index first)."""
 
     #: Seconds without AuditEvents to write before the writer indexes the chained ones.
     IDLE = 0.5
     #: Seconds a group waits at most, after its first AuditEvent, for those of the other requests under
     #: way: one commit (and one emptied page cache for each reader) for them all, not one each.
     LINGER = 0.001
+    #: Seconds the thread lets journals fill before it chains what they hold: one transaction for many
+    #: requests (each costs ~0.5 ms, with the journals read and their offsets written; after 5 ms it held
+    #: ~2 events at ~400 searches/s, and the audit cost more than committing each on the event loop).
+    JOURNAL_LINGER = 0.1
 
     def __init__(self, db: Database, lag: int) -> None:
         self.db = db
         self.lag = lag
         self._queue: list[_Item] = []
-        self._turns: dict[asyncio.AbstractEventLoop, list[_Item]] = {}  # see `_on_loop`
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._under_way = 0  # requests begun whose AuditEvent is not handed over yet
         self._staged = True  # writes' AuditEvents may wait to be chained (`chain.drain`): at first, any left
-        # Chained on the event loop (`_on_loop`): events chained, not yet all indexed; when the last was; how
-        # many since the chain's file was checkpointed; more than `lag` wait to be indexed.
-        self._behind = False
-        self._last_append = 0.0
-        self._appended = 0
-        self._overdue = False
-        self._holding = False  # while the thread restarts the chain's WAL (`_checkpoint`)
-        self._past_lag = False  # more than `lag` events waited at the last append (the loop's or a group's)
+        self._journaled = self.db.journal is not None  # facts written to a journal since (at first: any left)
+        self._journaled_since = 0  # by this process, not chained yet as far as it knows: past `lag`, requests wait
+        self._behind = False  # events chained, not yet all indexed
+        self._last_append = 0.0  # when a request last audited
+        self._past_lag = False  # more than `lag` events waited at the last group
         self._index_again = 0.0  # no indexing before (another process held the lock)
 
     @contextlib.contextmanager
@@ -220,69 +219,39 @@ class Writer:
             self._under_way -= 1
 
     async def flush(self, status: int) -> None:
-        """When the answer starts: the request's AuditEvent (unless a committed write carried one), committed
-        when this returns; raises what the commit raised."""
+        """When the answer starts: the request's AuditEvent (unless a committed write carried one), durable
+        when this returns; raises what writing it raised."""
         access = current()
         record = access.record
         if record is None or record.written:
             return
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        item = (facts(access, record, status, access.server), loop, done)
-        if self.db.chain_file is not None:  # the loop's turn decides where it goes (`_on_loop`)
-            turn = self._turns.setdefault(loop, [])
-            if not turn:
-                loop.call_soon(self._on_loop, loop)
-            turn.append(item)
+        said = facts(access, record, status, access.server)
+        journal = self.db.journal
+        self._last_append = time.monotonic()
+        if journal is not None:
+            journal.append(said[1])
             with self._wake:
+                self._journaled = True
+                self._journaled_since += 1
                 self._no_longer_awaited(record)
-        else:
-            self._hand_over([item], record)
+                self._start()
+                self._wake.notify()
+                wait = self._past_lag or self._journaled_since > self.lag
+            if not wait:
+                record.written = True
+                return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._hand_over((None if journal is not None else said, asyncio.get_running_loop(), done), record)
         await done
         record.written = True
 
-    def _hand_over(self, items: list[_Item], record: Record | None = None) -> None:
+    def _hand_over(self, item: _Item, record: Record) -> None:
         """To the thread's next group."""
         with self._wake:
-            self._queue.extend(items)
-            if record is not None:
-                self._no_longer_awaited(record)
+            self._queue.append(item)
+            self._no_longer_awaited(record)
             self._start()
             self._wake.notify()
-
-    def _on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On SQLite, where the chain has a file of its own: the AuditEvents of the requests that answered in
-        the loop's last turn chained and committed here, on the event loop (`Database.chain_on_loop`), in
-        one transaction, and the thread told what it has to do about it (index once idle or past the lag,
-        checkpoint the chain's file). Else the thread appends them; so it does past the lag, where each of
-        its groups is followed by a batch indexed, which the next group waits for: appended here, events
-        came faster than the thread indexed them, and what waited grew without bound (13,347 after 25 s of
-        the wrk mix, measured), all of it to index before any read of AuditEvents."""
-        turn = self._turns.pop(loop)
-        if self._holding or self._past_lag:
-            self._hand_over(turn)
-            return
-        try:
-            with self.db.chain_on_loop() as conn:
-                chain.extend(conn, [event for event, _, _ in turn])
-                over = chain.waiting(conn) - self.lag
-        except ChainBusy:
-            self._hand_over(turn)
-            return
-        except Exception as exc:
-            _settle([done for _, _, done in turn], exc)
-            return
-        _settle([done for _, _, done in turn], None)
-        with self._wake:
-            self._past_lag = over > 0
-            self._last_append = time.monotonic()
-            self._appended += len(turn)
-            due = not self._behind or over > 0 or self._appended >= CHECKPOINT_EVERY
-            self._behind = True
-            self._overdue |= over > 0
-            if due:
-                self._start()
-                self._wake.notify()
 
     def _start(self) -> None:
         """The writer's thread, unless it runs (holding `_wake`)."""
@@ -294,67 +263,72 @@ class Writer:
         while True:
             with self._wake:
                 idle = False
-                while not (self._queue or self._staged or self._overdue or self._appended >= CHECKPOINT_EVERY):
+                while not (self._queue or self._staged or self._journaled):
                     if not self._behind:  # until it chains some: others' are indexed by them, or when read
                         self._wake.wait()
                     elif not self._wake.wait(self.IDLE) and time.monotonic() - self._last_append >= self.IDLE:
                         idle = True  # time to index
                         break
-                checkpoint = self._appended >= CHECKPOINT_EVERY
-                if checkpoint:
-                    self._appended = 0
-                overdue, self._overdue = self._overdue, False
+                journaled = self._journaled
                 ends = time.monotonic() + self.LINGER
                 while self._queue and self._under_way > 0 and len(self._queue) < GROUP_LIMIT:
                     left = ends - time.monotonic()
                     if left <= 0:
                         break
                     self._wake.wait(left)
+            if journaled and not self._queue:
+                time.sleep(self.JOURNAL_LINGER)
+            with self._wake:
                 group, self._queue = self._queue[:GROUP_LIMIT], self._queue[GROUP_LIMIT:]
                 staged, self._staged = self._staged, False
-            if checkpoint:
-                self._checkpoint()
-            if not group and not staged:
-                if idle or overdue:  # not for a checkpoint alone: an index commit empties the readers' caches
+                journaled, self._journaled = self._journaled, False
+                taken = self._journaled_since
+            if not group and not staged and not journaled:
+                if idle:
                     behind = self._index()
                     with self._wake:
                         self._behind = behind
                 continue
-            with self._wake:
-                self._behind = True
-            error: Exception | None = None
-            over = 0
-            try:
-                with self.db.write(chain=True) as conn:
-                    if staged:
-                        chain.drain(conn)
-                    if group:
-                        chain.extend(conn, [event for event, _, _ in group])
-                    over = chain.waiting(conn) - self.lag
-            except Exception as exc:
-                error = exc
-            waiting: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-            for _, loop, done in group:
-                waiting.setdefault(loop, []).append(done)
-            for loop, futures in waiting.items():
-                with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits there any more
-                    loop.call_soon_threadsafe(_settle, futures, error)
-            if over > 0:
-                self._index()
-            self._past_lag = over > 0  # until a group finds what waits under the lag again
+            self._group(group, staged, journaled, taken)
 
-    def _checkpoint(self) -> None:
-        """The chain's file checkpointed, its WAL restarted. The loop hands its events over meanwhile
-        (`_holding`): an append that waits for the lock holds the WAL, so RESTART waited for it, and the loop
-        lost 2 ms an append (p95 104-127 ms under sustained load, measured)."""
+    def _group(self, group: list[_Item], staged: bool, journaled: bool, taken: int) -> None:
+        """One transaction: what writes staged, what the journals hold (at least the `taken` facts this
+        process journaled), what requests handed over; then those requests released (or failed), and past
+        the lag a batch indexed."""
+        with self._wake:
+            self._behind = True
+        error: Exception | None = None
+        over = 0
         try:
-            self.db.checkpoint_chain("PASSIVE")
-            self._holding = True
-            self.db.checkpoint_chain("RESTART")
+            with self.db.write(chain=True) as conn:
+                if staged:
+                    chain.drain(conn)
+                if journaled and self.db.journals is not None:
+                    chain.absorb(conn, self.db.journals)
+                handed = [said for said, _, _ in group if said is not None]
+                if handed:
+                    chain.extend(conn, handed)
+                over = chain.waiting(conn) - self.lag
         except Exception as exc:
-            error_log.warning("checkpointing the AuditEvent chain's file failed, retried later: %s", exc)
-        finally:
-            self._holding = False
+            error = exc
+            if journaled:  # what the journals hold stays there: read again at the next group
+                with self._wake:
+                    self._journaled = True
+            if not group:
+                error_log.warning("chaining the audit journals failed, retried: %s", exc)
+                time.sleep(INDEX_BACKOFF)
+        with self._wake:
+            self._past_lag = over > 0  # until a group finds what waits under the lag again
+            if error is None:
+                self._journaled_since -= taken  # those journaled meanwhile still count
+        waiting: dict[tuple[asyncio.AbstractEventLoop, Exception | None], list[asyncio.Future[None]]] = {}
+        for said, loop, done in group:  # those journaled are durable, whatever became of the transaction
+            waiting.setdefault((loop, error if said is not None else None), []).append(done)
+        for (loop, failed), futures in waiting.items():
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits there any more
+                loop.call_soon_threadsafe(_settle, futures, failed)
+        if over > 0:
+            self._index()
 
     def _index(self, limit: int | None = None) -> bool:
         """One batch of chained events indexed; whether more may wait. A failure is logged and retried

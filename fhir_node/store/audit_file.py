@@ -1,8 +1,8 @@
 """On SQLite, the AuditEvent hash chain in a file of its own beside the database (`fhir-node.db` ->
 `fhir-node.audit.db`), attached to every connection as `audit`. Its commits wait for no write to the
-database, so the event loop can append an audited read's event itself (`Database.chain_on_loop`: +26-42 %
-audited searches per second, measured 2026-11-30), and they leave the page cache of the database's readers
-alone (a commit to a WAL file empties every other reader's: +3-6 % on its own). Unqualified names find the
+database (the audit writer chains the workers' journals, `store.audit_journal`, whatever writes are under
+way), and they leave the page cache of the database's readers alone (a commit to a WAL file empties every
+other reader's: +3-6 % audited searches per second on its own, 2026-11-30). Unqualified names find the
 chain's tables there, so the queries are the same on SQLite and PostgreSQL.
 
 No transaction writes both files: SQLite commits the files of one WAL transaction one after the other (the
@@ -38,7 +38,7 @@ def set_aside_orphan(database: str) -> None:
     if Path(database).exists() or not chain_file.exists():
         return
     stamp = time.strftime("%Y%m%dT%H%M%S")
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", "-journals"):  # the journals too: else the new chain takes their events
         found = Path(f"{chain_file}{suffix}")
         if found.exists():
             found.rename(f"{chain_file}.orphan-{stamp}{suffix}")

@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.util import await_, greenlet_spawn
 
 from fhir_node.store.audit_file import audit_file, move_chain, set_aside_orphan
+from fhir_node.store.audit_journal import Journal, journals_of, prepare
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK = zlib.crc32(b"fhir-node:migrate")
@@ -31,14 +32,8 @@ _MIGRATION_LOCK = zlib.crc32(b"fhir-node:migrate")
 _PROGRESS_STEPS = 1000
 #: WAL pages between automatic checkpoints (see `_tune_sqlite`).
 _WAL_PAGES = 10_000
-#: Milliseconds `checkpoint_chain` waits for the chain's readers before it leaves the WAL's restart to the next:
-#: longer than another worker's index batch, which reads the chain (with 20 ms, 2 workers' chain WAL reached
-#: ~550 MB before a restart got through; with 100 ms, ~160 MB, p95 unchanged).
-_RESTART_WAIT_MS = 100
 #: A table of each SQLite file a write transaction deletes nothing from, to take that file's lock.
 _LOCK_TABLE = {"main": "resources", "audit": "audit_anchor"}
-#: Milliseconds an append on the event loop waits for the chain's lock (`Database.chain_on_loop`).
-_CHAIN_WAIT_MS = 2
 #: Connections kept for reads on the event loop, at most (see `Database._take_kept`).
 _KEPT = 5
 
@@ -76,11 +71,6 @@ _awaiting: ContextVar[bool] = ContextVar("awaiting", default=False)
 T = TypeVar("T")
 
 
-class ChainBusy(Exception):
-    """The chain's lock is held (another worker appends, or the kept connection is in use by another
-    thread): the append goes to the audit writer's thread instead (see `Database.chain_on_loop`)."""
-
-
 def lock_busy(exc: OperationalError) -> bool:
     """Whether SQLite refused a lock another connection holds (past its busy timeout)."""
     return "locked" in str(exc.orig)
@@ -111,21 +101,25 @@ class Database:
         self._kept: list[Connection] = []
         self._wanting = 0  # writers of the database waiting for its write lock (see `writers_waiting`)
         self._wanting_guard = threading.Lock()
-        self._chain_kept: list[Connection] = []  # see `chain_on_loop`
-        self._chain_guard = threading.Lock()
         # A Database dropped undisposed (an app run without its lifespan) gives its kept connections back to
         # the pool, which closes them, instead of leaving them checked out for the garbage collector.
         weakref.finalize(self, _give_back, self._kept)
-        weakref.finalize(self, _give_back, self._chain_kept)
         parsed = make_url(self.url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         #: SQLite: the AuditEvent chain's own file (`store.audit_file`); None: the chain is in the database.
         self.chain_file: Path | None = None
+        #: SQLite with the chain's file: where the workers' journals of audited requests are, and this
+        #: process's (`store.audit_journal`).
+        self.journals: Path | None = None
+        self.journal: Journal | None = None
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
                 set_aside_orphan(parsed.database)
                 self.chain_file = audit_file(parsed.database)
+                self.journals = journals_of(self.chain_file)
+                self.journal = Journal(self.journals)
+                weakref.finalize(self, self.journal.close)
             self.engine = create_engine(
                 self.url, connect_args={"check_same_thread": False}, execution_options={"write_wait": write_wait}
             )
@@ -218,64 +212,6 @@ class Database:
         finally:
             self._keep(conn)
 
-    @contextlib.contextmanager
-    def chain_on_loop(self) -> Iterator[Connection]:
-        """A write transaction on the AuditEvent chain's own file (SQLite), to run on the event loop: an append
-        there takes ~0.1 ms and waits for no write to the database, where handing it to a thread cost an
-        audited search a third of its CPU (measured, one commit per request: 905-923 against 1,467-1,560 us).
-        On a connection kept for it, which waits `_CHAIN_WAIT_MS` at most for the chain's lock and never
-        checkpoints (that copies megabytes: `checkpoint_chain`, from a thread); its transaction begun and ended
-        on the driver, whose statements are all the append runs (SQLAlchemy's transaction around them cost
-        ~10-14 us of an append's ~85-140, measured): what runs inside runs on the driver too (`driver_rows`,
-        `Ready`), as SQLAlchemy's execute would begin a second transaction and fail. ChainBusy when it cannot: no
-        such file (PostgreSQL's appends await the network), the lock held, or the connection in use by
-        another loop's thread."""
-        if self.chain_file is None or not self._chain_guard.acquire(blocking=False):
-            raise ChainBusy
-        try:
-            if not self._chain_kept:
-                conn = self.engine.connect().execution_options(sqlite_immediate="audit")
-                dbapi_conn: Any = conn.connection.dbapi_connection
-                dbapi_conn.execute(f"PRAGMA busy_timeout={_CHAIN_WAIT_MS}")
-                dbapi_conn.execute("PRAGMA wal_autocheckpoint=0")
-                self._chain_kept.append(conn)
-            conn = self._chain_kept[0]
-            dbapi_conn: Any = conn.connection.dbapi_connection
-            try:
-                _begin(conn, "audit")
-            except OperationalError as exc:
-                if dbapi_conn.in_transaction:
-                    dbapi_conn.rollback()
-                if lock_busy(exc):
-                    raise ChainBusy from exc
-                raise
-            try:
-                yield conn
-            except BaseException:
-                dbapi_conn.rollback()
-                raise
-            dbapi_conn.commit()
-        finally:
-            self._chain_guard.release()
-
-    def checkpoint_chain(self, mode: Literal["PASSIVE", "RESTART"]) -> None:
-        """Copy the chain's WAL back into its file, for the appends made by `chain_on_loop`, whose connection
-        never does. PASSIVE copies while appends go on. RESTART (after a PASSIVE: little is left to copy) has
-        the next append write the WAL from its start again; it blocks appends meanwhile and gives up after
-        `_RESTART_WAIT_MS` while a reader holds the chain's WAL (the next one retries). PASSIVE alone never got
-        there under load: the loop appended while it copied, so no append began with the WAL all copied, and
-        it grew by ~26 kB per event (250 MB in 8 s of audited searches)."""
-        if self.chain_file is None:
-            return
-        raw = self.engine.raw_connection()
-        try:
-            if mode == "RESTART":  # PASSIVE never waits
-                raw.execute(f"PRAGMA busy_timeout={_RESTART_WAIT_MS}")
-            raw.execute(f"PRAGMA audit.wal_checkpoint({mode})").fetchall()
-        finally:
-            raw.execute(f"PRAGMA busy_timeout={int(self.write_wait * 1000)}")
-            raw.close()
-
     def _take_kept(self) -> Connection:
         """A connection kept for reads on the event loop (`on_loop`, `awaiting`), else a new one: the pool's
         checkout and return cost more than a small search's SQL (SQLite: ~12 % of a search's CPU; PostgreSQL
@@ -361,12 +297,13 @@ class Database:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
         move_chain(self.engine, self.chain_file)
+        if self.chain_file is not None:
+            prepare(self.engine)
 
     async def dispose_loop(self) -> None:
         """Close the connections of reads on the event loop, from a coroutine (PostgreSQL's are async)."""
         if self.is_sqlite:
             _give_back(self._kept)
-            _give_back(self._chain_kept)
             return
         await greenlet_spawn(_give_back, self._kept)
         await self._loop_engine.dispose()
@@ -377,7 +314,8 @@ class Database:
         `dispose_loop` first. (SQLite needs no event loop for it: the CLI and the tests dispose often.)"""
         if self.is_sqlite:
             _give_back(self._kept)
-            _give_back(self._chain_kept)
+            if self.journal is not None:
+                self.journal.close()
         else:
             try:
                 asyncio.get_running_loop()
