@@ -278,3 +278,17 @@ def test_a_request_answers_from_the_journal_without_waiting_for_the_chains_lock(
             assert not answered.is_alive()
             assert len(_journal_files(db)) == 1
         eventually(lambda: audited(db) == ["r0"])
+
+
+def test_a_line_longer_than_one_read_is_chained_whole(sqlite_url, monkeypatch):
+    """A read takes READ_BYTES of a journal at most; a line longer than that (a batch reading many
+    resources) is read to its end, not left waiting for a newline that is already written."""
+    monkeypatch.setattr(audit_journal, "READ_BYTES", 64)
+    with database(sqlite_url) as db:
+        db.migrate()
+        assert db.journal is not None
+        for said in some_facts([200, 404]):
+            db.journal.append(said[1])
+        assert [chain.settle(db), chain.settle(db), chain.settle(db)] == [1, 1, 0]  # a line per read here
+        with db.read() as conn:
+            assert [e["outcome"] for e in chained_events(conn)] == ["0", "4"]

@@ -12,7 +12,8 @@ read leaves the page cache of the database's readers alone. A write's AuditEvent
 write, in the database's file: it is staged there (`record`, `audit_outbox`) and the audit writer chains
 it at its next commit (`drain`); a request that may read AuditEvents has it done first (`catch_up`).
 
-Appending is all a request waits for: the event is durable and chained then. Building it and storing it as a resource
+What a request waits for is its facts made durable: on SQLite written to its worker's journal
+(`store.audit_journal`, chained by `absorb`), else chained. Building the event and storing it as a resource
 with its search index rows (~60 rows, ~1.5 ms of CPU, more than the search it audits) comes afterwards:
 `index` stores the events not yet indexed, in chain order, and `audit_indexed` records how far it got.
 The audit writer does it when the node is idle, and any request that may read AuditEvents first has it
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 from sqlalchemy import Connection, and_, bindparam, delete, exists, func, insert, select, update
@@ -48,6 +50,8 @@ from fhir_node.store.schema import (
 GENESIS = "0" * 64
 #: How an AuditEvent chained (or staged) whole begins: the node did so until 2026-12-01.
 _OLD_FORM = b'{"resourceType"'
+#: How facts begin once linked: their predecessor's hash first.
+_LINKED = b'{"previous":"'
 _LOCK = "audit-chain"
 
 
@@ -108,7 +112,7 @@ def _link(conn: Connection, items: list[tuple[str, datetime, bytes]]) -> None:
             linked = {"extension": [{"url": CHAIN_EXTENSION, "valueString": previous}], **orjson.loads(said)}
             _, content = protected(repository.stored_form(linked, res_id, 1, ts))
         else:
-            content = b'{"previous":"' + previous.encode() + b'",' + said[1:]
+            content = _LINKED + previous.encode() + b'",' + said[1:]
         previous = digest(content)
         rows.append({"res_id": res_id, "hash": previous, "recorded": ts, "content": content})
     add_rows(conn, audit_chain, rows)
@@ -117,9 +121,14 @@ def _link(conn: Connection, items: list[tuple[str, datetime, bytes]]) -> None:
 def stored(res_id: str, recorded: datetime, content: bytes) -> bytes:
     """The AuditEvent resource, as stored for search, that a chain entry's bytes stand for: built from its
     facts (the same bytes every time), or those bytes themselves (an event chained whole, before 2026-12-01)."""
+    return _resource(res_id, recorded, content)[1]
+
+
+def _resource(res_id: str, recorded: datetime, content: bytes) -> tuple[dict[str, Any], bytes]:
+    """`stored`, with the resource as a dict too (what indexing it needs: built, not parsed back)."""
     if content.startswith(_OLD_FORM):
-        return content
-    return protected(repository.stored_form(event(orjson.loads(content)), res_id, 1, recorded))[1]
+        return orjson.loads(content), content
+    return protected(repository.stored_form(event(orjson.loads(content)), res_id, 1, recorded))
 
 
 def record(conn: Connection, facts: list[Facts]) -> bool:
@@ -171,8 +180,8 @@ def index(conn: Connection, limit: int | None = None) -> int:
     with batched(conn):
         for _, res_id, recorded, content in rows:
             if content is not None:  # else lost before this version of the node: `verify` names it
-                resource = stored(res_id, recorded, content)
-                repository.add(conn, "AuditEvent", res_id, orjson.loads(resource), resource, recorded)
+                resource, resource_bytes = _resource(res_id, recorded, content)
+                repository.add(conn, "AuditEvent", res_id, resource, resource_bytes, recorded)
     conn.execute(update(audit_indexed).where(audit_indexed.c.id == 1).values(seq=rows[-1][0]))
     conn.execute(delete(audit_outbox).where(~_UNCHAINED))
     return len(rows)
@@ -283,12 +292,12 @@ def _rebuilt(res_id: str, recorded: datetime, content: bytes) -> bytes | None:
 
 
 def _previous_hash(content: bytes) -> str | None:
+    if content.startswith(_LINKED):  # facts: the hash comes first, as `_link` put it
+        return content[len(_LINKED) : len(_LINKED) + len(GENESIS)].decode()
     try:
         event = orjson.loads(content)
     except orjson.JSONDecodeError:
         return None
-    if "previous" in event:
-        return event["previous"]
     for ext in event.get("extension", []):
         if isinstance(ext, dict) and ext.get("url") == CHAIN_EXTENSION:
             return ext.get("valueString")

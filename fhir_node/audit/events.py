@@ -58,7 +58,7 @@ for _code in ("transaction", "batch", "operation"):
 def facts(access: Access, record: Record, status: int, server: str) -> Facts:
     """What the AuditEvent of one request (or of one committed write within it) that answered `status` will
     say, as it is chained: small (~2 kB for a page of 50 patients, where the event is ~14 kB) and cheap to
-    write (a page's: ~10 µs, where building and serialising its event took ~55). Every SSIN in it is
+    take (a page's: 18-21 µs, where building and serialising its event took ~80). Every SSIN in it is
     already a pseudonym (the acting person's, those in the query), since it rests as it is. `event` builds
     the AuditEvent from it, the same bytes each time (`chain.stored`)."""
     ts = now()

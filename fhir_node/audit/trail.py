@@ -240,8 +240,9 @@ class Writer:
             if not wait:
                 record.written = True
                 return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._hand_over((None if journal is not None else said, asyncio.get_running_loop(), done), record)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._hand_over((None if journal is not None else said, loop, done), record)
         await done
         record.written = True
 

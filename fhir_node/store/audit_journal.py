@@ -78,8 +78,7 @@ class Journal:
                 raise OSError(f"the audit journal took {written} of {len(line)} bytes")
 
     def _open(self) -> None:
-        if self._pid == os.getpid():
-            self.close_unguarded()
+        self.close_unguarded()
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"{os.getpid()}-{time.time_ns()}"
         fd = os.open(self.directory / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -92,7 +91,7 @@ class Journal:
             self.close_unguarded()
 
     def close_unguarded(self) -> None:
-        if self._fd is not None and self._pid == os.getpid():
+        if self._fd is not None and self._pid == os.getpid():  # a forked child leaves its parent's file be
             os.close(self._fd)  # and its lock: the file may be removed once read
         self._fd = None
 
@@ -112,6 +111,8 @@ def unread(conn: Connection, directory: Path) -> tuple[list[tuple[datetime, byte
         with open(path, "rb") as file:
             file.seek(done)
             data = file.read(READ_BYTES)
+            if len(data) == READ_BYTES and b"\n" not in data:  # one line longer than that: read it whole
+                data += file.readline()
         end = data.rfind(b"\n") + 1
         if end == 0:
             if _free(path):  # its worker is gone: nothing more comes
