@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None, node: Node | None = None) -> St
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await asyncio.to_thread(node.audit_writer.close)
         await node.db.dispose_loop()
         node.db.dispose()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+from fhir_node.audit.trail import Writer
 from fhir_node.conformance.published import synchronise
 from fhir_node.search.limits import Limits
 from fhir_node.security import keyring
@@ -32,6 +33,12 @@ class Node:
             node.migrate()
             check_keys(node.db, ring)
         return node
+
+    @cached_property
+    def audit_writer(self) -> Writer:
+        """This process's audit writer (`audit.trail`): the one request path hands it every AuditEvent, and the
+        app closes it when it stops."""
+        return Writer(self.db, self.settings.audit_index_lag)
 
     @cached_property
     def limits(self) -> Limits:

@@ -6,6 +6,7 @@ an older node (events stored as resources at once) keeps verifying after the upg
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import orjson
@@ -157,7 +158,7 @@ def test_an_older_chain_keeps_verifying_and_is_not_indexed_twice(database_url):
                     "resourceType": "AuditEvent",
                     "outcome": outcome,
                 }
-                res_id = repository.time_ordered_id()
+                res_id = repository.time_ordered_ids(1)[0]
                 written = repository.write(conn, "AuditEvent", res_id, event, None, "POST")
                 assert written.content is not None
                 previous = chain.digest(written.content)
@@ -272,3 +273,19 @@ def test_whether_events_wait_is_asked_on_the_event_loop(database_url, monkeypatc
         assert handed == ["catch_up"] and stored(db) == 1
         assert client.get("/fhir/AuditEvent", params={"_summary": "count"}).json()["total"] == 1
         assert handed == ["catch_up"]
+
+
+def test_audit_event_ids_are_uuids_version_7_in_time_order() -> None:
+    """The ids of a group of AuditEvents: distinct UUIDs of version 7 and RFC 4122's variant, whose first 48
+    bits are the milliseconds they were made at, so that a later group sorts after an earlier one."""
+    before = time.time_ns() // 1_000_000
+    first = repository.time_ordered_ids(200)
+    time.sleep(0.002)
+    later = repository.time_ordered_ids(3)
+    after = time.time_ns() // 1_000_000
+    parsed = [uuid.UUID(i) for i in first + later]
+    assert [str(u) for u in parsed] == first + later
+    assert len(set(first + later)) == 203
+    assert {(u.version, u.variant) for u in parsed} == {(7, uuid.RFC_4122)}
+    assert all(before <= u.int >> 80 <= after for u in parsed)
+    assert max(first) < min(later)

@@ -397,3 +397,21 @@ def test_a_request_whose_audit_event_cannot_be_written_answers_503(database_url:
         with app.state.node.db.read() as conn:
             checked, _, broken = chain.verify(conn)
         assert (checked, broken) == (1, None)
+
+
+def test_an_app_that_stops_chains_what_waits_and_ends_its_writer(database_url: str) -> None:
+    """Once the app has stopped, every request it answered is chained (nobody else settling the journals)
+    and its audit writer's thread is gone: nothing of it writes the chain after its database is closed."""
+    writers_before = {t for t in threading.enumerate() if t.name == "audit-writer"}
+    app = create_app(Settings(database_url=database_url, audit=True, enforce_profiles=False))
+    with TestClient(app, base_url=BASE_HOST, client=("127.0.0.1", 50000)) as client:
+        ids = {client.get("/fhir/Patient").headers["X-Request-ID"] for _ in range(5)}
+    left = {t for t in threading.enumerate() if t.name == "audit-writer"} - writers_before
+    assert left == set()
+    db = Database(database_url)
+    try:
+        with db.read() as conn:
+            requests = {e["entity"][0]["what"]["identifier"]["value"] for e in chained_events(conn)}
+    finally:
+        db.dispose()
+    assert ids <= requests

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_node.api.failures import status_of
 from fhir_node.api.middleware import answer, fhir_base, is_loopback
-from fhir_node.audit import chain, trail
+from fhir_node.audit import chain
 from fhir_node.node import Node
 from fhir_node.registry import KINDS
 from fhir_node.search.registry import registry
@@ -42,7 +42,7 @@ class Guard:
         self.node = node
         self.verifier = TokenVerifier(node.settings) if node.settings.auth == "jwt" else None
         self.relationships = relationship_source(node.settings)
-        self.audit = trail.Writer(node.db, node.settings.audit_index_lag)
+        self.audit = node.audit_writer
         self.loopback_only = node.settings.auth == "none"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -96,7 +96,8 @@ def extend(conn: Connection, facts: list[Facts]) -> list[str]:
     """Chain the facts of the node's AuditEvents (`events.facts`) in this order, each linked to the one before,
     in `conn`'s transaction: one commit for the audits of many requests. Their ids. They are stored and
     indexed as AuditEvent resources later (`index`)."""
-    items = [(repository.time_ordered_id(), ts, said) for ts, said in facts]
+    ids = repository.time_ordered_ids(len(facts))
+    items = [(res_id, ts, said) for res_id, (ts, said) in zip(ids, facts, strict=True)]
     _link(conn, items)
     return [res_id for res_id, _, _ in items]
 
@@ -138,7 +139,8 @@ def record(conn: Connection, facts: list[Facts]) -> bool:
     if not apart(conn):
         extend(conn, facts)
         return False
-    rows = [{"res_id": repository.time_ordered_id(), "recorded": ts, "content": said} for ts, said in facts]
+    ids = repository.time_ordered_ids(len(facts))
+    rows = [{"res_id": res_id, "recorded": ts, "content": said} for res_id, (ts, said) in zip(ids, facts, strict=True)]
     add_rows(conn, audit_outbox, rows)
     return True
 

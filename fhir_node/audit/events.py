@@ -85,12 +85,18 @@ def facts(access: Access, record: Record, status: int, server: str) -> Facts:
     profile = _SHAPES[record.interaction][1]
     if profile == "query" or record.interaction == "operation":  # an operation says which, with what
         said["query"] = scrub(f"{record.method} {record.path}" + (f"?{record.query}" if record.query else ""))
-    if profile != "query":
+    if names_resources(record.interaction):
         touched = record.entities or ([(record.res_type, record.res_id)] if record.res_type and record.res_id else [])
         if profile is not None:
             touched = touched[:1] or [(record.res_type or "Resource", record.res_id or "unknown")]
         said["touched"] = [f"{t}/{i}" for t, i in touched]
     return ts, orjson.dumps(said)
+
+
+def names_resources(interaction: str) -> bool:
+    """Whether the AuditEvent of an interaction names the resources it touched: a query's names its query
+    and the patients concerned, so what a search or history read is not collected for it."""
+    return _SHAPES[interaction][1] != "query"
 
 
 def event(said: dict[str, Any]) -> dict[str, Any]:

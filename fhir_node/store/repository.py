@@ -44,13 +44,22 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def time_ordered_id() -> str:
-    """A UUID version 7 (48 bits of milliseconds, then random bits): for records that are ordered by time
-    anyway (AuditEvents), so their index rows land on the same few pages instead of all over the index."""
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    value = (value & ~(0xF << 76)) | (0x7 << 76)
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)
-    return str(uuid.UUID(int=value))
+def time_ordered_ids(count: int) -> list[str]:
+    """UUIDs version 7 (48 bits of milliseconds, then random bits): for records that are ordered by time
+    anyway (AuditEvents), so their index rows land on the same few pages instead of all over the index.
+    One read of the system's randomness for them all: each read lets go of the GIL, and the audit writer's
+    thread, reading once per event, then waited behind the event loop to take it back each time."""
+    millis = (time.time_ns() // 1_000_000) << 80 | 0x7 << 76 | 0x2 << 62
+    noise = os.urandom(10 * count)
+    ids = []
+    for k in range(0, 10 * count, 10):
+        h = f"{millis | int.from_bytes(noise[k : k + 10], 'big') & _RANDOM_BITS:032x}"
+        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return ids
+
+
+#: The random bits of a UUID version 7: 80 but the 4 of its version and the 2 of its variant.
+_RANDOM_BITS = ((1 << 80) - 1) & ~(0xF << 76) & ~(0x3 << 62)
 
 
 def instant(ts: datetime) -> str:
