@@ -18,9 +18,9 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import BigInteger, Column, Connection, Engine, MetaData, String, Table, delete, select
-from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy import BigInteger, Column, Connection, Engine, MetaData, String, Table, delete
 
 log = logging.getLogger("fhir_node.errors")
 #: A worker's file is closed (and another begun) past this size, so that read ones can be removed.
@@ -39,6 +39,15 @@ audit_journal = Table(
     Column("offset", BigInteger, nullable=False),
     schema="audit",
     comment="How far the chain has read each worker's journal file: the bytes before it are chained.",
+)
+
+
+#: The offsets read and recorded by the audit writer's every transaction, in SQL for SQLite's driver: built
+#: with SQLAlchemy each time they cost ~0.4 ms a transaction (~4 us an event at ~100 events a transaction).
+_OFFSETS = 'SELECT name, "offset" FROM audit.audit_journal'
+_ADVANCE = (
+    'INSERT INTO audit.audit_journal (name, "offset") VALUES (?, ?) '
+    'ON CONFLICT (name) DO UPDATE SET "offset" = excluded."offset"'
 )
 
 
@@ -103,7 +112,7 @@ def unread(conn: Connection, directory: Path) -> tuple[list[tuple[datetime, byte
     if not directory.is_dir():
         return [], {}
     t = audit_journal.c
-    offsets: dict[str, int] = {name: offset for name, offset in conn.execute(select(t.name, t.offset))}
+    offsets: dict[str, int] = dict(_driver(conn).execute(_OFFSETS).fetchall())
     found: list[tuple[datetime, bytes]] = []
     reached: dict[str, int] = {}
     for path in sorted(directory.glob(f"*{_SUFFIX}")):
@@ -136,9 +145,7 @@ def unread(conn: Connection, directory: Path) -> tuple[list[tuple[datetime, byte
 def advance(conn: Connection, reached: dict[str, int]) -> None:
     """Record how far each file was read (in the transaction that chained what was read)."""
     if reached:
-        rows = [{"name": name, "offset": offset} for name, offset in reached.items()]
-        stmt = insert(audit_journal)
-        conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_={"offset": stmt.excluded.offset}), rows)
+        _driver(conn).executemany(_ADVANCE, list(reached.items()))
 
 
 def pending(conn: Connection, directory: Path) -> bool:
@@ -151,9 +158,13 @@ def pending(conn: Connection, directory: Path) -> bool:
             sizes[path.name] = path.stat().st_size
     if not sizes:
         return False
-    t = audit_journal.c
-    offsets = dict(conn.execute(select(t.name, t.offset)).all())
+    offsets = dict(_driver(conn).execute(_OFFSETS).fetchall())
     return any(size > offsets.get(name, 0) for name, size in sizes.items())
+
+
+def _driver(conn: Connection) -> Any:
+    """The sqlite3 connection under `conn` (journals are SQLite's alone)."""
+    return conn.connection.dbapi_connection
 
 
 def _recorded(line: bytes) -> datetime | None:
