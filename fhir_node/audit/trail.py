@@ -191,6 +191,8 @@ class Writer:
     #: requests (each costs ~0.5 ms, with the journals read and their offsets written; after 5 ms it held
     #: ~2 events at ~400 searches/s, and the audit cost more than committing each on the event loop).
     JOURNAL_LINGER = 0.1
+    #: Seconds the app's stop waits for the thread's last transaction (the database may be gone).
+    CLOSE_WAIT = 10.0
 
     def __init__(self, db: Database, lag: int) -> None:
         self.db = db
@@ -285,7 +287,11 @@ class Writer:
             self._wake.notify()
             thread = self._thread
         if thread is not None:
-            thread.join()
+            thread.join(self.CLOSE_WAIT)
+            if thread.is_alive():
+                error_log.warning(
+                    "the audit writer did not finish within %s s; what it holds stays journaled", self.CLOSE_WAIT
+                )
 
     def _start(self) -> None:
         """The writer's thread, unless it runs (holding `_wake`)."""
@@ -347,7 +353,7 @@ class Writer:
                 over = chain.waiting(conn) - self.lag
         except Exception as exc:
             error = exc
-            if journaled:  # what the journals hold stays there: read again at the next group
+            if journaled and not self._closing:  # what the journals hold stays there: read at the next group
                 with self._wake:
                     self._journaled = True
             if not group:
