@@ -94,8 +94,8 @@ def facts(access: Access, record: Record, status: int, server: str) -> Facts:
 
 
 def names_resources(interaction: str) -> bool:
-    """Whether the AuditEvent of an interaction names the resources it touched: a query's names its query
-    and the patients concerned, so what a search or history read is not collected for it."""
+    """Whether the AuditEvent of an interaction names the resources it touched: a query's names the query
+    and the patients concerned only, so the resources a search or a history reads are not collected."""
     return _SHAPES[interaction][1] != "query"
 
 
