@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import random
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,8 +30,12 @@ from typing import Any
 
 import orjson
 import uvloop
-from search_load import database, episode, load_direct, organization, patient
 from starlette.applications import Starlette
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from asgi_scope import http_scope
+from search_load import database, episode, load_direct, organization, patient, population, search_mix
 
 from fhir_node.app import create_app
 from fhir_node.settings import Settings
@@ -44,20 +49,7 @@ CONCURRENT = 4
 async def call(app: Starlette, target: str) -> None:
     """One GET through the app, as uvicorn would call it; anything but a 200 stops the run."""
     path, _, query = target.partition("?")
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": query.encode(),
-        "root_path": "",
-        "headers": [(b"host", b"127.0.0.1:8080"), (b"accept", b"application/fhir+json")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8080),
-    }
+    scope = http_scope("GET", path, query.encode(), ((b"accept", b"application/fhir+json"),))
     answered = asyncio.Event()
     sent_body = False
     statuses = []
@@ -131,7 +123,7 @@ def main() -> None:
     ap.add_argument("--searches", type=int, default=6000, help="per app, in blocks of 200")
     args = ap.parse_args()
     rng = random.Random(42)
-    n_patients, n_orgs = max(1, args.episodes // 2), max(1, min(50, args.episodes // 40))  # as search_load.py
+    n_patients, n_orgs = population(args.episodes)
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         with database("sqlite", tmp) as url:
@@ -155,13 +147,7 @@ def main() -> None:
                     audit_index_lag=10 * args.searches,
                 )
 
-            queries = []
-            for i in range(args.searches):
-                queries += [
-                    "/fhir/EpisodeOfCare?status=active&date=ge2024-01-01&_count=50",
-                    f"/fhir/EpisodeOfCare?patient=Patient/{patient_ids[i % len(patient_ids)]}",
-                    f"/fhir/EpisodeOfCare?organization=Organization/{org_ids[i % len(org_ids)]}&_count=50",
-                ]
+            queries = search_mix(patient_ids, org_ids, args.searches)
             found = measure(settings, queries, args.searches)
     report = {
         "episodes": args.episodes,

@@ -161,6 +161,25 @@ def load_direct(database_url: str, resources: Iterable[dict[str, Any]], batch: i
     return ids
 
 
+def population(episodes: int) -> tuple[int, int]:
+    """How many Patients and Organizations go with `episodes` EpisodeOfCare: two episodes a patient, forty
+    an organisation (fifty organisations at most)."""
+    return max(1, episodes // 2), max(1, min(50, episodes // 40))
+
+
+def search_mix(patient_ids: list[str], org_ids: list[str], rounds: int) -> list[str]:
+    """The three searches, `rounds` times: active since 2024 (the same page each time), one patient's
+    episodes, one organisation's (patients and organisations in turn)."""
+    queries = []
+    for i in range(rounds):
+        queries += [
+            "/fhir/EpisodeOfCare?status=active&date=ge2024-01-01&_count=50",
+            f"/fhir/EpisodeOfCare?patient=Patient/{patient_ids[i % len(patient_ids)]}",
+            f"/fhir/EpisodeOfCare?organization=Organization/{org_ids[i % len(org_ids)]}&_count=50",
+        ]
+    return queries
+
+
 def rss_kb(pid: int) -> int:
     """Resident set size of the server process and its children (uvicorn workers), in KiB."""
     total = 0
@@ -280,8 +299,7 @@ def main() -> None:
     args = ap.parse_args()
 
     rng = random.Random(42)
-    n_patients = max(1, args.episodes // 2)
-    n_orgs = max(1, min(50, args.episodes // 40))
+    n_patients, n_orgs = population(args.episodes)
     with tempfile.TemporaryDirectory() as tmpdir, database(args.database, Path(tmpdir)) as url:
         tmp = Path(tmpdir)
         if args.load == "direct":
@@ -312,13 +330,7 @@ def main() -> None:
             load_s = time.perf_counter() - t0
             if args.database == "postgresql":
                 analyze(url)
-            queries = []
-            for i in range(args.searches):
-                queries += [
-                    "/fhir/EpisodeOfCare?status=active&date=ge2024-01-01&_count=50",
-                    f"/fhir/EpisodeOfCare?patient=Patient/{patient_ids[i % len(patient_ids)]}",
-                    f"/fhir/EpisodeOfCare?organization=Organization/{org_ids[i % len(org_ids)]}&_count=50",
-                ]
+            queries = search_mix(patient_ids, org_ids, args.searches)
             run_gets(host, port, queries, min(100, args.searches), args.clients)  # warm-up
             postmaster = postmaster_pid(url) if args.database == "postgresql" else None
             cpu0, db_cpu0 = cpu_seconds(pid), cpu_seconds(postmaster) if postmaster else 0.0

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from asgi_scope import http_scope
 from bundle_helpers import HEADERS, SSIN, episode, patient, post, seed, send, status
 from live_node import serve_node
 from starlette.testclient import TestClient
@@ -279,11 +280,7 @@ def test_a_client_leaving_cancels_its_search(
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
-            "path": "/fhir/Patient", "raw_path": b"/fhir/Patient", "query_string": query, "root_path": "",
-            "headers": [(b"host", b"127.0.0.1:8080")], "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8080),
-        }  # fmt: skip
+        scope = http_scope("GET", "/fhir/Patient", query)
         await app(scope, receive, send)
 
     start = time.monotonic()

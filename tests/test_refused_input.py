@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from asgi_scope import http_scope
 from starlette.testclient import TestClient
 from test_rest_errors import assert_outcome, history_count
 
@@ -106,20 +107,7 @@ def test_a_client_leaving_mid_body_is_one_quiet_499_line(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/fhir/Patient",
-        "raw_path": b"/fhir/Patient",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"127.0.0.1:8080"), (b"content-type", b"application/fhir+json")],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8080),
-    }
+    scope = http_scope("POST", "/fhir/Patient", headers=((b"content-type", b"application/fhir+json"),))
     with caplog.at_level(logging.INFO, logger="fhir_node"):
         asyncio.run(app(scope, receive, send))
     assert sent == []
