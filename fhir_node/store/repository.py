@@ -44,6 +44,10 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+#: The random bits of a UUID version 7: 80 but the 4 of its version and the 2 of its variant.
+_RANDOM_BITS = ((1 << 80) - 1) & ~(0xF << 76) & ~(0x3 << 62)
+
+
 def time_ordered_ids(count: int) -> list[str]:
     """UUIDs version 7 (48 bits of milliseconds, then random bits): for records that are ordered by time
     anyway (AuditEvents), so their index rows land on the same few pages instead of all over the index.
@@ -56,10 +60,6 @@ def time_ordered_ids(count: int) -> list[str]:
         h = f"{millis | int.from_bytes(noise[k : k + 10], 'big') & _RANDOM_BITS:032x}"
         ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
     return ids
-
-
-#: The random bits of a UUID version 7: 80 but the 4 of its version and the 2 of its variant.
-_RANDOM_BITS = ((1 << 80) - 1) & ~(0xF << 76) & ~(0x3 << 62)
 
 
 def instant(ts: datetime) -> str:
