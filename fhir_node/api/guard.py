@@ -6,7 +6,7 @@ carry no data, so they are neither authenticated nor audited."""
 from __future__ import annotations
 
 import logging
-from functools import cache
+from functools import cache, lru_cache
 from urllib.parse import unquote, unquote_plus
 
 from starlette.concurrency import run_in_threadpool
@@ -225,10 +225,17 @@ def _bearer(headers: dict[bytes, bytes]) -> str:
 
 
 def _record(scope: Scope) -> Record:
-    """The interaction a FHIR URL performs, from its method and shape (bundles refine transaction/batch)."""
+    """The request's audit record: what it does, from its method and URL (bundles refine transaction/batch)."""
     method: str = scope["method"]
-    parts = [unquote(p) for p in scope["path"].removeprefix("/fhir").split("/") if p]
-    query = scope.get("query_string", b"").decode("latin-1")
+    path: str = scope["path"]
+    return Record(method, path, scope.get("query_string", b"").decode("latin-1"), *_interaction(method, path))
+
+
+@lru_cache(maxsize=4096)
+def _interaction(method: str, path: str) -> tuple[str, str | None, str | None]:
+    """The interaction a FHIR URL performs, with the type and id it names: parsed once for a URL repeated
+    (an aggregator's searches, all day)."""
+    parts = [unquote(p) for p in path.removeprefix("/fhir").split("/") if p]
     res_type = parts[0] if parts and parts[0][0].isupper() else None
     res_id = parts[1] if len(parts) > 1 and parts[1][0] not in "_$" else None
     if not parts:
@@ -246,4 +253,4 @@ def _record(scope: Scope) -> Record:
         interaction = "search-type" if parts[-1] == "_search" else by_method.get(method, "search-type")
     else:
         interaction = {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, "read")
-    return Record(method, scope["path"], query, interaction, res_type, res_id)
+    return interaction, res_type, res_id

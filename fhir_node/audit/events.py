@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -71,7 +72,7 @@ def facts(access: Access, record: Record, status: int, server: str) -> Facts:
         "server": server,
         "client": access.client,
         "userAgent": access.user_agent,
-        "patients": sorted(record.patients),
+        "patients": _in_order(record.patients) if isinstance(record.patients, frozenset) else sorted(record.patients),
     }
     if access.request_id != "" and p.sub != "":  # authenticated
         person = p.is_person
@@ -91,6 +92,12 @@ def facts(access: Access, record: Record, status: int, server: str) -> Facts:
             touched = touched[:1] or [(record.res_type or "Resource", record.res_id or "unknown")]
         said["touched"] = [f"{t}/{i}" for t, i in touched]
     return ts, orjson.dumps(said)
+
+
+@lru_cache(maxsize=1024)
+def _in_order(patients: frozenset[str]) -> tuple[str, ...]:
+    """A page's Patients sorted once: a search repeated finds them as the same frozenset (`trail.patients_of`)."""
+    return tuple(sorted(patients))
 
 
 def names_resources(interaction: str) -> bool:

@@ -61,7 +61,8 @@ def note(
         return
     if names_resources(record.interaction):
         record.entities.extend([(t, i) for t, i, _ in versioned] + items)
-    record.patients |= patients_of(conn, items, versioned)
+    found = patients_of(conn, items, versioned)
+    record.patients = record.patients | found if record.patients else found
 
 
 def note_query(params: list[tuple[str, str]]) -> None:
@@ -142,6 +143,7 @@ def patients_of(
         if len(_PAGES) > _PAGES_LIMIT:
             _PAGES.clear()
         _PAGES[page] = frozenset(found)
+        return _PAGES[page]
     return found
 
 
@@ -162,7 +164,7 @@ def committed() -> None:
     if record is not None:
         record.written = True
         record.entities.clear()
-        record.patients.clear()
+        record.patients = frozenset()
 
 
 class Writer:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -20,7 +21,7 @@ import orjson
 from fhir_node.registry import CONFORMANCE_TYPES
 from fhir_node.rules.check_digits import ssin_error
 from fhir_node.security.access import current
-from fhir_node.security.keyring import STORED, installed, kid_of, recipient
+from fhir_node.security.keyring import STORED, Keyring, installed, kid_of, recipient
 from fhir_node.security.principal import Principal
 from fhir_node.security.relationships import SSIN
 
@@ -147,7 +148,16 @@ def may_be_ssin(value: str) -> bool:
 
 def scrub(text: str) -> str:
     """Free text (a logged URL, an audited query) with every valid SSIN replaced by its pseudonym."""
-    return _SSIN_LIKE.sub(lambda m: m[0] if ssin_error(m[0]) else installed().seal(m[0], STORED), text)
+    if _SSIN_LIKE.search(text) is None:
+        return text
+    return _scrubbed(text, installed())
+
+
+@lru_cache(maxsize=4096)
+def _scrubbed(text: str, ring: Keyring) -> str:
+    """`scrub` of text holding 11 digits in a row, once per key ring: the same audited queries and logged
+    URLs come back all day (an aggregator's, a NIHDI number's), and checking each such run cost ~5 us."""
+    return _SSIN_LIKE.sub(lambda m: m[0] if ssin_error(m[0]) else ring.seal(m[0], STORED), text)
 
 
 def _walk(node: Any, fix: Fix, res_type: str | None) -> Any:

@@ -8,6 +8,7 @@ unaudited."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -29,8 +30,9 @@ class Record:
     res_id: str | None = None
     #: Resources read or written, as (type, id), in the order touched.
     entities: list[tuple[str, str]] = field(default_factory=list)
-    #: Ids of the Patients whose data the request touched.
-    patients: set[str] = field(default_factory=set)
+    #: Ids of the Patients whose data the request touched (a search's: its page's, as `trail.patients_of`
+    #: keeps them).
+    patients: AbstractSet[str] = frozenset()
     #: The status a write answers (201 created, 204 deleted...), for an AuditEvent staged with the write.
     status: int = 200
     #: Set once an AuditEvent for this request committed (with a write), so none is written twice.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal, get_args
 
 from fhir_node.rules.check_digits import ssin_error
@@ -56,7 +57,7 @@ class Principal:
     psi: str | None = None
     client_id: str | None = None
 
-    @property
+    @cached_property
     def is_person(self) -> bool:
         """People act under their SSIN; the aggregator, the insurers and the operator may be systems."""
         return self.role not in ("aggregator", "insurer", "operator") or ssin_error(self.sub) is None
