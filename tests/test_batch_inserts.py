@@ -1,7 +1,7 @@
-"""Batched inserts (`store.batch`): on SQLite rows go in multi-row INSERTs (64, 32, ... 1 rows each) and
-datetimes are written by `isoformat` rather than SQLAlchemy's processor; on both databases every row must
-land exactly as given, in order, and compare as SQLAlchemy's own writes do. And the chain's hash, fed to
-hashlib in pieces, is SHA-256 whatever the length."""
+"""Batched inserts (`store.batch`): executemany, or (`add_together`, on SQLite) multi-row INSERTs of 64,
+32, ... 1 rows each; on SQLite datetimes are written by `isoformat` rather than SQLAlchemy's processor. On
+both databases every row must land exactly as given, in order, and compare as SQLAlchemy's own writes do.
+And the chain's hash, fed to hashlib in pieces, is SHA-256 whatever the length."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sqlalchemy import DateTime, insert, select
 from sqlalchemy.dialects import sqlite
 
 from fhir_node.audit import chain
-from fhir_node.store.batch import _converter, add_rows, batched
+from fhir_node.store.batch import _converter, add_rows, add_together, batched
 from fhir_node.store.database import Database
 from fhir_node.store.schema import audit_outbox
 
@@ -33,10 +33,12 @@ def test_every_row_lands_as_given_and_in_order(database_url: str, count: int) ->
             }
             for k in range(count)
         ]
+        half, last = (count + 1) // 2, max((count + 1) // 2, count - 1)
         with db.write() as conn:
-            add_rows(conn, audit_outbox, rows[: count // 2])
+            add_together(conn, audit_outbox, rows[:half])
+            add_rows(conn, audit_outbox, rows[half:last])
             with batched(conn):
-                add_rows(conn, audit_outbox, rows[count // 2 :])
+                add_rows(conn, audit_outbox, rows[last:])
             conn.execute(insert(audit_outbox).values(res_id="by-sqlalchemy", recorded=start, content=b"x"))
         with db.read() as conn:
             c = audit_outbox.c

@@ -35,7 +35,7 @@ from fhir_node.audit.events import CHAIN_EXTENSION, Facts, event
 from fhir_node.rules.pseudonym import protected
 from fhir_node.store import audit_journal, repository
 from fhir_node.store.audit_file import apart
-from fhir_node.store.batch import add_rows, batched
+from fhir_node.store.batch import add_rows, add_together, batched
 from fhir_node.store.database import Database, lock
 from fhir_node.store.ready import Ready
 from fhir_node.store.schema import (
@@ -118,7 +118,7 @@ def _link(conn: Connection, items: list[tuple[str, datetime, bytes]]) -> None:
             content = _LINKED + previous.encode() + b'",' + said[1:]
         previous = digest(content)
         rows.append({"res_id": res_id, "hash": previous, "recorded": ts, "content": content})
-    add_rows(conn, audit_chain, rows)
+    add_together(conn, audit_chain, rows)
 
 
 def stored(res_id: str, recorded: datetime, content: bytes) -> bytes:
