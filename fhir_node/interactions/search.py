@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from functools import cache, cached_property, lru_cache
+from operator import itemgetter
 from typing import Any
 from urllib.parse import urlencode
 
@@ -61,6 +62,9 @@ _TOTAL_BOUND = 10_000
 #: Built once (see `sql.named`): a live resource.
 _LIVE = resources.c.deleted == false()
 
+
+#: A row's (type, id, version): what the audit trail keys a page's Patients by (`trail.patients_of`).
+_VERSION = itemgetter(0, 1, 3)
 
 @dataclass(frozen=True)
 class Walk:
@@ -154,7 +158,7 @@ def _answer(
     shown = policy.shown_page(conn, page.types, rows)
     unredacted = (r for r, (_, redacted) in zip(rows, shown, strict=True) if not redacted)
     included = _includes(conn, reg, unredacted, result, base, node.limits)
-    trail.note(conn, ((t, i) for t, i, _ in included), versioned=((r[0], r[1], r[3]) for r in rows))
+    trail.note(conn, ((t, i) for t, i, _ in included), versioned=map(_VERSION, rows))
 
     links = {"self": _link(base, res_type, params, _single(result, "_cursor"))}
     if has_next:
