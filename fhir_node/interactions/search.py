@@ -61,10 +61,9 @@ _SORT_COLUMNS = {
 _TOTAL_BOUND = 10_000
 #: Built once (see `sql.named`): a live resource.
 _LIVE = resources.c.deleted == false()
-
-
 #: A row's (type, id, version): what the audit trail keys a page's Patients by (`trail.patients_of`).
 _VERSION = itemgetter(0, 1, 3)
+
 
 @dataclass(frozen=True)
 class Walk:
