@@ -72,7 +72,7 @@ def facts(access: Access, record: Record, status: int, server: str) -> Facts:
         "server": server,
         "client": access.client,
         "userAgent": access.user_agent,
-        "patients": _in_order(record.patients) if isinstance(record.patients, frozenset) else sorted(record.patients),
+        "patients": _in_order(frozenset(record.patients)),
     }
     if access.request_id != "" and p.sub != "":  # authenticated
         person = p.is_person
@@ -96,7 +96,8 @@ def facts(access: Access, record: Record, status: int, server: str) -> Facts:
 
 @lru_cache(maxsize=1024)
 def _in_order(patients: frozenset[str]) -> tuple[str, ...]:
-    """A page's Patients sorted once: a search repeated finds them as the same frozenset (`trail.patients_of`)."""
+    """Patients sorted once per set: a search repeated finds its page's as the same frozenset (`trail.patients_of`;
+    `frozenset` of a frozenset is the object itself)."""
     return tuple(sorted(patients))
 
 

@@ -65,25 +65,23 @@ def _converter(dialect: Dialect, column_type: TypeEngine[Any]) -> Callable[[Any]
     return sqlite_datetime
 
 
-def _write(conn: Connection, table: Table, rows: list[dict[str, Any]], together: bool = False) -> None:
-    """One executemany of `rows` (the columns of the first; a later row lacking one has None there),
-    straight to the driver: SQLAlchemy's per-row parameter handling cost ~0.3 ms per AuditEvent indexed
+def _prepared(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> tuple[str, list[tuple[Any, ...]]]:
+    """The one-row INSERT of `rows` (the columns of the first; a later row lacking one has None there) for the
+    driver, and their parameters: SQLAlchemy's per-row parameter handling cost ~0.3 ms per AuditEvent indexed
     (~60 rows), more than SQLite's inserts (measured)."""
     columns = tuple(c.name for c in table.columns if c.name in rows[0])
     sql, parameters = _insert(conn.dialect, table, columns)
     try:
-        values = [parameters(row) for row in rows]
+        return sql, [parameters(row) for row in rows]
     except KeyError:  # some row lacks a column
         blank = dict.fromkeys(columns)
-        values = [parameters({**blank, **row}) for row in rows]
-    if not together or conn.dialect.name != "sqlite":
-        driver_rows(conn, sql, values, many=True)
-        return
-    done = 0
-    while done < len(values):  # as few statements as the row counts allow (64, 32, ... 1): 7 texts to prepare
-        n = min(_ROWS, 1 << ((len(values) - done).bit_length() - 1))
-        driver_rows(conn, _rows_of(sql, n), list(chain.from_iterable(values[done : done + n])))
-        done += n
+        return sql, [parameters({**blank, **row}) for row in rows]
+
+
+def _write(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """One executemany of `rows`, straight to the driver."""
+    sql, values = _prepared(conn, table, rows)
+    driver_rows(conn, sql, values, many=True)
 
 
 @cache
@@ -110,8 +108,17 @@ def add_together(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> 
     each row's step, and such a thread then waited behind the loop to take it back, row after row (context
     switches per audited search 0.7 -> 0.23). Not for every insert: loading over HTTP, where the loop parses
     the next Bundle while a thread writes, cost more CPU so (0.88-1.07 -> 1.10-1.23 ms per resource)."""
-    if rows:
-        _write(conn, table, rows, together=True)
+    if not rows:
+        return
+    if conn.dialect.name != "sqlite":
+        _write(conn, table, rows)
+        return
+    sql, values = _prepared(conn, table, rows)
+    done = 0
+    while done < len(values):  # as few statements as the row counts allow (64, 32, ... 1): 7 texts to prepare
+        n = min(_ROWS, 1 << ((len(values) - done).bit_length() - 1))
+        driver_rows(conn, _rows_of(sql, n), list(chain.from_iterable(values[done : done + n])))
+        done += n
 
 
 def deferring(conn: Connection) -> bool:
