@@ -29,7 +29,7 @@ from fhir_node.api import routes
 from fhir_node.app import create_app
 from fhir_node.interactions import bundle
 from fhir_node.settings import Settings
-from fhir_node.store.database import Cancel, Database, OverBudget, cancelling
+from fhir_node.store.database import Cancel, Database, OverBudget, cancelling, driver_rows
 
 FHIR_JSON = {"Content-Type": "application/fhir+json"}
 #: Limits high enough to let hostile searches reach the database.
@@ -179,6 +179,15 @@ def test_reads_on_the_event_loop_each_see_what_was_committed_before_them(tmp_pat
                 assert inner is not conn and inner.exec_driver_sql(count).scalar() == expected + 1
         with db.write() as conn:
             conn.exec_driver_sql("DELETE FROM t WHERE x = 2")
+    with db.on_loop(5), db.read() as conn:  # the driver's statements and SQLAlchemy's: the same snapshot
+        raw = conn.connection.dbapi_connection
+        assert driver_rows(conn, count) == [(3,)]
+        with db.write() as writer:
+            writer.exec_driver_sql("INSERT INTO t VALUES (2)")
+        assert conn.exec_driver_sql(count).scalar() == 3 and driver_rows(conn, count) == [(3,)]
+    assert raw is not None and not raw.in_transaction and not conn.in_transaction()  # ended, nothing held
+    with db.write() as conn:
+        conn.exec_driver_sql("DELETE FROM t WHERE x = 2")
     with pytest.raises(OverBudget), db.on_loop(0.0), db.read() as conn:
         conn.exec_driver_sql(count).scalar()
     with db.on_loop(5), db.read() as conn:
