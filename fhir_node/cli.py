@@ -4,6 +4,7 @@ FHIR_NODE_* environment."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import ipaddress
 import os
@@ -147,23 +148,27 @@ def serve(args: argparse.Namespace) -> int:
     from fhir_node.security.keyring import KeyProblem
 
     try:
-        Node.from_settings(settings).db.dispose()  # migrate once, before any worker starts
+        db = Node.from_settings(settings).db  # migrate once, before any worker starts
     except KeyProblem as exc:
         print(f"fhir-node: {exc}", file=sys.stderr)
         return 2
+    db.dispose()
     os.environ["FHIR_NODE_AUTO_MIGRATE"] = "false"
-    uvicorn.run(
-        "fhir_node.app:create_app",
-        factory=True,
-        host=host,
-        port=args.port,
-        workers=args.workers,
-        access_log=False,
-        log_config=config(settings.log_level),
-        **uvicorn_tls_options(args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certs),
-        **uvicorn_proxy_options(settings),
-        **uvicorn_edge_options(settings),
-    )
+    from fhir_node.audit.follower import beside
+
+    with beside() if settings.audit and db.journals is not None else contextlib.nullcontext():
+        uvicorn.run(
+            "fhir_node.app:create_app",
+            factory=True,
+            host=host,
+            port=args.port,
+            workers=args.workers,
+            access_log=False,
+            log_config=config(settings.log_level),
+            **uvicorn_tls_options(args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certs),
+            **uvicorn_proxy_options(settings),
+            **uvicorn_edge_options(settings),
+        )
     return 0
 
 

@@ -38,7 +38,7 @@ class Node:
     def audit_writer(self) -> Writer:
         """This process's audit writer (`audit.trail`): the one request path hands it every AuditEvent, and the
         app closes it when it stops."""
-        return Writer(self.db, self.settings.audit_index_lag)
+        return Writer(self.db, self.settings.audit_index_lag, followed=self.settings.audit_follower)
 
     @cached_property
     def limits(self) -> Limits:

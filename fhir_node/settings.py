@@ -62,6 +62,11 @@ class Settings(BaseSettings):
         description="AuditEvents are chained as requests answer and indexed for search when the node is idle; "
         "past this many waiting, the audit writer indexes as it goes.",
     )
+    audit_follower: bool = Field(
+        False,
+        description="Another process chains the workers' AuditEvent journals (SQLite): `fhir-node audit follow`, "
+        "which `fhir-node serve` starts and sets this for its workers.",
+    )
     audit_retention_days: int = Field(
         3653, gt=0, description="AuditEvents older than this are removed by `fhir-node audit purge`."
     )

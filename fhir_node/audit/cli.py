@@ -1,5 +1,6 @@
 """`fhir-node audit verify` and `fhir-node audit purge`: the operator's checks on the AuditEvent hash chain
-(fhir_node/audit/chain.py), run against the database directly, with or without a node serving it."""
+(fhir_node/audit/chain.py), run against the database directly, with or without a node serving it; and
+`fhir-node audit follow`, which chains what the workers journal (`audit.follower`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 
 def add_parser(sub: Any) -> None:
-    """Register `audit verify` and `audit purge` on the `fhir-node` command. Imports are deferred, here
+    """Register `audit verify`, `audit purge` and `audit follow` on the `fhir-node` command. Imports are deferred, here
     and below: fhir_node.cli imports this module, and every other command would pay for the store's."""
     from fhir_node.cli import _add_setting_flags
 
@@ -21,6 +22,13 @@ def add_parser(sub: Any) -> None:
     p = actions.add_parser("purge", help="remove AuditEvents older than FHIR_NODE_AUDIT_RETENTION_DAYS")
     _add_setting_flags(p)
     p.set_defaults(run=purge)
+    p = actions.add_parser(
+        "follow",
+        help="chain the workers' AuditEvent journals as they fill (SQLite), until stopped; `serve` runs one itself",
+    )
+    _add_setting_flags(p)
+    p.add_argument("--until-stdin-closes", action="store_true", help="also stop when standard input closes")
+    p.set_defaults(run=follow)
 
 
 def verify(args: argparse.Namespace) -> int:
@@ -60,4 +68,35 @@ def purge(args: argparse.Namespace) -> int:
     finally:
         db.dispose()
     print(f"fhir-node: purged {removed} AuditEvents recorded before {instant(before)}")
+    return 0
+
+
+def follow(args: argparse.Namespace) -> int:
+    """Until SIGTERM or SIGINT (or, with --until-stdin-closes, the end of standard input: how `serve` ties
+    its follower to itself, whatever way it ends)."""
+    import signal
+    import sys
+    import threading
+
+    from fhir_node.audit.follower import follow as run
+    from fhir_node.cli import _settings
+    from fhir_node.logs import configure
+    from fhir_node.store.database import Database
+
+    settings = _settings(args)
+    configure(settings.log_level)
+    db = Database(settings.database_url)
+    if db.journals is None:
+        db.dispose()
+        print("fhir-node: nothing to follow: only SQLite has AuditEvent journals", file=sys.stderr)
+        return 2
+    stopped = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopped.set())
+    if args.until_stdin_closes:
+        threading.Thread(target=lambda: (sys.stdin.buffer.read(), stopped.set()), daemon=True).start()
+    try:
+        run(db, stopped)
+    finally:
+        db.dispose()
     return 0

@@ -173,8 +173,9 @@ class Writer:
     where committing them on the event loop cost ~140-230 µs. Otherwise (PostgreSQL) requests hand their
     facts over and wait. One thread (started on first use) chains what the journals hold and what was
     handed over meanwhile in one write transaction (group commit), then releases the requests that wait,
-    or fails them all. Nothing outlives the commit but the journals, which every worker reads, so workers
-    and hosts share no state.
+    or fails them all; where another process chains the journals (`followed`: `audit.follower`, which
+    `fhir-node serve` runs on SQLite), the thread leaves them to it but past the lag. Nothing outlives the
+    commit but the journals, which every worker reads, so workers and hosts share no state.
 
     Indexing the chained events for search (`chain.index`, ~1 ms each) waits: once nothing was audited for
     `IDLE` seconds, the thread indexes them a batch at a time until none is left or requests come again. A
@@ -196,15 +197,17 @@ class Writer:
     #: Seconds the app's stop waits for the thread's last transaction (the database may be gone).
     CLOSE_WAIT = 10.0
 
-    def __init__(self, db: Database, lag: int) -> None:
+    def __init__(self, db: Database, lag: int, followed: bool = False) -> None:
         self.db = db
         self.lag = lag
+        #: Another process chains the journals (`audit.follower`): this one leaves them to it but past the lag.
+        self.followed = followed and db.journal is not None
         self._queue: list[_Item] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._under_way = 0  # requests begun whose AuditEvent is not handed over yet
         self._staged = True  # writes' AuditEvents may wait to be chained (`chain.drain`): at first, any left
-        self._journaled = self.db.journal is not None  # facts written to a journal since (at first: any left)
+        self._journaled = self.db.journal is not None and not self.followed  # since (at first: any left)
         self._journaled_since = 0  # by this process, not chained yet as far as it knows: past `lag`, requests wait
         self._behind = False  # events chained, not yet all indexed
         self._last_append = 0.0  # when a request last audited
@@ -256,12 +259,13 @@ class Writer:
         if journal is not None:
             journal.append(said[1])
             with self._wake:
-                self._journaled = True
                 self._journaled_since += 1
                 self._no_longer_awaited(record)
-                self._start()
-                self._wake.notify()
                 wait = self._past_lag or self._journaled_since > self.lag
+                if wait or not self.followed:
+                    self._journaled = True
+                    self._start()
+                    self._wake.notify()
             if not wait:
                 record.written = True
                 return
@@ -375,20 +379,30 @@ class Writer:
             self._index()
 
     def _index(self, limit: int | None = None) -> bool:
-        """One batch of chained events indexed; whether more may wait. A failure is logged and retried
-        at the next idle time (nothing is lost: the events stay chained). Not while a writer of this process
-        waits for the database's lock: indexing can wait (a reader of AuditEvents has it done first)."""
+        """One batch of chained events indexed (`index_batch`); whether more may wait. Not while a writer of
+        this process waits for the database's lock: indexing can wait (a reader of AuditEvents has it done
+        first)."""
         if self.db.writers_waiting or time.monotonic() < self._index_again:
             return True
-        try:
-            with self.db.write(lock_wait=INDEX_LOCK_WAIT) as conn:
-                return chain.index(conn, limit) > 0
-        except Exception as exc:
-            if isinstance(exc, OperationalError) and lock_busy(exc):
-                self._index_again = time.monotonic() + INDEX_BACKOFF  # another process writes (or indexes)
-                return True
-            error_log.warning("indexing chained AuditEvents failed, retried later: %s", exc)
-            return False
+        more = index_batch(self.db, limit)
+        if more is None:
+            self._index_again = time.monotonic() + INDEX_BACKOFF
+            return True
+        return more
+
+
+def index_batch(db: Database, limit: int | None = None) -> bool | None:
+    """One batch of chained events indexed: whether more may wait, or None when another process held the
+    database's lock (it writes, or indexes: try again after INDEX_BACKOFF). A failure is logged and retried
+    at the next idle time (nothing is lost: the events stay chained)."""
+    try:
+        with db.write(lock_wait=INDEX_LOCK_WAIT) as conn:
+            return chain.index(conn, limit) > 0
+    except Exception as exc:
+        if isinstance(exc, OperationalError) and lock_busy(exc):
+            return None
+        error_log.warning("indexing chained AuditEvents failed, retried later: %s", exc)
+        return False
 
 
 def _settle(futures: list[asyncio.Future[None]], error: Exception | None) -> None:
