@@ -19,7 +19,6 @@ from live_node import serve_node
 from test_audit_writer import answer, audited, requests
 
 from fhir_node.audit import follower, trail
-from fhir_node.store import audit_journal
 from fhir_node.store.database import Database
 
 
@@ -31,12 +30,6 @@ def db(tmp_path: Path) -> Iterator[Database]:
         yield database
     finally:
         database.dispose()
-
-
-def _pending(db: Database) -> bool:
-    assert db.journals is not None
-    with db.read() as conn:
-        return audit_journal.pending(conn, db.journals)
 
 
 @pytest.fixture
@@ -65,7 +58,7 @@ def test_a_followed_worker_journals_and_the_follower_chains(db: Database, follow
     assert all(access.record is not None and access.record.written for access in done)  # answered at once
     assert writer._thread is None  # the worker chains nothing itself: no writer thread
     eventually(lambda: audited(db) == [f"r{i}" for i in range(5)])
-    assert not _pending(db)
+    assert not follower._pending(db)
 
 
 def test_past_the_lag_a_followed_worker_chains_itself(db: Database) -> None:
@@ -94,9 +87,9 @@ def test_what_the_journals_hold_when_the_follower_stops_is_chained(db: Database)
             await answer(writer, access)
 
     asyncio.run(run())
-    assert _pending(db) and audited(db) == []
+    assert follower._pending(db) and audited(db) == []
     follower.follow(db, stopped)
-    assert audited(db) == ["r0", "r1", "r2"] and not _pending(db)
+    assert audited(db) == ["r0", "r1", "r2"] and not follower._pending(db)
 
 
 def _followers(server: int) -> list[int]:

@@ -1,10 +1,11 @@
 """On SQLite, one process beside the workers chains what their journals hold (`fhir-node audit follow`, which
-`fhir-node serve` starts): a worker's event loop then shares its interpreter with no writer thread. That
-thread's chaining (~17-21 µs an event) and the hand-overs of the interpreter's lock between it and the loop
-(0.2-0.7 a search) were most of what the audit cost a search with one worker. Workers still chain the journals
-themselves past the lag (their requests then wait for it, as without a follower) and when they write (a write's
-AuditEvent commits with it). Nothing is lost when the follower stops or dies: the journals hold the facts,
-and whoever chains next (a worker past the lag, a reader of AuditEvents, the next follower) chains them."""
+`fhir-node serve` starts): a worker's event loop then shares its interpreter with no writer thread, whose
+chaining (~17-21 µs an event) and hand-overs of the interpreter's lock (0.2-0.7 a search) it paid for; with two
+workers, two such threads each read every journal. Workers still chain the journals themselves past the lag
+(their requests then wait for it, as without a follower), and a write's staged AuditEvent is chained by its
+worker's thread or by the follower, whichever comes first. Nothing is lost when the follower stops or dies:
+the journals hold the facts, and whoever chains next (a worker past the lag, a reader of AuditEvents, the next
+follower) chains them."""
 
 from __future__ import annotations
 

@@ -142,8 +142,8 @@ def patients_of(
     if page is not None:
         if len(_PAGES) > _PAGES_LIMIT:
             _PAGES.clear()
-        _PAGES[page] = frozenset(found)
-        return _PAGES[page]
+        known = _PAGES[page] = frozenset(found)
+        return known
     return found
 
 
