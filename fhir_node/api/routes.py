@@ -17,7 +17,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from fhir_node.api.middleware import fhir_base
-from fhir_node.api.negotiate import FHIR_JSON, HTTP_PARAMETERS, JSON_PATCH, negotiate, prefer, read_body
+from fhir_node.api.negotiate import FHIR_JSON, HTTP_PARAMETERS, JSON_PATCH, negotiate, prefer, query_pairs, read_body
 from fhir_node.api.offload import watched
 from fhir_node.api.responses import fhir_response, http_date, not_modified, version_headers, written_response
 from fhir_node.conformance import smart
@@ -77,7 +77,7 @@ def base_of(request: Request) -> str:
 
 
 def _query(request: Request) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in request.query_params.multi_items() if k not in HTTP_PARAMETERS]
+    return [(k, v) for k, v in query_pairs(request) if k not in HTTP_PARAMETERS]
 
 
 async def metadata(request: Request) -> Response:
