@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextlib
 import logging
 import logging.config
 import sys
+import threading
 import time
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,14 +39,40 @@ class JSONFormatter(logging.Formatter):
         return orjson.dumps(out).decode()
 
 
+#: Access lines not written yet: those of the requests that ended in one turn of the event loop.
+_unwritten: deque[str] = deque()
+#: Held while lines taken from `_unwritten` are written: a flush that finds none left knows they are out.
+_writing = threading.Lock()
+
+
 def access(fields: dict[str, Any]) -> None:
     """The access log's line for one request (`fields`), as JSONFormatter writes a record of `access_log` at
     INFO, written straight to stderr when that level is on: a LogRecord and the handler's chain cost ~20 of
-    the ~28 us a line took, ~5 % of a search's CPU in the server (measured)."""
+    the ~28 us a line took, ~5 % of a search's CPU in the server (measured). On an event loop, the lines of
+    the requests that end in one turn are written together at its end (`flush_access`): one write to stderr
+    was ~2.4 % of a search's CPU in the server (py-spy)."""
     if access_log.isEnabledFor(logging.INFO) and sys.stderr is not None:
-        line = orjson.dumps(_line(time.time(), "INFO", access_log.name, "request", fields))
-        with contextlib.suppress(OSError, ValueError):  # stderr closed or its reader gone: the answer stands
-            sys.stderr.write(line.decode() + "\n")
+        _unwritten.append(orjson.dumps(_line(time.time(), "INFO", access_log.name, "request", fields)).decode())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            flush_access()
+            return
+        if len(_unwritten) == 1:  # the turn's first: its flush follows the turn's other callbacks
+            loop.call_soon(flush_access)
+
+
+@atexit.register
+def flush_access() -> None:
+    """Write the access lines not written yet (each once, whichever thread flushes), as one write."""
+    with _writing:
+        lines = []
+        with contextlib.suppress(IndexError):
+            while True:
+                lines.append(_unwritten.popleft())
+        if lines and sys.stderr is not None:
+            with contextlib.suppress(OSError, ValueError):  # stderr closed or its reader gone: the answer stands
+                sys.stderr.write("\n".join(lines) + "\n")
 
 
 def config(level: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from sqlalchemy import Engine, event
 from starlette.testclient import TestClient
 
 from fhir_node.app import create_app
+from fhir_node.logs import flush_access
 from fhir_node.security.keyring import keygen
 from fhir_node.settings import Settings
 from fhir_node.store import database as database_module
@@ -163,6 +164,7 @@ def access_log(
     caplog.set_level(logging.INFO, logger="fhir_node.access")
 
     def lines() -> list[dict[str, Any]]:
+        flush_access()  # what a TestClient's event loop (in its own thread) has not written yet
         written = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
         return [line for line in written if line["logger"] == "fhir_node.access"]
 

@@ -3,6 +3,7 @@ client library accepts and that claims exactly what the node does."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -20,6 +21,7 @@ from live_node import BASE_HOST, free_port
 from r4_resources import create, episode
 from starlette.testclient import TestClient
 
+from fhir_node import logs
 from fhir_node.app import create_app
 from fhir_node.settings import Settings
 
@@ -241,6 +243,37 @@ def test_access_log_does_not_log_the_body(client, access_log):
     )
     (logged,) = access_log()
     assert "unknown" not in json.dumps(logged)
+
+
+class _Writes(io.StringIO):
+    """stderr that counts its writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_the_access_lines_of_one_loop_turn_go_out_in_one_write_at_its_end(access_log, monkeypatch):
+    stderr = _Writes()
+    monkeypatch.setattr(sys, "stderr", stderr)
+
+    async def two_requests_end() -> tuple[str, str]:
+        logs.access({"request_id": "first", "status": 200})
+        logs.access({"request_id": "second", "status": 404})
+        during = stderr.getvalue()
+        await asyncio.sleep(0)  # the turn ends
+        return during, stderr.getvalue()
+
+    during, after = asyncio.run(two_requests_end())
+    assert during == ""
+    assert [json.loads(line)["request_id"] for line in after.splitlines()] == ["first", "second"]
+    assert stderr.writes == 1
+    logs.access({"request_id": "no loop", "status": 200})  # a command's line: at once
+    assert json.loads(stderr.getvalue().splitlines()[-1])["request_id"] == "no loop"
 
 
 def test_a_closed_stderr_costs_the_request_nothing(client, access_log, monkeypatch):
