@@ -14,8 +14,9 @@ from sqlalchemy import DateTime, insert, select
 from sqlalchemy.dialects import sqlite
 
 from fhir_node.audit import chain
-from fhir_node.store.batch import _converter, add_rows, add_together, batched
+from fhir_node.store.batch import add_rows, add_together, batched
 from fhir_node.store.database import Database
+from fhir_node.store.ready import bind_converter
 from fhir_node.store.schema import audit_outbox
 
 
@@ -55,7 +56,7 @@ def test_every_row_lands_as_given_and_in_order(database_url: str, count: int) ->
 def test_sqlite_datetimes_are_written_as_sqlalchemy_writes_them() -> None:
     dialect = sqlite.dialect()
     theirs = DateTime().dialect_impl(dialect).bind_processor(dialect)
-    ours = _converter(dialect, DateTime())
+    ours = bind_converter(dialect, DateTime())
     assert ours is not None and theirs is not None
     for value in (
         datetime(2026, 12, 2, 0, 30),

@@ -87,8 +87,12 @@ class SearchError(Exception):
         self.issue = issue
 
 
+_ESCAPE = re.compile(r"\\([\\,$|])")
+
+
 def unescape(value: str) -> str:
-    return re.sub(r"\\([\\,$|])", r"\1", value)
+    """`\\,` `\\|` `\\$` `\\\\` as the characters they escape (most values hold no backslash: left as they are)."""
+    return _ESCAPE.sub(r"\1", value) if "\\" in value else value
 
 
 def split_values(raw: str) -> list[str]:

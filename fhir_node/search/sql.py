@@ -37,6 +37,9 @@ from fhir_node.store.repository import now
 from fhir_node.store.schema import INDEX_TABLES, idx_reference, resources
 
 _UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
+#: A local reference (`Type/id`, maybe versioned; the type and the id grouped) and a bare id.
+_LOCAL_REFERENCE = re.compile(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?")
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 #: Probes read index tables under an alias, so an index table the enclosing query walks is never
 #: correlated into them; one alias per table serves every probe (each EXISTS is its own scope).
 _PROBED = {t.name: t.alias(f"probe_{t.name}") for t in INDEX_TABLES.values()}
@@ -205,10 +208,10 @@ def _single_target(c: Criterion, value: str, base: str) -> bool:
     """A reference value naming one target type and id (rows for it are then in id order)."""
     assert c.param is not None
     text = value[len(base) + 1 :] if value.startswith(base + "/") else value
-    if re.fullmatch(r"[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}(?:/_history/[^/]+)?", text):
+    if _LOCAL_REFERENCE.fullmatch(text):
         return True
     targets = c.target_types or tuple(c.param.targets)
-    return len(targets) == 1 and re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", text) is not None
+    return len(targets) == 1 and _ID.fullmatch(text) is not None
 
 
 def _table(c: Criterion) -> Table:
@@ -495,13 +498,13 @@ def _reference_form(value: str, modifier: str | None, c: Criterion, base: str) -
         form, args = _code_form(ident, system)
         return f"system {form}", (system, *args)
     text = value[len(base) + 1 :] if value.startswith(base + "/") else value
-    local = re.fullmatch(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?", text)
+    local = _LOCAL_REFERENCE.fullmatch(text)
     targets = c.target_types or tuple(c.param.targets)
     if local:
         if targets and local.group(1) not in targets:
             raise SearchError(error("value", f"{c.name}: {local.group(1)} is not a target of '{c.param.code}'", c.name))
         return "local", (local.group(1), local.group(2))
-    if re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", text):
+    if _ID.fullmatch(text):
         return ("id of " + ",".join(targets) if targets else "id"), (text,)
     return "url", (text,)
 

@@ -10,14 +10,32 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Dialect
+from sqlalchemy import Connection, DateTime, Dialect
 from sqlalchemy.sql import Executable, Select
+from sqlalchemy.types import TypeEngine
 
 from fhir_node.store.database import driver_rows
 
 Converter = Callable[[Any], Any]
+
+
+def bind_converter(dialect: Dialect, column_type: TypeEngine[Any]) -> Callable[[Any], Any] | None:
+    """How SQLAlchemy would bind a value of this type on this dialect; on SQLite, a naive datetime written by
+    `isoformat` in the very text SQLAlchemy's DATETIME writes (~0.3 against ~1.3 us: every resource version,
+    search index date, AuditEvent chained and date a search binds has one)."""
+    process = column_type.dialect_impl(dialect).bind_processor(dialect)
+    if process is None or dialect.name != "sqlite" or not isinstance(column_type, DateTime):
+        return process
+
+    def sqlite_datetime(value: Any) -> Any:
+        if type(value) is datetime and value.tzinfo is None:
+            return value.isoformat(" ", "microseconds")
+        return process(value)
+
+    return sqlite_datetime
 
 
 @dataclass(frozen=True)
@@ -64,7 +82,7 @@ class Ready:
         ready: _Compiled | None = None
         if compiled.positional and not any(b.expanding for b in compiled.binds.values()):
             names = tuple(compiled.positiontup or ())
-            binds = {n: compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names}
+            binds = {n: bind_converter(dialect, compiled.binds[n].type) for n in names}
             results: tuple[Converter | None, ...] | None = None
             if isinstance(self.query, Select):
                 results = tuple(
