@@ -115,6 +115,7 @@ idx_date = _index_table(
     Column("low", DateTime(timezone=False), nullable=False),
     Column("high", DateTime(timezone=False), nullable=False),
     indexes=(("low", "high"),),
+    resource_extra=("low", "high"),
     comment="date: the closed range [low, high] a value covers, naive UTC; open ends hold MIN/MAX sentinels",
 )
 idx_reference = _index_table(
