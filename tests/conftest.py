@@ -162,6 +162,8 @@ def access_log(
 ) -> Callable[[], list[dict[str, Any]]]:
     """The access log turned on (INFO); called, the lines it wrote on stderr since the last call, parsed."""
     caplog.set_level(logging.INFO, logger="fhir_node.access")
+    flush_access()  # lines an earlier test's loop left waiting (`logs.FLUSH_SECONDS`) are not this test's
+    capsys.readouterr()
 
     def lines() -> list[dict[str, Any]]:
         flush_access()  # what a TestClient's event loop (in its own thread) has not written yet

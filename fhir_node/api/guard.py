@@ -148,17 +148,22 @@ def _from_loopback(scope: Scope) -> bool:
 
 
 def _may_read_audit(scope: Scope) -> bool:
+    """`_reads_audit` of the request's path and query string."""
+    return _reads_audit(scope["path"], scope.get("query_string", b""))
+
+
+@lru_cache(maxsize=4096)
+def _reads_audit(path: str, query_string: bytes) -> bool:
     """Whether the request may read AuditEvents, which must then all be indexed first (`chain.catch_up`):
     it names the type (in its path or, decoded, its query: `_type`, `_revinclude`, `_has`, a chain's type),
     uses a wildcard or a reference parameter of its type that may point to an AuditEvent (a chain or an
     include through `Consent.data`), reaches every type (system level; a Bundle, unless its bytes say
     otherwise: `_bundle_may_read_audit`), searches by POST (parameters in the body) or runs an operation.
-    Anything else reads only the types it names."""
-    path: str = scope["path"]
+    Anything else reads only the types it names. Decided once per URL repeated (an aggregator's searches)."""
     parts = path.removeprefix("/fhir").split("/")
     if len(parts) < 2 or not parts[1][:1].isupper() or "AuditEvent" in path or "$" in path:
         return True
-    query = unquote_plus(scope.get("query_string", b"").decode("latin-1"))
+    query = unquote_plus(query_string.decode("latin-1"))
     if path.endswith("/_search") or "AuditEvent" in query or "*" in query:
         return True
     return any(name in query for name in _to_audit_events(parts[1]))

@@ -36,11 +36,19 @@ def fhir_base(scope: Scope, configured: str | None) -> str:
     client used (its Host header, else the address it reached)."""
     if configured:
         return configured.rstrip("/")
-    host = next((v for k, v in scope["headers"] if k == b"host"), b"").decode("latin-1")
+    host = next((v for k, v in scope["headers"] if k == b"host"), b"")
+    server = scope.get("server")
+    return _client_base(scope["scheme"], host, scope.get("root_path", ""), tuple(server) if server else None)
+
+
+@functools.lru_cache(maxsize=256)
+def _client_base(scheme: str, host_header: bytes, root_path: str, server: tuple[str, int | None] | None) -> str:
+    """`fhir_base` from what the client used, built once per such address (each request asks it twice)."""
+    host = host_header.decode("latin-1")
     if not host:  # HTTP/1.0; a server on a Unix socket has no address
-        name, port = scope.get("server") or ("localhost", None)
-        host = name if port in (None, {"http": 80, "https": 443}.get(scope["scheme"])) else f"{name}:{port}"
-    return f"{scope['scheme']}://{host}{scope.get('root_path', '')}/fhir"
+        name, port = server or ("localhost", None)
+        host = name if port in (None, {"http": 80, "https": 443}.get(scheme)) else f"{name}:{port}"
+    return f"{scheme}://{host}{root_path}/fhir"
 
 
 class RequestContext:

@@ -89,11 +89,18 @@ def _from_accept(accept: str | None) -> str:
 
 def prefer(request: Request, key: str) -> str | None:
     """A token of the Prefer header (`return`, `handling`), e.g. `return=minimal` -> 'minimal'."""
-    for part in request.headers.get("prefer", "").replace(";", ",").split(","):
+    return _preferences(request.headers.get("prefer", "")).get(key)
+
+
+@lru_cache(maxsize=256)
+def _preferences(header: str) -> dict[str, str]:
+    """The Prefer header's tokens by name (the first of a name repeated), parsed once per header value: a
+    request asks for two or three of them, and clients send the same header every time."""
+    found: dict[str, str] = {}
+    for part in header.replace(";", ",").split(","):
         name, _, value = part.strip().partition("=")
-        if name.strip().lower() == key:
-            return value.strip().strip('"')
-    return None
+        found.setdefault(name.strip().lower(), value.strip().strip('"'))
+    return found
 
 
 async def read_body(request: Request, limit: int, form: bool = False) -> bytes:
