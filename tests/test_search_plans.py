@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from access_data import P1, P3, SSIN, World, headers
+from access_data import ISSUER, P1, P3, SSIN, World, headers
 from access_data import search as search_as
 from starlette.testclient import TestClient
 
@@ -148,3 +148,39 @@ def test_ssin_searches_of_one_shape_find_each_their_patient(world: tuple[TestCli
     for ssin, name in ((P1, "P1"), (P3, "P3"), (P1, "P1")):
         r = client.get(f"/fhir/Patient?identifier={SSIN}|{ssin}", headers=headers("operator"))
         assert [e["resource"]["id"] for e in r.json()["entry"]] == [w.ids[name]]
+
+
+def test_a_query_repeated_is_parsed_and_shaped_once(
+    client: TestClient, episodes: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same query string again reuses its criteria and their forms; another one is shaped for itself."""
+    e = episodes
+    shaped: list[str] = []
+    forms = plans.forms
+
+    def counted(c: Any, prefix: str, base: str) -> Any:
+        shaped.append(c.name)
+        return forms(c, prefix, base)
+
+    monkeypatch.setattr(plans, "forms", counted)
+    query = f"patient=Patient/{e['a']}&date=ge2024-05-01&_count=3"
+    for _ in range(3):
+        assert _ids(client, query) == {e["A2"]}
+    assert shaped == ["patient", "date"]
+    assert _ids(client, f"patient=Patient/{e['b']}&date=ge2024-05-01&_count=3") == {e["B1"], e["B2"]}
+    assert shaped == ["patient", "date"] * 2
+
+
+def test_an_ssin_query_is_shaped_for_each_caller(world: tuple[TestClient, World]) -> None:
+    """The pseudonyms an SSIN is looked for as depend on who asks: the same query string (one aggregator's
+    pseudonym of P1), asked in turn by that aggregator and another (with the same reach, so the same shape
+    key), answers each as if asked alone: P1 for the first, nothing for the other."""
+    client, w = world
+    central = headers("aggregator")
+    other = {"Authorization": f"Bearer {ISSUER.token('other-index', 'aggregator', 'system/*.rs')}"}
+    pseudonym = client.get(f"/fhir/Patient/{w.ids['P1']}", headers=central).json()["identifier"][0]["value"]
+    query = f"/fhir/Patient?identifier={SSIN}|{pseudonym}"
+    for asking, expected in ((central, [w.ids["P1"]]), (other, []), (central, [w.ids["P1"]])):
+        r = client.get(query, headers=asking)
+        assert r.status_code == 200, r.text
+        assert [e["resource"]["id"] for e in r.json().get("entry", [])] == expected

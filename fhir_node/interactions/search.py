@@ -113,7 +113,7 @@ def search(node: Node, base: str, res_type: str | None, params: list[tuple[str, 
     reg = registry()
     node.limits.check(params)
     types = _types(res_type, params)
-    parsed_by_type = {t: _parse(reg, t, params, lenient) for t in types}
+    parsed_by_type = {t: _parse(reg, t, params, lenient, keep=True) for t in types}
     parsed = parsed_by_type[types[0]]
     result = parsed.result
     count = _count(result, node)
@@ -260,11 +260,23 @@ def _inner_types(c: Criterion) -> set[str]:
     return {t for i in c.chain for t in (i.res_type, *_inner_types(i))}
 
 
-def _parse(reg: Any, res_type: str, params: list[tuple[str, str]], lenient: bool) -> Parsed:
+def _parse(reg: Any, res_type: str, params: list[tuple[str, str]], lenient: bool, keep: bool = False) -> Parsed:
+    """The criteria of one type. `keep`: a search's, parsed once per query repeated, unless lenient (lenient
+    handling records what it ignores on the Parsed as the search goes on). Conditions are not kept: a
+    Bundle's conditional creates ask ~100 values at once, each Bundle its own."""
     try:
+        if keep and not lenient:
+            return _parsed(reg, res_type, tuple(params))
         return parse(reg, res_type, params, lenient)
     except SearchError as exc:
         raise FHIRError(400, [exc.issue]) from None
+
+
+@lru_cache(maxsize=1024)
+def _parsed(reg: Any, res_type: str, params: tuple[tuple[str, str], ...]) -> Parsed:
+    """`parse` without lenience, kept for the queries that come back (an aggregator's, all day): a strict
+    Parsed is never changed once parsed, and what plans derive from it is kept on it (`plans.shape`)."""
+    return parse(reg, res_type, list(params))
 
 
 def _type_condition(

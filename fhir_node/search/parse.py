@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from fhir_node.outcome import Issue, error
 from fhir_node.registry import KINDS
@@ -68,6 +69,8 @@ class Parsed:
     ignored: list[Issue] = field(default_factory=list)
     dropped: set[tuple[str, str]] = field(default_factory=set)
     lenient: bool = False
+    #: What `plans.shape` found for these criteria, by (FHIR base, reach), where it depends on nothing else.
+    shapes: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     def refuse(self, exc: SearchError, given: tuple[str, str] | None = None) -> None:
         """A parameter the node cannot honour: an error, or under lenient handling a warning to report."""

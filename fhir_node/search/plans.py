@@ -20,7 +20,7 @@ from threading import Lock
 from typing import Any
 
 from fhir_node.search.parse import Parsed
-from fhir_node.search.sql import forms
+from fhir_node.search.sql import contextual, forms
 from fhir_node.store.ready import Ready
 
 #: Shapes kept per process: an aggregator's few searches, their paging directions, with room to spare.
@@ -37,16 +37,26 @@ class Shape:
 
 def shape(res_type: str, parsed: Parsed, base: str, reach: str) -> Shape | None:
     """The shape of a one-type search's criteria for callers with `reach` on the type (one whose access
-    condition every such caller shares: `policy.shared`), or None when a plan cannot hold them."""
+    condition every such caller shares: `policy.shared`), or None when a plan cannot hold them. Kept on
+    `parsed` (which a query repeated shares, see `search._parsed`) unless a value's form depends on the
+    caller or the time (`sql.contextual`)."""
+    kept = parsed.shapes.get((base, reach))
+    if kept is not None:
+        return kept
     parts: list[Hashable] = [res_type, reach]
     binds: dict[str, Any] = {}
+    keep = True
     for i, c in enumerate(parsed.criteria):
         found = forms(c, f"c{i}", base)
         if found is None:
             return None
+        keep = keep and not contextual(found[0])
         parts.append((c.name, c.target_types, found[0]))
         binds.update(found[1])
-    return Shape(tuple(parts), binds)
+    made = Shape(tuple(parts), binds)
+    if keep:
+        parsed.shapes[base, reach] = made
+    return made
 
 
 def bound(parsed: Parsed) -> Parsed:

@@ -36,6 +36,8 @@ from fhir_node.security import policy
 from fhir_node.store.repository import now
 from fhir_node.store.schema import INDEX_TABLES, idx_reference, resources
 
+#: The form of values equal to any of several (`_any_of`), their count after it.
+_ANY_OF = "any of "
 _UNESCAPED_PIPE = re.compile(r"(?<!\\)\|")
 #: A local reference (`Type/id`, maybe versioned; the type and the id grouped) and a bare id.
 _LOCAL_REFERENCE = re.compile(r"([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?")
@@ -254,9 +256,9 @@ def _pins(ptype: str, form: str, a: tuple[Any, ...]) -> dict[str, list[Any]] | N
         return None
     if form in ("code", "no-system", "system code"):
         return {column: [a[-1]]}
-    if form.startswith("any of "):
+    if form.startswith(_ANY_OF):
         return {column: list(a)}
-    if form.startswith("system any of "):
+    if form.startswith("system " + _ANY_OF):
         return {column: list(a[1:])}
     return None
 
@@ -365,14 +367,20 @@ def _code_form(value: str, system: str | None) -> tuple[str, tuple[Any, ...]]:
     return "code", (value,)
 
 
+def contextual(found: tuple[str, ...]) -> bool:
+    """Whether values in these forms (`forms`) depend on more than the criterion: an SSIN's pseudonyms
+    (`_any_of`: which ones, the caller decides) or `ap` on a date (its margin runs from now)."""
+    return any(f == "ap" or f.startswith(_ANY_OF) or f.startswith("system " + _ANY_OF) for f in found)
+
+
 def _any_of(values: list[str]) -> tuple[str, tuple[Any, ...]]:
     """Equal to any of `values`: their count is in the form and each is an argument of its own, so a plan
     binds each (one list bound to an expanding IN leaves the statement to SQLAlchemy, per execution)."""
-    return f"any of {len(values)}", tuple(values)
+    return f"{_ANY_OF}{len(values)}", tuple(values)
 
 
 def _code_sql(column: Any, form: str, a: tuple[Any, ...]) -> ColumnElement[bool]:
-    if form.startswith("any of"):
+    if form.startswith(_ANY_OF):
         return column.in_(list(a))
     return column == a[0]
 
