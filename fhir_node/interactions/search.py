@@ -4,6 +4,7 @@ links, `_total`, `_include`/`_revinclude`, `_summary`, `_elements`; conditional 
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -59,6 +60,8 @@ _SORT_COLUMNS = {
     "reference": ("target_id", "target_id"),
 }
 _TOTAL_BOUND = 10_000
+#: Text a URL's query carries as it is (RFC 3986 unreserved, as `urlencode` leaves it).
+_URL_SAFE = re.compile(r"[A-Za-z0-9_.\-~]*")
 #: Built once (see `sql.named`): a live resource.
 _LIVE = resources.c.deleted == false()
 #: A row's (type, id, version): what the audit trail keys a page's Patients by (`trail.patients_of`).
@@ -739,7 +742,9 @@ def _used(params: list[tuple[str, str]], page: Page) -> list[tuple[str, str]]:
 
 def _link(base: str, res_type: str | None, params: list[tuple[str, str]], cursor: str | None) -> str:
     kept = tuple((k, v) for k, v in params if k != "_cursor")
-    at = urlencode((("_cursor", cursor),)) if cursor is not None else ""
+    at = ""
+    if cursor is not None:  # the node's own cursors are URL-safe base64: nothing in them to encode
+        at = f"_cursor={cursor}" if _URL_SAFE.fullmatch(cursor) else urlencode((("_cursor", cursor),))
     query = "&".join(q for q in (_query_string(kept), at) if q)
     path = f"{base}/{res_type}" if res_type else base
     return f"{path}?{query}" if query else path
