@@ -11,6 +11,7 @@ import pytest
 from search_data import FHIR_JSON, SSIN, match_ids, search, write
 from starlette.testclient import TestClient
 
+from fhir_node.interactions import search as search_module
 from fhir_node.rules.check_digits import ssin
 
 SSIN_1, SSIN_2, SSIN_3, SSIN_4, SSIN_9 = (ssin(date(1980, 5, 17), serial) for serial in (1, 2, 3, 4, 9))
@@ -123,3 +124,25 @@ def test_search_follows_updates_and_deletes(client: TestClient, three: dict) -> 
     assert client.delete("/fhir/Patient/pat-a").status_code in (200, 204)
     assert match_ids(search(client, "Patient", f"identifier={SSIN}|{SSIN_1}")) == ["pat-b"]
     assert match_ids(search(client, "Patient", "family:missing=false&_sort=_id")) == ["pat-b", "pat-c"]
+
+
+def test_conditions_of_one_shape_share_one_statement_and_find_each_their_match(
+    client: TestClient, three: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conditional update's criteria are looked up with a statement built once per shape (the inclusion
+    rules ask such lookups for each EpisodeOfCare a Bundle writes), bound to each request's values."""
+    built: list[str] = []
+    build = search_module._matching_query
+
+    def counted(conn: Any, res_type: str, parsed: Any) -> Any:
+        built.append(res_type)
+        return build(conn, res_type, parsed)
+
+    monkeypatch.setattr(search_module, "_matching_query", counted)
+    assert _put(client, "family=Dupon", _patient(SSIN_3, "Dupon")).status_code == 412  # pat-a and pat-b
+    assert _put(client, "family=Lef", _patient(SSIN_2, "Lefebvre")).status_code == 200
+    assert _put(client, "family=Nobod", _patient(SSIN_4, "Nobody")).status_code == 201
+    assert built.count("Patient") <= 1  # none if an earlier test built it
+    patients = _all_patients(client)
+    assert patients["pat-c"]["name"] == [{"family": "Lefebvre"}]
+    assert [p["name"] for p in patients.values()].count([{"family": "Nobody"}]) == 1
