@@ -279,6 +279,23 @@ def test_the_access_lines_of_requests_ending_close_together_go_out_in_one_write_
     assert json.loads(stderr.getvalue().splitlines()[-1])["request_id"] == "no loop"
 
 
+def test_access_lines_a_loop_left_waiting_go_out_with_the_next_loops(access_log, monkeypatch):
+    """A loop that ends before its lines' write (a test's client closed at once) leaves them to the next loop,
+    whose write is due as for its own first line."""
+    stderr = _Writes()
+    monkeypatch.setattr(sys, "stderr", stderr)
+
+    async def one(request_id: str, wait: float) -> None:
+        logs.access({"request_id": request_id, "status": 200})
+        await asyncio.sleep(wait)
+
+    asyncio.run(one("left", 0))  # its loop is gone before the write was due
+    assert stderr.getvalue() == ""
+    asyncio.run(one("next", logs.FLUSH_SECONDS * 2))
+    assert [json.loads(line)["request_id"] for line in stderr.getvalue().splitlines()] == ["left", "next"]
+    assert stderr.writes == 1
+
+
 def test_a_closed_stderr_costs_the_request_nothing(client, access_log, monkeypatch):
     closed = io.StringIO()
     closed.close()
