@@ -32,6 +32,8 @@ _MIGRATION_LOCK = zlib.crc32(b"fhir-node:migrate")
 _PROGRESS_STEPS = 1000
 #: WAL pages between automatic checkpoints (see `_tune_sqlite`).
 _WAL_PAGES = 10_000
+#: Bytes of the database file SQLite reads through a memory map (see `_tune_sqlite`).
+MMAP_BYTES = 1 << 30
 #: A table of each SQLite file a write transaction deletes nothing from, to take that file's lock.
 _LOCK_TABLE = {"main": "resources", "audit": "audit_anchor"}
 #: Connections kept for reads on the event loop, at most (see `Database._take_kept`).
@@ -503,10 +505,10 @@ def _has_lock_table(conn: Connection, schema: str) -> bool:
 
 
 def _tune_sqlite(engine: Engine, statement_timeout: float | None, write_wait: float, audit: Path | None) -> None:
-    """WAL for concurrent readers, a busy timeout of `write_wait` (writers queue for the lock rather than
-    fail), explicit BEGIN so `write()` can say IMMEDIATE, a progress handler that stops a statement
-    past its deadline or when its request is cancelled (SQLite has no statement timeout of its own), and
-    the AuditEvent chain's file attached (`store.audit_file`)."""
+    """WAL for concurrent readers, reads through a memory map, a busy timeout of `write_wait` (writers queue
+    for the lock rather than fail), explicit BEGIN so `write()` can say IMMEDIATE, a progress handler that
+    stops a statement past its deadline or when its request is cancelled (SQLite has no statement timeout of
+    its own), and the AuditEvent chain's file attached (`store.audit_file`)."""
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, record) -> None:  # type: ignore[no-untyped-def]
@@ -525,6 +527,10 @@ def _tune_sqlite(engine: Engine, statement_timeout: float | None, write_wait: fl
         # to the database once per checkpoint. Per AuditEvent written in groups of 4: 2,650 -> 2,080 us of
         # CPU, 5.5-6.8 -> 2.6-3.6 ms of wall time (2026-11-30). After a checkpoint the file shrinks to that size.
         cur.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
+        # Reads through a memory map of the database file (the OS's page cache, shared by every connection and
+        # worker) instead of a read() into each connection's 2 MB page cache: CPU per search of the compare mix
+        # 330 -> 318 us at 2,000 EpisodeOfCare, 397 -> ~370 at 100,000 (a 413 MB file; paired wrk slices).
+        cur.execute(f"PRAGMA main.mmap_size={MMAP_BYTES}")
         cur.execute(f"PRAGMA busy_timeout={int(write_wait * 1000)}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
