@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import parse_qsl
 
 import orjson
 from starlette.requests import Request
 
+from fhir_node.interactions.incoming import parse_query
 from fhir_node.outcome import fail
 
 FHIR_JSON = "application/fhir+json"
@@ -42,14 +42,15 @@ class Negotiated:
 
 
 def query_pairs(request: Request) -> tuple[tuple[str, str], ...]:
-    """The URL's parameters in order, blanks kept, as Starlette's `query_params` has them, parsed once per
-    query string: through `query_params` ~7.6 us a request, and an aggregator's searches repeat all day."""
+    """The URL's parameters in order, blanks kept (`incoming.parse_query`, as a form body's), parsed once per
+    query string: through Starlette's `query_params` ~7.6 us a request, and an aggregator's searches repeat
+    all day."""
     return _pairs(request.scope.get("query_string", b""))
 
 
 @lru_cache(maxsize=4096)
 def _pairs(query: bytes) -> tuple[tuple[str, str], ...]:
-    return tuple(parse_qsl(query.decode("latin-1"), keep_blank_values=True))
+    return tuple(parse_query(query))
 
 
 def _last(pairs: tuple[tuple[str, str], ...], name: str) -> str | None:
