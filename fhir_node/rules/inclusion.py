@@ -49,9 +49,9 @@ class Inclusion:
     def span(self) -> tuple[datetime, datetime]:
         """The closed range of instants its period covers (an open end runs forever; R4 Period.end is
         inclusive, so ending on a day and starting another on that day overlap)."""
-        low = date_range(self.start)[0] if self.start and date_range(self.start) else MIN
-        high = date_range(self.end)[1] if self.end and date_range(self.end) else MAX
-        return low, high
+        start = date_range(self.start) if self.start else None
+        end = date_range(self.end) if self.end else None
+        return start[0] if start else MIN, end[1] if end else MAX
 
     def overlaps(self, other: Inclusion) -> bool:
         (a_low, a_high), (b_low, b_high) = self.span(), other.span()
