@@ -129,8 +129,14 @@ def test_serve_runs_a_follower_that_chains_restarts_and_ends_with_it(tmp_path: P
                 assert client.get(f"{base}/Patient").status_code == 200
             eventually(lambda: _chained(url) >= 10)
             os.kill(first, signal.SIGKILL)  # another is started
-            eventually(lambda: len(_followers(server)) == 1 and _followers(server) != [first])
-            (second,) = _followers(server)
+            seen: list[list[int]] = []
+
+            def restarted() -> bool:
+                seen.append(_followers(server))
+                return len(seen[-1]) == 1 and seen[-1] != [first]
+
+            eventually(restarted)  # the follower is the one this scan saw (a third scan raced a start)
+            (second,) = seen[-1]
             before = _chained(url)
             for _ in range(5):
                 assert client.get(f"{base}/Patient").status_code == 200
