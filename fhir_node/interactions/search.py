@@ -46,6 +46,7 @@ from fhir_node.search.registry import registry
 from fhir_node.search.sql import driver, named, named_param, probe, same_resource
 from fhir_node.security import policy
 from fhir_node.security.rules import REDACTED_PARAMS
+from fhir_node.store.database import unprepared
 from fhir_node.store.ready import Ready
 from fhir_node.store.schema import INDEX_TABLES, idx_reference, resources
 
@@ -621,7 +622,8 @@ def _count_all(conn: Connection, page: Page, bound: int | None = None) -> int:
         q, _ = _in_id_order(conn, page, resources.c.res_id)
     if bound is not None:
         q = q.limit(bound)
-    return conn.execute(select(func.count()).select_from(q.subquery())).scalar_one()
+    with unprepared(conn):
+        return conn.execute(select(func.count()).select_from(q.subquery())).scalar_one()
 
 
 def _includes(
