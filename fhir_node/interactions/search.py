@@ -43,7 +43,7 @@ from fhir_node.search import plans
 from fhir_node.search.limits import Limits
 from fhir_node.search.parse import VENDOR_TOTALS, Criterion, Parsed, SearchError, parse
 from fhir_node.search.registry import registry
-from fhir_node.search.sql import driver, named, named_param, probe, same_resource
+from fhir_node.search.sql import driver, named, named_param, probe
 from fhir_node.security import policy
 from fhir_node.security.rules import REDACTED_PARAMS
 from fhir_node.store.database import unprepared
@@ -524,15 +524,17 @@ def _in_id_order(conn: Connection, page: Page, *cols: Any) -> tuple[Select[Any],
     # A resource with two index rows for the value (same code, other systems) must come once. SQLite keeps
     # walking the index when grouped by its column alone; PostgreSQL needs the resource's primary key grouped
     # too before it selects the resource's other columns (and still walks the index: the join ties the keys).
-    group = [w.table.c.res_id] if conn.dialect.name == "sqlite" else [w.table.c.res_id, r.c.res_type, r.c.res_id]
+    group = [w.table.c.res_id] if conn.dialect.name == "sqlite" else [w.table.c.res_id, r.c.rid]
     q = select(*cols).select_from(joined).where(w.condition, w.rest)
     return (q if w.unique else q.group_by(*group)), w.table.c.res_id
 
 
 @cache
 def _joined(index: Table) -> FromClause:
-    """An index table joined to the resources its rows belong to, built once per table."""
-    return index.join(resources, same_resource(index, resources))
+    """An index table joined to the resources its rows belong to, by `rid` (which the walked indexes hold:
+    on SQLite a page's rows are then found by the table's own key, not through its (type, id) index first:
+    a page of 51 EpisodeOfCare by organization 51 -> 38 us of SQL at 2,000), built once per table."""
+    return index.join(resources, index.c.rid == resources.c.rid)
 
 
 def _after(keys: list[tuple[Any, bool]], values: list[Any], backwards: bool) -> ColumnElement[bool]:

@@ -37,8 +37,9 @@ def param_is(table: FromClause, res_type: str, code: str) -> ColumnElement[bool]
     return table.c.param == names[0] if len(names) == 1 else table.c.param.in_([literal(n) for n in names])
 
 
-#: Every column of each index table, None: the template of its rows (an extractor leaves some out).
-_BLANK = {t.name: dict.fromkeys(c.name for c in t.columns) for t in INDEX_TABLES.values()}
+#: Every column of each index table, None: the template of its rows (an extractor leaves some out); not
+#: `rid`, which the insert looks up (`store.batch`).
+_BLANK = {t.name: dict.fromkeys(c.name for c in t.columns if c.name != "rid") for t in INDEX_TABLES.values()}
 
 
 @cache

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Dialect, Table
 
 from fhir_node.store.database import driver_rows
 from fhir_node.store.ready import bind_converter
+from fhir_node.store.schema import resources
 
 _PENDING = "fhir_node.pending_inserts"
 _AFTER = "fhir_node.after_inserts"
@@ -22,6 +23,8 @@ _NOTES = "fhir_node.batch_notes"
 _MARK = {"sqlite": "?", "postgresql": "%s"}
 #: Rows per INSERT of `add_together`.
 _ROWS = 64
+#: A search index row's `rid`: its resource's (one probe of the resources' unique (type, id) index).
+_RID = "(SELECT rid FROM resources WHERE res_type = {mark} AND res_id = {mark})"
 
 
 @cache
@@ -30,9 +33,16 @@ def _insert(
 ) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]:
     """The INSERT of these columns for the driver, and how a row (holding every one of them) becomes its
     parameters: the values in column order, converted where SQLite stores them in SQLAlchemy's text
-    format (datetimes, numbers), which the queries compare with."""
-    marks = ", ".join([_MARK[dialect.name]] * len(columns))
-    sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"
+    format (datetimes, numbers), which the queries compare with. A search index row's `rid` is its
+    resource's, looked up by the row's type and id (`_RID`): the resource's row is written first."""
+    mark = _MARK[dialect.name]
+    marks = ", ".join([mark] * len(columns))
+    names = ", ".join(columns)
+    looked_up = "rid" in table.c and "rid" not in columns and table is not resources
+    if looked_up:
+        marks, names = f"{marks}, {_RID.format(mark=mark)}", f"{names}, rid"
+        columns = (*columns, "res_type", "res_id")
+    sql = f"INSERT INTO {table.name} ({names}) VALUES ({marks})"
     converters = [bind_converter(dialect, table.c[c].type) for c in columns]
     values = itemgetter(*columns) if len(columns) > 1 else lambda row: (row[columns[0]],)
     converted = [(i, f) for i, f in enumerate(converters) if f is not None]
@@ -138,7 +148,7 @@ def batched(conn: Connection) -> Iterator[None]:
         conn.info.pop(_PENDING, None)
         conn.info.pop(_NOTES, None)
         tasks = conn.info.pop(_AFTER, {})
-    for table, rows in pending.values():
-        _write(conn, table, rows)
+    for table, rows in sorted(pending.values(), key=lambda pending: pending[0] is not resources):
+        _write(conn, table, rows)  # resources first: index rows look up their rid
     for task, items in tasks.items():
         task(conn, items)

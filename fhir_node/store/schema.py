@@ -26,13 +26,17 @@ SeqType = BigInteger().with_variant(Integer(), "sqlite")
 resources = Table(
     "resources",
     metadata,
-    Column("res_type", String(64), primary_key=True),
-    Column("res_id", String(64), primary_key=True),
+    Column("rid", SeqType, primary_key=True, autoincrement=True),
+    Column("res_type", String(64), nullable=False),
+    Column("res_id", String(64), nullable=False),
     Column("version_id", Integer, nullable=False),
     Column("last_updated", DateTime(timezone=False), nullable=False),
     Column("deleted", Boolean, nullable=False),
     Column("content", LargeBinary, nullable=True),
-    comment="The current version of each resource, with its JSON bytes exactly as served.",
+    UniqueConstraint("res_type", "res_id", name="uq_resources_resource"),
+    comment="The current version of each resource, with its JSON bytes exactly as served; rid, its row's "
+    "number, is what index rows join it by (on SQLite the table's own key: one lookup, not two).",
+    sqlite_autoincrement=True,  # never reuse a number: an index row can only ever name its own resource
 )
 
 resource_versions = Table(
@@ -64,7 +68,9 @@ def _index_table(
     """A search index table: one row per (resource, parameter, value) of the current version only; its
     resource index (type, id, param) carries `resource_extra` too, so a lookup of a row's own values is
     answered from the index alone (and planners without statistics pick it). An index led by a `sparse`
-    column (mostly NULL) holds only the rows that have one (`sparse_index`)."""
+    column (mostly NULL) holds only the rows that have one (`sparse_index`). An index whose rows come in
+    id order (ending with res_id) carries the resource's `rid` too: a search walking it joins each row to
+    its resource from the index alone (`walked`)."""
     return Table(
         name,
         metadata,
@@ -72,15 +78,21 @@ def _index_table(
         Column("res_id", String(64), nullable=False),
         Column("param", String(64), nullable=False),
         *columns,
+        Column("rid", SeqType, nullable=False),
         Index(f"ix_{name}_resource", "res_type", "res_id", "param", *resource_extra),
         *(
-            sparse_index(f"ix_{name}_{'_'.join(cols)}", cols)
+            sparse_index(f"ix_{name}_{'_'.join(cols)}", walked(cols))
             if cols[0] in sparse
-            else Index(f"ix_{name}_{'_'.join(cols)}", "res_type", "param", *cols)
+            else Index(f"ix_{name}_{'_'.join(cols)}", "res_type", "param", *walked(cols))
             for cols in indexes
         ),
         comment=comment,
     )
+
+
+def walked(cols: tuple[str, ...]) -> tuple[str, ...]:
+    """An index's columns, `rid` after them when its rows come in id order (see `_index_table`)."""
+    return (*cols, "rid") if cols[-1] == "res_id" else cols
 
 
 def sparse_index(name: str, cols: tuple[str, ...]) -> Index:

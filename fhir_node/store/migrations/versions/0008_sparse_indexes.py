@@ -6,27 +6,29 @@ Revises: 0007
 """
 
 from alembic import op
-from sqlalchemy import Index
-
-from fhir_node.store.schema import idx_reference, idx_token
+from sqlalchemy import text
 
 revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None
 
-
-def _sparse() -> list[Index]:
-    return [i for t in (idx_reference, idx_token) for i in t.indexes if i.dialect_options["sqlite"]["where"] is not None]
+#: (table, index, columns after type and parameter) as they were at this revision (0010 adds `rid`).
+_SPARSE = (
+    ("idx_reference", "ix_idx_reference_url_res_id", ["url", "res_id"]),
+    ("idx_reference", "ix_idx_reference_id_value_res_id", ["id_value", "res_id"]),
+    ("idx_token", "ix_idx_token_text", ["text"]),
+)
 
 
 def upgrade() -> None:
-    for index in _sparse():
-        op.drop_index(index.name, table_name=index.table.name)
-        index.create(op.get_bind())
+    for table, name, cols in _SPARSE:
+        op.drop_index(name, table_name=table)
+        where = text(f"{cols[0]} IS NOT NULL")
+        op.create_index(name, table, ["res_type", "param", *cols], sqlite_where=where, postgresql_where=where)
 
 
 def downgrade() -> None:
-    for index in _sparse():
-        op.drop_index(index.name, table_name=index.table.name)
-        op.create_index(index.name, index.table.name, [c.name for c in index.columns])
+    for table, name, cols in _SPARSE:
+        op.drop_index(name, table_name=table)
+        op.create_index(name, table, ["res_type", "param", *cols])
