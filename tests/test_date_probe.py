@@ -63,9 +63,18 @@ def test_a_date_probed_beside_a_status_reads_the_index_alone(
     assert [e["resource"]["id"] for e in r.json()["entry"]] == [both]
     if not settings.database_url.startswith("sqlite"):
         return
-    probing = [(sql, params) for sql, params in statements if "idx_date" in sql]
-    assert probing, statements
-    with database(settings.database_url) as db, db.read() as conn:
-        for sql, params in probing:
-            plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params))
-            assert f"COVERING INDEX {INDEX}" in plan, (sql, plan)
+    plans = sqlite_plans(settings.database_url, statements, "idx_date")
+    assert plans, statements
+    for sql, plan in plans:
+        assert f"COVERING INDEX {INDEX}" in plan, (sql, plan)
+
+
+def sqlite_plans(database_url: str, statements: list[tuple[str, Any]], needle: str) -> list[tuple[str, str]]:
+    """SQLite's plan for each statement run that holds `needle`."""
+    found = []
+    with database(database_url) as db, db.read() as conn:
+        for sql, params in statements:
+            if needle in sql:
+                plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params))
+                found.append((sql, plan))
+    return found

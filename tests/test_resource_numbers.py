@@ -10,6 +10,7 @@ from alembic.config import Config
 from sqlalchemy import inspect, text
 from starlette.testclient import TestClient
 from test_audit_chain import database
+from test_date_probe import sqlite_plans
 
 from fhir_node.store import repository
 from fhir_node.store.database import MIGRATIONS, Database
@@ -121,9 +122,7 @@ def test_a_walk_joins_its_rows_to_their_resources_by_number(
     assert [e["resource"]["id"] for e in r.json()["entry"]] == [mine]
     if not settings.database_url.startswith("sqlite"):
         return
-    pages = [(sql, params) for sql, params in statements if "JOIN resources" in sql]
-    assert pages, statements
-    with database(settings.database_url) as db, db.read() as conn:
-        for sql, params in pages:
-            plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params))
-            assert "resources USING INTEGER PRIMARY KEY" in plan, (sql, plan)
+    plans = sqlite_plans(settings.database_url, statements, "JOIN resources")
+    assert plans, statements
+    for sql, plan in plans:
+        assert "resources USING INTEGER PRIMARY KEY" in plan, (sql, plan)
