@@ -71,10 +71,9 @@ def test_a_date_probed_beside_a_status_reads_the_index_alone(
 
 def sqlite_plans(database_url: str, statements: list[tuple[str, Any]], needle: str) -> list[tuple[str, str]]:
     """SQLite's plan for each statement run that holds `needle`."""
-    found = []
+    run = [(sql, params) for sql, params in statements if needle in sql]  # (asking adds to `statements`)
     with database(database_url) as db, db.read() as conn:
-        for sql, params in statements:
-            if needle in sql:
-                plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params))
-                found.append((sql, plan))
-    return found
+        return [
+            (sql, " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", params)))
+            for sql, params in run
+        ]
