@@ -136,9 +136,11 @@ def test_the_writer_indexes_the_chain_once_the_node_is_idle(database_url, monkey
     assert verified(database_url)[0] == requests
 
 
-def test_an_older_chain_keeps_verifying_and_is_not_indexed_twice(database_url):
+def test_an_older_chain_keeps_verifying_and_is_not_indexed_twice(database_url, monkeypatch):
     """Events an older node stored as resources at once and chained by their stored bytes: the upgrade
-    copies each one's bytes and time into the chain and marks them indexed."""
+    copies each one's bytes and time into the chain and marks them indexed. (Their search index rows are
+    left out: today's name a column, `rid`, that schema 0005 lacks; the chain is what this checks.)"""
+    monkeypatch.setattr(repository, "write_index", lambda *args, **kwargs: None)
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with database(database_url) as db:
