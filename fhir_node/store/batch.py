@@ -148,7 +148,7 @@ def batched(conn: Connection) -> Iterator[None]:
         conn.info.pop(_PENDING, None)
         conn.info.pop(_NOTES, None)
         tasks = conn.info.pop(_AFTER, {})
-    for table, rows in sorted(pending.values(), key=lambda pending: pending[0] is not resources):
+    for table, rows in sorted(pending.values(), key=lambda item: item[0] is not resources):
         _write(conn, table, rows)  # resources first: index rows look up their rid
     for task, items in tasks.items():
         task(conn, items)

@@ -70,7 +70,7 @@ def _index_table(
     answered from the index alone (and planners without statistics pick it). An index led by a `sparse`
     column (mostly NULL) holds only the rows that have one (`sparse_index`). An index whose rows come in
     id order (ending with res_id) carries the resource's `rid` too: a search walking it joins each row to
-    its resource from the index alone (`walked`)."""
+    its resource from the index alone (`_walked`)."""
     return Table(
         name,
         metadata,
@@ -81,16 +81,16 @@ def _index_table(
         Column("rid", SeqType, nullable=False),
         Index(f"ix_{name}_resource", "res_type", "res_id", "param", *resource_extra),
         *(
-            sparse_index(f"ix_{name}_{'_'.join(cols)}", walked(cols))
+            sparse_index(f"ix_{name}_{'_'.join(cols)}", _walked(cols))
             if cols[0] in sparse
-            else Index(f"ix_{name}_{'_'.join(cols)}", "res_type", "param", *walked(cols))
+            else Index(f"ix_{name}_{'_'.join(cols)}", "res_type", "param", *_walked(cols))
             for cols in indexes
         ),
         comment=comment,
     )
 
 
-def walked(cols: tuple[str, ...]) -> tuple[str, ...]:
+def _walked(cols: tuple[str, ...]) -> tuple[str, ...]:
     """An index's columns, `rid` after them when its rows come in id order (see `_index_table`)."""
     return (*cols, "rid") if cols[-1] == "res_id" else cols
 
