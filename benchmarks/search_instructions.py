@@ -1,0 +1,121 @@
+"""Instructions per search (issue 11), a figure a noisy machine does not move: the ASGI app called in process
+with the search mix of `search_load.py` (active since 2024, one patient's episodes, one organisation's, in
+turn), counted by valgrind's cachegrind over two run lengths, so that start-up and loading cancel out.
+
+    apt-get install valgrind                  # once
+    python benchmarks/search_instructions.py --episodes 2000 --searches 300
+
+Time per search moved by 2x from minute to minute on this project's machine (2026-12-02), instructions by
+well under 1 %: what a change does to the node's own work, with SQLite's, shows here first. The machine's
+speed, the kernel and uvicorn's share are not in it (`../shared/perf/compare` has them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from search_load import database, episode, load_direct, organization, patient, population, search_mix  # noqa: E402
+
+#: Searches run before counting starts in either run: plans and statements are built by then.
+_WARM = 30
+
+
+async def _run(url: str, paths: list[str]) -> None:
+    """Call the app for each path (GET, from the loopback address), each answer a 200."""
+    os.environ.update(FHIR_NODE_AUTH="none", FHIR_NODE_AUDIT="false", FHIR_NODE_LOG_LEVEL="WARNING")
+    from fhir_node.api import routes
+    from fhir_node.app import create_app
+    from fhir_node.settings import Settings
+
+    # Under valgrind a search runs ~100x slower: past the loop's budget it would be run again in a thread,
+    # the more often the slower the machine. Lifted, each search runs once, on the loop, as it does natively.
+    routes.LOOP_BUDGET = 3600.0
+
+    app = create_app(Settings(database_url=url, enforce_profiles=False))
+    gone = asyncio.Event()
+
+    async def call(path: str) -> None:
+        route, _, query = path.partition("?")
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+            "path": route, "raw_path": route.encode(), "query_string": query.encode(), "root_path": "",
+            "headers": [(b"host", b"127.0.0.1:8000")], "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000), "state": {},
+        }  # fmt: skip
+        asked = []
+
+        async def receive() -> dict[str, object]:
+            if not asked:
+                asked.append(True)
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await gone.wait()  # the client stays (a search past its budget on the loop watches for it leaving)
+            return {"type": "http.disconnect"}
+
+        sent: list[dict[str, object]] = []
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        if sent[0]["status"] != 200:
+            raise RuntimeError(f"{path}: {sent[0]['status']} {sent[-1].get('body', b'')[:300]!r}")
+
+    async with app.router.lifespan_context(app):
+        for path in paths:
+            await call(path)
+
+
+def _instructions(url: str, paths_file: Path, count: int) -> int:
+    """cachegrind's instruction count for start-up and the first `count` searches of `paths_file`."""
+    found = subprocess.run(
+        ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null", sys.executable,
+         __file__, "--run", url, str(paths_file), str(count)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    m = re.search(r"I\s+refs:\s+([\d,]+)", found.stderr)
+    if m is None:
+        raise RuntimeError(f"no instruction count from valgrind: {found.stderr[-500:]}")
+    return int(m.group(1).replace(",", ""))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--episodes", type=int, default=2000)
+    ap.add_argument("--searches", type=int, default=300)
+    ap.add_argument("--run", nargs=3, metavar=("URL", "PATHS", "COUNT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.run:
+        url, paths_file, count = args.run
+        asyncio.run(_run(url, Path(paths_file).read_text().split()[: int(count)]))
+        return
+    rng = random.Random(42)
+    n_patients, n_orgs = population(args.episodes)
+    with tempfile.TemporaryDirectory() as tmpdir, database("sqlite", Path(tmpdir)) as url:
+        from fhir_node.store.database import Database
+
+        Database(url).migrate()
+        patient_ids = load_direct(url, [patient(rng) for _ in range(n_patients)])
+        org_ids = load_direct(url, [organization(i) for i in range(n_orgs)])
+        load_direct(url, [episode(rng, i, rng.choice(patient_ids), rng.choice(org_ids)) for i in range(args.episodes)])
+        paths_file = Path(tmpdir) / "paths.txt"
+        mix = search_mix(patient_ids, org_ids, (_WARM + args.searches) // 3 + 1)
+        paths_file.write_text("\n".join(mix))
+        short = _instructions(url, paths_file, _WARM)
+        long = _instructions(url, paths_file, _WARM + args.searches)
+    per_search = (long - short) / args.searches
+    print(f"{args.episodes} EpisodeOfCare, {args.searches} searches: {per_search:,.0f} instructions a search")
+
+
+if __name__ == "__main__":
+    main()
