@@ -533,7 +533,7 @@ def _in_id_order(conn: Connection, page: Page, *cols: Any) -> tuple[Select[Any],
 def _joined(index: Table) -> FromClause:
     """An index table joined to the resources its rows belong to, by `rid` (which the walked indexes hold:
     on SQLite a page's rows are then found by the table's own key, not through its (type, id) index first:
-    a page of 51 EpisodeOfCare by organization 51 -> 38 us of SQL at 2,000), built once per table."""
+    the compare's three pages in a loop 74 -> 50 us of SQL a search at 2,000), built once per table."""
     return index.join(resources, index.c.rid == resources.c.rid)
 
 
