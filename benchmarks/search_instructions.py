@@ -22,58 +22,28 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from audit_cost import call
+from search_load import database, episode, load_direct, organization, patient, population, search_mix
 
-from search_load import database, episode, load_direct, organization, patient, population, search_mix  # noqa: E402
+from fhir_node.api import routes
+from fhir_node.app import create_app
+from fhir_node.settings import Settings
+from fhir_node.store.database import Database
 
 #: Searches run before counting starts in either run: plans and statements are built by then.
 _WARM = 30
 
 
 async def _run(url: str, paths: list[str]) -> None:
-    """Call the app for each path (GET, from the loopback address), each answer a 200."""
+    """Call the app for each path, one after another (`audit_cost.call`: GET from the loopback address, a 200)."""
     os.environ.update(FHIR_NODE_AUTH="none", FHIR_NODE_AUDIT="false", FHIR_NODE_LOG_LEVEL="WARNING")
-    from fhir_node.api import routes
-    from fhir_node.app import create_app
-    from fhir_node.settings import Settings
-
     # Under valgrind a search runs ~100x slower: past the loop's budget it would be run again in a thread,
     # the more often the slower the machine. Lifted, each search runs once, on the loop, as it does natively.
     routes.LOOP_BUDGET = 3600.0
-
     app = create_app(Settings(database_url=url, enforce_profiles=False))
-    gone = asyncio.Event()
-
-    async def call(path: str) -> None:
-        route, _, query = path.partition("?")
-        scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
-            "path": route, "raw_path": route.encode(), "query_string": query.encode(), "root_path": "",
-            "headers": [(b"host", b"127.0.0.1:8000")], "client": ("127.0.0.1", 50000),
-            "server": ("127.0.0.1", 8000), "state": {},
-        }  # fmt: skip
-        asked = []
-
-        async def receive() -> dict[str, object]:
-            if not asked:
-                asked.append(True)
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await gone.wait()  # the client stays (a search past its budget on the loop watches for it leaving)
-            return {"type": "http.disconnect"}
-
-        sent: list[dict[str, object]] = []
-
-        async def send(message: dict[str, object]) -> None:
-            sent.append(message)
-
-        await app(scope, receive, send)
-        if sent[0]["status"] != 200:
-            raise RuntimeError(f"{path}: {sent[0]['status']} {sent[-1].get('body', b'')[:300]!r}")
-
     async with app.router.lifespan_context(app):
         for path in paths:
-            await call(path)
+            await call(app, path)
 
 
 def _instructions(url: str, paths_file: Path, count: int) -> int:
@@ -102,8 +72,6 @@ def main() -> None:
     rng = random.Random(42)
     n_patients, n_orgs = population(args.episodes)
     with tempfile.TemporaryDirectory() as tmpdir, database("sqlite", Path(tmpdir)) as url:
-        from fhir_node.store.database import Database
-
         Database(url).migrate()
         patient_ids = load_direct(url, [patient(rng) for _ in range(n_patients)])
         org_ids = load_direct(url, [organization(i) for i in range(n_orgs)])
