@@ -38,8 +38,7 @@ def _insert(
     mark = _MARK[dialect.name]
     marks = ", ".join([mark] * len(columns))
     names = ", ".join(columns)
-    looked_up = "rid" in table.c and "rid" not in columns and table is not resources
-    if looked_up:
+    if "rid" in table.c and table is not resources:
         marks, names = f"{marks}, {_RID.format(mark=mark)}", f"{names}, rid"
         columns = (*columns, "res_type", "res_id")
     sql = f"INSERT INTO {table.name} ({names}) VALUES ({marks})"

@@ -42,22 +42,21 @@ def _walked(with_rid: bool) -> None:
 
 def _sqlite_resources(numbered: bool) -> None:
     """SQLite changes a table's key by copying it into a new table."""
-    key = (
-        [sa.Column("rid", sa.Integer(), primary_key=True, autoincrement=True)]
+    identity = (
+        [
+            sa.Column("rid", sa.Integer(), primary_key=True, autoincrement=True),
+            sa.Column("res_type", sa.String(64), nullable=False),
+            sa.Column("res_id", sa.String(64), nullable=False),
+        ]
         if numbered
         else [
             sa.Column("res_type", sa.String(64), primary_key=True),
             sa.Column("res_id", sa.String(64), primary_key=True),
         ]
     )
-    identity = [
-        sa.Column("res_type", sa.String(64), nullable=False),
-        sa.Column("res_id", sa.String(64), nullable=False),
-    ]
     op.create_table(
         "resources_new",
-        *key,
-        *(identity if numbered else []),
+        *identity,
         sa.Column("version_id", sa.Integer(), nullable=False),
         sa.Column("last_updated", sa.DateTime(), nullable=False),
         sa.Column("deleted", sa.Boolean(), nullable=False),
