@@ -17,6 +17,7 @@ import httpx
 import pytest
 from access_data import NIHDI, SSIN, STATUS
 from live_node import serve_node
+from playwright.sync_api import expect, sync_playwright
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser")
 SCRIPT = "<script>window.pwned = true; alert('pwned')</script>"
@@ -94,8 +95,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[s
 
 @pytest.fixture(scope="module")
 def browser(node: tuple[str, dict[str, Any]]) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
     with sync_playwright() as p:
         launched = p.chromium.launch(executable_path=chromium())
         yield launched
@@ -136,7 +135,7 @@ def test_click_through_the_pages_search_and_page_through_results_without_javascr
     page.get_by_label("Sort by").select_option("date")
     page.get_by_label("Results per page").fill("2")
     page.get_by_role("button", name="Search", exact=True).click()
-    assert "status=active" in page.locator(".query code").inner_text()
+    expect(page.locator(".query code")).to_contain_text("status=active")
     page.screenshot(path=shots / "web-search.png", full_page=True)
 
     seen: list[str] = []
@@ -172,7 +171,8 @@ def test_keyboard_labels_and_no_script_runs(browser: Any, node: tuple[str, dict[
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.textContent") == "Skip to content"
     page.keyboard.press("Enter")
-    assert page.url.endswith("#main")
+    page.wait_for_function("location.hash === '#main'")  # the link's navigation ends after the key press
+
     unlabelled = page.evaluate(
         "[...document.querySelectorAll('input:not([type=hidden]), select')]"
         ".filter(e => e.labels.length === 0).map(e => e.name)"
@@ -181,7 +181,7 @@ def test_keyboard_labels_and_no_script_runs(browser: Any, node: tuple[str, dict[
     page.get_by_label("status (token)").focus()
     page.keyboard.type("active")
     page.keyboard.press("Enter")  # submits the form, as a keyboard user would
-    assert "status=active" in page.locator(".query code").inner_text()
+    expect(page.locator(".query code")).to_contain_text("status=active")
 
     for path in (f"/resource/Patient/{loaded['hostile']}", f"/patient/{loaded['hostile']}"):
         page.goto(path)
