@@ -11,7 +11,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 from unittest import mock
@@ -119,6 +119,21 @@ def db(database_url: str) -> Iterator[Database]:
         database.dispose()
 
 
+@pytest.fixture
+def new_writer() -> Iterator[Callable[[Database, int], trail.Writer]]:
+    """Audit writers for a test, their threads ended with it: left running, one indexed into a database
+    already dropped, and logged its failure during the tests after it."""
+    made: list[trail.Writer] = []
+
+    def make(db: Database, lag: int) -> trail.Writer:
+        made.append(trail.Writer(db, lag=lag))
+        return made[-1]
+
+    yield make
+    for writer in made:
+        writer.close()
+
+
 def requests(n: int) -> list[Access]:
     return [Access(LOCAL_OPERATOR, request_id=f"r{i}", server=SERVER, record=request("search-type")) for i in range(n)]
 
@@ -143,11 +158,13 @@ def grouped(db: Database, monkeypatch: pytest.MonkeyPatch) -> Database:
     return db
 
 
-def test_a_requests_facts_are_durable_when_it_answers_and_chained_by_the_thread(db: Database, monkeypatch) -> None:
+def test_a_requests_facts_are_durable_when_it_answers_and_chained_by_the_thread(
+    db: Database, monkeypatch, new_writer
+) -> None:
     """On SQLite a request's facts are in its worker's journal when the answer starts, and the audit writer's
     thread chains them a few ms later, many to a transaction; on PostgreSQL the request hands them over and
     waits for the thread's group commit. Either way no answer goes before its AuditEvent is durable."""
-    writer = trail.Writer(db, lag=2000)
+    writer = new_writer(db, 2000)
     extend = chain.extend
     calls: list[tuple[str, int]] = []
 
@@ -170,7 +187,7 @@ def test_a_requests_facts_are_durable_when_it_answers_and_chained_by_the_thread(
     assert len(calls) < 4  # several requests' in one transaction
 
 
-def test_past_the_lag_what_waits_to_be_indexed_stays_bounded(db: Database, monkeypatch) -> None:
+def test_past_the_lag_what_waits_to_be_indexed_stays_bounded(db: Database, monkeypatch, new_writer) -> None:
     """Under sustained load the index keeps up: past the lag (or `lag` requests journaled since the last
     group) each request waits for the thread's next group, which is followed by a batch indexed, which the
     next group waits for. Appended whatever the lag, events came faster than a slow indexer took them, and
@@ -184,7 +201,7 @@ def test_past_the_lag_what_waits_to_be_indexed_stays_bounded(db: Database, monke
         return index(conn, limit)
 
     monkeypatch.setattr(chain, "index", slow)
-    writer = trail.Writer(db, lag=5)
+    writer = new_writer(db, 5)
 
     async def sustained() -> None:
         for access in requests(40):
@@ -198,9 +215,9 @@ def test_past_the_lag_what_waits_to_be_indexed_stays_bounded(db: Database, monke
     assert len(audited(db)) == 40
 
 
-def test_concurrent_requests_share_transactions_and_extend_one_chain(grouped: Database) -> None:
+def test_concurrent_requests_share_transactions_and_extend_one_chain(grouped: Database, new_writer) -> None:
     db = grouped
-    writer = trail.Writer(db, lag=2000)
+    writer = new_writer(db, 2000)
     groups: list[int] = []
     extend = chain.extend
 
@@ -223,12 +240,12 @@ def test_concurrent_requests_share_transactions_and_extend_one_chain(grouped: Da
     assert (checked, broken) == (40, None)
 
 
-def test_a_group_waits_for_the_requests_under_way_and_not_for_those_over(grouped: Database) -> None:
+def test_a_group_waits_for_the_requests_under_way_and_not_for_those_over(grouped: Database, new_writer) -> None:
     """Each group commit costs the same for one AuditEvent or many (and empties every reader's page cache):
     a group waits, LINGER at most, for the AuditEvents of the requests still under way, and stops waiting
     for one that ends without handing one over (a write carried its own, or it failed)."""
     db = grouped
-    writer = trail.Writer(db, lag=2000)
+    writer = new_writer(db, 2000)
     writer.LINGER = 30  # longer than any wait below: only the requests' ends may stop it
     groups: list[int] = []
     extend = chain.extend
@@ -317,10 +334,10 @@ def test_no_request_is_left_counted_as_under_way(database_url: str) -> None:
         assert guard.audit.under_way == 0
 
 
-def test_the_event_loop_runs_while_the_audit_waits_for_the_database(grouped: Database) -> None:
+def test_the_event_loop_runs_while_the_audit_waits_for_the_database(grouped: Database, new_writer) -> None:
     """Another transaction holds the chain (SQLite's write lock, PostgreSQL's advisory lock) for a while."""
     db = grouped
-    writer = trail.Writer(db, lag=2000)
+    writer = new_writer(db, 2000)
     holding, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -348,10 +365,10 @@ def test_the_event_loop_runs_while_the_audit_waits_for_the_database(grouped: Dat
     assert audited(db) == ["r0"]
 
 
-def test_the_audit_does_not_wait_for_a_write_holding_the_database(db: Database) -> None:
+def test_the_audit_does_not_wait_for_a_write_holding_the_database(db: Database, new_writer) -> None:
     """A long write (a big transaction Bundle) holds the database's write lock: the AuditEvents of the reads
     meanwhile commit all the same (on SQLite the chain's file has a lock of its own), so the reads answer."""
-    writer = trail.Writer(db, lag=2000)
+    writer = new_writer(db, 2000)
     holding, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -375,8 +392,8 @@ def test_the_audit_does_not_wait_for_a_write_holding_the_database(db: Database) 
         holder.join()
 
 
-def test_when_the_audit_cannot_be_written_every_waiting_request_fails(db: Database) -> None:
-    writer = trail.Writer(db, lag=2000)
+def test_when_the_audit_cannot_be_written_every_waiting_request_fails(db: Database, new_writer) -> None:
+    writer = new_writer(db, 2000)
     failed, later = requests(8), requests(1)
 
     async def main(accesses: list[Access]) -> list[BaseException | None]:
