@@ -150,11 +150,11 @@ def _may_redact(res_type: str) -> bool:
     return res_type == "EpisodeOfCare" and current().principal.role in _PSI_ROLES
 
 
-def shown_page(conn: Connection, res_types: Collection[str], rows: Iterable[Any]) -> list[tuple[bytes, bool]]:
+def shown_page(conn: Connection, res_types: Collection[str], rows: Iterable[Any]) -> list[tuple[bytes, bool]] | None:
     """`shown` for each of a page's `rows` ((type, id, content, ...) tuples) of `res_types`, asking once
-    whether the caller may be shown a redaction of any of them."""
+    whether the caller may be shown a redaction of any of them: None when not (every row as stored)."""
     if not any(_may_redact(t) for t in res_types):
-        return [(r[2], False) for r in rows]
+        return None
     return [shown(conn, r[0], r[2]) for r in rows]
 
 
