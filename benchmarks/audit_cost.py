@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from starlette.applications import Starlette
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from asgi_scope import http_scope
-from search_load import database, episode, load_direct, organization, patient, population, search_mix
+from search_load import database, load_direct, load_population, search_mix
 
 from fhir_node.app import create_app
 from fhir_node.settings import Settings
@@ -122,18 +123,13 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=2000)
     ap.add_argument("--searches", type=int, default=6000, help="per app, in blocks of 200")
     args = ap.parse_args()
-    rng = random.Random(42)
-    n_patients, n_orgs = population(args.episodes)
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         with database("sqlite", tmp) as url:
             db = Database(url)
             db.migrate()
             db.dispose()
-            patient_ids = load_direct(url, [patient(rng) for _ in range(n_patients)])
-            org_ids = load_direct(url, [organization(i) for i in range(n_orgs)])
-            episodes = [episode(rng, i, rng.choice(patient_ids), rng.choice(org_ids)) for i in range(args.episodes)]
-            load_direct(url, episodes)
+            patient_ids, org_ids = load_population(partial(load_direct, url), args.episodes, random.Random(42))
             for name in ("on", "off"):  # the database and its chain's file (`store.audit_file`)
                 (tmp / name).mkdir()
                 for part in tmp.glob("bench.*"):

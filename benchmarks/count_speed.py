@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -28,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from live_node import serve_node  # noqa: E402
-from search_load import Conn, database, episode, load_direct, organization, patient  # noqa: E402
+from search_load import Conn, database, load_direct, load_population  # noqa: E402
 
 from fhir_node.store.database import Database, normalise_url  # noqa: E402
 
@@ -61,13 +62,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7)
     args = ap.parse_args()
 
-    rng = random.Random(42)
     with tempfile.TemporaryDirectory() as tmpdir, database(args.database, Path(tmpdir)) as url:
         tmp = Path(tmpdir)
         Database(url).migrate()
-        patient_ids = load_direct(url, [patient(rng) for _ in range(max(1, args.episodes // 2))])
-        org_ids = load_direct(url, [organization(i) for i in range(max(1, min(50, args.episodes // 40)))])
-        load_direct(url, [episode(rng, i, rng.choice(patient_ids), rng.choice(org_ids)) for i in range(args.episodes)])
+        patient_ids, org_ids = load_population(partial(load_direct, url), args.episodes, random.Random(42))
         engine = create_engine(normalise_url(url))
         ge = "2024-01-01 00:00:00"
         cases = [

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +167,18 @@ def population(episodes: int) -> tuple[int, int]:
     return max(1, episodes // 2), max(1, min(50, episodes // 40))
 
 
+def load_population(
+    load: Callable[[list[dict[str, Any]]], list[str]], episodes: int, rng: random.Random
+) -> tuple[list[str], list[str]]:
+    """`population(episodes)`'s Patients and Organizations, then the EpisodeOfCare, written by `load`
+    (`load_direct` or over HTTP); the Patients' and Organizations' ids."""
+    n_patients, n_orgs = population(episodes)
+    patient_ids = load([patient(rng) for _ in range(n_patients)])
+    org_ids = load([organization(i) for i in range(n_orgs)])
+    load([episode(rng, i, rng.choice(patient_ids), rng.choice(org_ids)) for i in range(episodes)])
+    return patient_ids, org_ids
+
+
 def search_mix(patient_ids: list[str], org_ids: list[str], rounds: int) -> list[str]:
     """The three searches, `rounds` times: active since 2024 (the same page each time), one patient's
     episodes, one organisation's (patients and organisations in turn)."""
@@ -299,7 +311,6 @@ def main() -> None:
     args = ap.parse_args()
 
     rng = random.Random(42)
-    n_patients, n_orgs = population(args.episodes)
     with tempfile.TemporaryDirectory() as tmpdir, database(args.database, Path(tmpdir)) as url:
         tmp = Path(tmpdir)
         if args.load == "direct":
@@ -320,13 +331,10 @@ def main() -> None:
                 if args.load == "http"
                 else (lambda rs: load_direct(url, rs))
             )
-            patient_ids = load([patient(rng) for _ in range(n_patients)])
-            org_ids = load([organization(i) for i in range(n_orgs)])
-            episodes = [episode(rng, i, rng.choice(patient_ids), rng.choice(org_ids)) for i in range(args.episodes)]
-            load(episodes)
+            patient_ids, org_ids = load_population(load, args.episodes, rng)
             if args.audit_events:
                 load([audit_event(rng, rng.choice(patient_ids)) for _ in range(args.audit_events)])
-            loaded = n_patients + n_orgs + args.episodes + args.audit_events
+            loaded = len(patient_ids) + len(org_ids) + args.episodes + args.audit_events
             load_s = time.perf_counter() - t0
             if args.database == "postgresql":
                 analyze(url)
