@@ -5,9 +5,10 @@ turn), counted by valgrind's cachegrind over two run lengths, so that start-up a
     apt-get install valgrind                  # once
     python benchmarks/search_instructions.py --episodes 2000 --searches 300
 
-Time per search moved by 2x from minute to minute on this project's machine (2026-12-02), instructions by
-well under 1 %: what a change does to the node's own work, with SQLite's, shows here first. The machine's
-speed, the kernel and uvicorn's share are not in it (`../shared/perf/compare` has them).
+Time per search moved by 2x from minute to minute on this project's machine (2026-12-02), instructions by a
+few per cent: the ids the node gives are random, so each run's comparisons in the id indexes differ (469,000 to
+515,000 for one commit in four runs); compare commits over several runs each. The machine's speed, the kernel
+and uvicorn's share are not in it (`../shared/perf/compare` has them).
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import re
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 from audit_cost import call
-from search_load import database, episode, load_direct, organization, patient, population, search_mix
+from search_load import database, load_direct, load_population, search_mix
 
 from fhir_node.api import routes
 from fhir_node.app import create_app
@@ -69,13 +71,9 @@ def main() -> None:
         url, paths_file, count = args.run
         asyncio.run(_run(url, Path(paths_file).read_text().split()[: int(count)]))
         return
-    rng = random.Random(42)
-    n_patients, n_orgs = population(args.episodes)
     with tempfile.TemporaryDirectory() as tmpdir, database("sqlite", Path(tmpdir)) as url:
         Database(url).migrate()
-        patient_ids = load_direct(url, [patient(rng) for _ in range(n_patients)])
-        org_ids = load_direct(url, [organization(i) for i in range(n_orgs)])
-        load_direct(url, [episode(rng, i, rng.choice(patient_ids), rng.choice(org_ids)) for i in range(args.episodes)])
+        patient_ids, org_ids = load_population(partial(load_direct, url), args.episodes, random.Random(42))
         paths_file = Path(tmpdir) / "paths.txt"
         mix = search_mix(patient_ids, org_ids, (_WARM + args.searches) // 3 + 1)
         paths_file.write_text("\n".join(mix))
